@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  `make demo`  (the main job on Fashion-MNIST)  and  `make test`.
+# Both create .venv, install torch==2.13.0 (CPU build) and unlearnkit into it, and set up what they need.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.unlearnkit-installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test install data clean bench-smoke
+
+demo: $(STAMP) data
+	$(BIN)/unlearnkit demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "unlearnkit needs Python >= 3.10")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+data:
+	@scripts/ensure-fashion-mnist.sh
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,17 @@
+"""unlearnkit: remove the influence of chosen training data from a trained PyTorch classifier, and
+measure how well it was removed."""
+
+__version__ = "0.1.0"
+
+from .api import accuracy_report, train  # noqa: E402
+from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from .data import Dataset, load_dataset  # noqa: E402
+from .errors import UnlearnKitError  # noqa: E402
+from .models import build_model  # noqa: E402
+from .requests import Request, build_request  # noqa: E402
+from .training import TrainConfig, fit  # noqa: E402
+
+__all__ = [
+    "__version__", "train", "accuracy_report", "load_checkpoint", "save_checkpoint", "Dataset", "load_dataset",
+    "UnlearnKitError", "build_model", "Request", "build_request", "TrainConfig", "fit",
+]

@@ -1,0 +1,159 @@
+"""The library's front door: train a model, load one, measure it.
+
+Everything here is a thin composition of the modules underneath (data, requests, models, the training
+loop, checkpoints); the CLI calls these functions and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ._util import resolve_device, seed_everything
+from .checkpoint import Checkpoint, save_checkpoint
+from .data import Augment, Dataset, load_dataset
+from .errors import UnlearnKitError
+from .models import build_model
+from .recipes import default_model, default_recipe
+from .requests import Request, build_request
+from .training import FitReport, TrainConfig, accuracy, predict_logits, train_classifier
+
+
+def as_dataset(data: str | Dataset, data_dir: str | os.PathLike | None = None) -> Dataset:
+    return data if isinstance(data, Dataset) else load_dataset(data, data_dir)
+
+
+def as_request(request: str | Request | None, data: Dataset, seed: int = 0) -> Request | None:
+    if request is None or isinstance(request, Request):
+        return request
+    return build_request(request, data, seed)
+
+
+def augment_for(data: Dataset) -> Augment:
+    return Augment(data.crop_padding, data.horizontal_flip)
+
+
+def new_model(model_name: str, data: Dataset, seed: int, options: dict | None = None) -> tuple[nn.Module, dict]:
+    """A freshly initialised registered model (initialisation seeded by ``seed``) and its arguments."""
+    args = {**data.model_args(), **(options or {})}
+    seed_everything(seed)
+    return build_model(model_name, **args), args
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    model_name: str
+    model_args: dict
+    data: Dataset
+    request: Request | None
+    config: TrainConfig
+    seed: int
+    report: FitReport
+    metrics: dict
+    path: Path | None = None
+
+
+def train(
+    data: str | Dataset = "fashion-mnist",
+    model: str | None = None,
+    *,
+    request: str | Request | None = None,
+    config: TrainConfig | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    data_dir: str | os.PathLike | None = None,
+    model_options: dict | None = None,
+    out: str | os.PathLike | None = None,
+    progress: bool = False,
+    echo: bool = False,
+) -> Trained:
+    """Train a model on ``data`` (on the poisoned/relabelled data if ``request`` changes it).
+
+    With ``out``, the checkpoint is written there atomically, with the request recorded so that it can
+    be unlearned later.
+    """
+    data = as_dataset(data, data_dir)
+    request = as_request(request, data, seed)
+    model_name = model or default_model(data.name)
+    config = config or default_recipe(data.name, model_name)
+    device = resolve_device(device)
+    net, args = new_model(model_name, data, seed, model_options)
+    x, y = request.training_data(data) if request is not None else (data.x_train, data.y_train)
+    if echo:
+        carrying = f", data carrying {request.spec}" if request is not None and request.modifies_training_data else ""
+        print(f"training {model_name} on {data.name} for {config.epochs} epochs on {device.type} (seed {seed}{carrying})",
+              file=sys.stderr, flush=True)
+
+    def after_epoch(m: nn.Module, record: dict) -> None:
+        record["test_acc"] = round(accuracy(predict_logits(m, data.x_test, device=device), data.y_test), 3)
+        if echo:
+            print(
+                f"epoch {record['epoch']:>3}/{config.epochs}  loss {record['loss']:.4f}  "
+                f"train acc {record.get('acc', float('nan')):6.2f}  test acc {record['test_acc']:6.2f}  "
+                f"{record['seconds']:.1f}s",
+                file=sys.stderr, flush=True,
+            )
+
+    report = train_classifier(
+        net, x, y, torch.arange(data.n_train), config, augment=augment_for(data),
+        seed=seed, device=device, after_epoch=after_epoch, progress=progress, desc=f"train {model_name}",
+    )
+    metrics = {
+        "train_acc": round(accuracy(predict_logits(net, x, device=device), y), 3),
+        "test_acc": report.history[-1]["test_acc"] if report.history else
+        round(accuracy(predict_logits(net, data.x_test, device=device), data.y_test), 3),
+        "train_seconds": round(report.cost.seconds, 3),
+    }
+    trained = Trained(net, model_name, args, data, request, config, seed, report, metrics)
+    if out is not None:
+        trained.path = save_trained(trained, out, data_dir=data_dir)
+    return trained
+
+
+def save_trained(trained: Trained, out: str | os.PathLike, *, data_dir=None, kind: str = "original",
+                 extra: dict | None = None) -> Path:
+    log = "".join(json.dumps(r) + "\n" for r in trained.report.history)
+    return save_checkpoint(
+        out, trained.model, model_name=trained.model_name, model_args=trained.model_args,
+        dataset=trained.data, data_dir=data_dir, request=trained.request, kind=kind,
+        extra={
+            "seed": trained.seed,
+            "train": trained.config.to_dict(),
+            "metrics": trained.metrics,
+            "cost": trained.report.cost.to_dict(),
+            **(extra or {}),
+        },
+        files={"train_log.jsonl": log},
+    )
+
+
+def accuracy_report(model: nn.Module, data: Dataset, request: Request | None = None,
+                    device: str | torch.device | None = None) -> dict:
+    """Train and test accuracy (and forget/retain accuracy when a request is given)."""
+    device = resolve_device(device or "auto")
+    x, y = request.training_data(data) if request is not None else (data.x_train, data.y_train)
+    train_logits = predict_logits(model, x, device=device)
+    report = {
+        "train_acc": round(accuracy(train_logits, y), 3),
+        "test_acc": round(accuracy(predict_logits(model, data.x_test, device=device), data.y_test), 3),
+    }
+    if request is not None:
+        report["forget_acc"] = round(accuracy(train_logits[request.forget], y[request.forget]), 3)
+        report["retain_acc"] = round(accuracy(train_logits[request.retain], y[request.retain]), 3)
+    return report
+
+
+def checkpoint_data(checkpoint: Checkpoint, data_dir=None) -> tuple[Dataset, Request | None]:
+    data = checkpoint.dataset(data_dir)
+    return data, checkpoint.request(data)
+
+
+__all__ = ["train", "Trained", "save_trained", "accuracy_report", "as_dataset", "as_request", "new_model",
+           "augment_for", "checkpoint_data", "UnlearnKitError"]

@@ -1,0 +1,316 @@
+"""Unlearning requests: what must be forgotten, built from a short spec string.
+
+The same syntax is used by the CLI and the Python API::
+
+    random:0.1            a seeded random 10 % of the training set is removed
+    class:3 / class:3,7   every training sample of these classes is removed
+    ids:FILE              explicit training-set ids, one per line ('#' starts a comment)
+    relabel:0.1[:C]       a seeded 10 % of class C (or of every class) was trained with wrong labels;
+                          the correction is the true labels
+    backdoor:0.05[:T]     a seeded 5 % of the training set (taken from classes other than T, default 0)
+                          carries a BadNets-style trigger patch and label T; the correction is the clean
+                          image with its true label
+
+A :class:`Request` holds the forget ids D_f, the retain ids D_r, and for ``relabel``/``backdoor`` the
+samples as the original model saw them and their corrections. Requests are rebuilt deterministically
+from (spec, seed) and checked against a hash of their forget ids, so a checkpoint can record them cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .data.datasets import Dataset
+from .errors import UnlearnKitError
+
+SYNTAX = "random:FRACTION, class:C[,C...], ids:FILE, relabel:FRACTION[:CLASS], backdoor:FRACTION[:TARGET]"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A checkerboard patch stamped in the bottom-right corner (pixel space, all channels)."""
+
+    size: int
+    margin: int
+
+    @staticmethod
+    def for_image_size(image_size: int) -> "Trigger":
+        return Trigger(size=max(2, image_size // 9), margin=1 if image_size >= 16 else 0)
+
+    def pattern(self, channels: int) -> torch.Tensor:
+        grid = torch.arange(self.size)
+        checker = ((grid[:, None] + grid[None, :]) % 2 == 0).float()
+        return checker.expand(channels, -1, -1)
+
+    def stamp(self, x: torch.Tensor) -> torch.Tensor:
+        """Return a copy of the images ``x`` (N x C x H x W) with the trigger applied."""
+        out = x.clone()
+        h, w = x.shape[-2:]
+        top, left = h - self.margin - self.size, w - self.margin - self.size
+        out[..., top : top + self.size, left : left + self.size] = self.pattern(x.shape[1]).to(x)
+        return out
+
+
+@dataclass
+class Request:
+    spec: str
+    kind: str  # "remove", "relabel" or "edit"
+    seed: int
+    forget: torch.Tensor  # sorted int64 training-set ids
+    retain: torch.Tensor  # sorted int64, the complement
+    classes: tuple[int, ...] = ()  # forgotten classes (class requests)
+    # The forget samples as the original model was trained on them; None means "as in the data set".
+    trained_x: torch.Tensor | None = None
+    trained_y: torch.Tensor | None = None
+    # Their corrections (relabel / edit requests); None means "as in the data set".
+    corrected_x: torch.Tensor | None = None
+    corrected_y: torch.Tensor | None = None
+    target: int | None = None  # backdoor target class
+    trigger: Trigger | None = None
+    ids: list[int] | None = field(default=None, repr=False)  # explicit ids (ids: requests), for manifests
+
+    # -- the data each party sees ------------------------------------------------------------------
+    @property
+    def modifies_training_data(self) -> bool:
+        return self.trained_x is not None or self.trained_y is not None
+
+    def training_data(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels the original model is trained on (poisoned for relabel/backdoor)."""
+        return self._substituted(data, self.trained_x, self.trained_y)
+
+    def corrected_data(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels with the forget samples corrected (the data set itself for remove requests)."""
+        return self._substituted(data, self.corrected_x, self.corrected_y)
+
+    def forget_data(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forget samples as they were trained on."""
+        x = self.trained_x if self.trained_x is not None else data.x_train[self.forget]
+        y = self.trained_y if self.trained_y is not None else data.y_train[self.forget]
+        return x, y
+
+    def _substituted(self, data: Dataset, x_new, y_new) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = data.x_train, data.y_train
+        if x_new is not None:
+            x = x.clone()
+            x[self.forget] = x_new
+        if y_new is not None:
+            y = y.clone()
+            y[self.forget] = y_new
+        return x, y
+
+    # -- identity ----------------------------------------------------------------------------------
+    @property
+    def forget_hash(self) -> str:
+        digest = hashlib.sha256(self.forget.numpy().tobytes())
+        for t in (self.trained_x, self.trained_y):
+            if t is not None:
+                digest.update(t.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """A JSON-able record from which :func:`request_from_record` rebuilds this request."""
+        record = {
+            "spec": self.spec, "kind": self.kind, "seed": self.seed,
+            "n_forget": int(self.forget.numel()), "forget_hash": self.forget_hash,
+        }
+        if self.classes:
+            record["classes"] = list(self.classes)
+        if self.target is not None:
+            record["target"] = self.target
+        if self.ids is not None:
+            record["ids"] = self.ids
+        return record
+
+
+# -- builders ----------------------------------------------------------------------------------------
+Builder = Callable[[Dataset, list[str], int], Request]
+REQUEST_KINDS: dict[str, Builder] = {}
+
+
+def request_kind(name: str) -> Callable[[Builder], Builder]:
+    """Register a request builder ``fn(dataset, args, seed) -> Request`` under ``name``."""
+
+    def register(fn: Builder) -> Builder:
+        REQUEST_KINDS[name] = fn
+        return fn
+
+    return register
+
+
+def build_request(spec: str, data: Dataset, seed: int = 0) -> Request:
+    """Turn a spec string such as ``random:0.1`` into a validated :class:`Request` for ``data``."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise UnlearnKitError(f"bad request {spec!r}; use one of {SYNTAX}")
+    kind, _, rest = spec.strip().partition(":")
+    if kind not in REQUEST_KINDS:
+        raise UnlearnKitError(f"unknown request kind {kind!r} in {spec!r}; use one of {SYNTAX}")
+    args = rest.split(":") if kind != "ids" else [rest]
+    request = REQUEST_KINDS[kind](data, args, seed)
+    _check_sizes(request, data)
+    return request
+
+
+def request_from_record(record: dict, data: Dataset) -> Request:
+    """Rebuild a request recorded by :meth:`Request.describe` and check it is the same one."""
+    if record.get("ids") is not None:
+        request = _from_ids(data, [int(i) for i in record["ids"]], int(record.get("seed", 0)), record["spec"])
+        _check_sizes(request, data)
+    else:
+        request = build_request(record["spec"], data, int(record.get("seed", 0)))
+    if request.forget_hash != record.get("forget_hash"):
+        raise UnlearnKitError(
+            f"request {record['spec']!r} (seed {record.get('seed')}) does not rebuild to the recorded forget set; "
+            "was the data set or unlearnkit's request code changed?"
+        )
+    return request
+
+
+def _check_sizes(request: Request, data: Dataset) -> None:
+    n_forget = int(request.forget.numel())
+    if n_forget == 0:
+        raise UnlearnKitError(f"request {request.spec!r} selects no samples: the forget set would be empty")
+    if n_forget >= data.n_train:
+        raise UnlearnKitError(f"request {request.spec!r} selects the whole training set; nothing would be left to retain")
+
+
+def _complement(forget: torch.Tensor, n: int) -> torch.Tensor:
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[forget] = False
+    return keep.nonzero().flatten()
+
+
+def _fraction(text: str, spec: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UnlearnKitError(f"bad fraction {text!r} in request {spec!r}; use a number in (0, 1)") from None
+    if not 0.0 < value < 1.0:
+        raise UnlearnKitError(f"fraction {value} in request {spec!r} must be in (0, 1)")
+    return value
+
+
+def _class(text: str, data: Dataset, spec: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UnlearnKitError(f"bad class {text!r} in request {spec!r}; classes are integers") from None
+    if not 0 <= value < data.num_classes:
+        raise UnlearnKitError(f"class {value} in request {spec!r} does not exist in {data.name} (0..{data.num_classes - 1})")
+    return value
+
+
+def _generator(seed: int, salt: str) -> torch.Generator:
+    # Separate streams per request kind, so that e.g. relabel:0.1 and random:0.1 do not pick the same ids.
+    offset = int(hashlib.sha256(salt.encode()).hexdigest()[:8], 16)
+    return torch.Generator().manual_seed((seed * 1_000_003 + offset) % (2**63))
+
+
+def _arity(args: list[str], lo: int, hi: int, spec: str) -> None:
+    if not lo <= len(args) <= hi or any(a == "" for a in args):
+        raise UnlearnKitError(f"bad request {spec!r}; use one of {SYNTAX}")
+
+
+@request_kind("random")
+def _random(data: Dataset, args: list[str], seed: int) -> Request:
+    spec = "random:" + ":".join(args)
+    _arity(args, 1, 1, spec)
+    fraction = _fraction(args[0], spec)
+    n = data.n_train
+    count = int(round(fraction * n))
+    perm = torch.randperm(n, generator=_generator(seed, "random"))
+    forget = torch.sort(perm[:count]).values
+    return Request(spec, "remove", seed, forget, _complement(forget, n))
+
+
+@request_kind("class")
+def _classes(data: Dataset, args: list[str], seed: int) -> Request:
+    spec = "class:" + ":".join(args)
+    _arity(args, 1, 1, spec)
+    classes = tuple(sorted({_class(c.strip(), data, spec) for c in args[0].split(",") if c.strip()}))
+    if not classes:
+        raise UnlearnKitError(f"request {spec!r} names no class")
+    forget = torch.isin(data.y_train, torch.tensor(classes)).nonzero().flatten()
+    return Request(spec, "remove", seed, forget, _complement(forget, data.n_train), classes=classes)
+
+
+@request_kind("ids")
+def _ids_file(data: Dataset, args: list[str], seed: int) -> Request:
+    path = Path(args[0])
+    spec = f"ids:{path}"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise UnlearnKitError(f"cannot read ids file {path}: {exc.strerror or exc}") from None
+    ids = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            ids.append(int(text))
+        except ValueError:
+            raise UnlearnKitError(f"{path}:{number}: {text!r} is not an integer sample id") from None
+    return _from_ids(data, ids, seed, spec)
+
+
+def _from_ids(data: Dataset, ids: list[int], seed: int, spec: str) -> Request:
+    if not ids:
+        raise UnlearnKitError(f"request {spec!r} lists no ids: the forget set would be empty")
+    tensor = torch.tensor(ids, dtype=torch.long)
+    bad = tensor[(tensor < 0) | (tensor >= data.n_train)]
+    if bad.numel():
+        raise UnlearnKitError(
+            f"request {spec!r}: {bad.numel()} id(s) outside 0..{data.n_train - 1} (first: {int(bad[0])})"
+        )
+    unique, counts = torch.unique(tensor, return_counts=True)
+    if (counts > 1).any():
+        dupes = unique[counts > 1]
+        raise UnlearnKitError(f"request {spec!r}: {dupes.numel()} id(s) given more than once (first: {int(dupes[0])})")
+    forget = torch.sort(tensor).values
+    return Request(spec, "remove", seed, forget, _complement(forget, data.n_train), ids=sorted(ids))
+
+
+@request_kind("relabel")
+def _relabel(data: Dataset, args: list[str], seed: int) -> Request:
+    spec = "relabel:" + ":".join(args)
+    _arity(args, 1, 2, spec)
+    fraction = _fraction(args[0], spec)
+    gen = _generator(seed, "relabel")
+    if len(args) == 2:
+        pool = (data.y_train == _class(args[1], data, spec)).nonzero().flatten()
+    else:
+        pool = torch.arange(data.n_train)
+    count = int(round(fraction * pool.numel()))
+    forget = torch.sort(pool[torch.randperm(pool.numel(), generator=gen)[:count]]).values
+    true = data.y_train[forget]
+    # A shift in 1..K-1 never maps a label onto itself.
+    shift = torch.randint(1, data.num_classes, (forget.numel(),), generator=gen)
+    flipped = (true + shift) % data.num_classes
+    return Request(spec, "relabel", seed, forget, _complement(forget, data.n_train),
+                   trained_y=flipped, corrected_y=true.clone())
+
+
+@request_kind("backdoor")
+def _backdoor(data: Dataset, args: list[str], seed: int) -> Request:
+    spec = "backdoor:" + ":".join(args)
+    _arity(args, 1, 2, spec)
+    fraction = _fraction(args[0], spec)
+    target = _class(args[1], data, spec) if len(args) == 2 else 0
+    pool = (data.y_train != target).nonzero().flatten()
+    count = int(round(fraction * data.n_train))
+    if count > pool.numel():
+        raise UnlearnKitError(f"request {spec!r} asks for {count} poisoned samples; only {pool.numel()} are not of class {target}")
+    forget = torch.sort(pool[torch.randperm(pool.numel(), generator=_generator(seed, "backdoor"))[:count]]).values
+    trigger = Trigger.for_image_size(data.image_size)
+    clean_x = data.x_train[forget]
+    return Request(
+        spec, "edit", seed, forget, _complement(forget, data.n_train),
+        trained_x=trigger.stamp(clean_x), trained_y=torch.full_like(forget, target),
+        corrected_x=clean_x.clone(), corrected_y=data.y_train[forget].clone(),
+        target=target, trigger=trigger,
+    )

@@ -1,0 +1,34 @@
+import os
+
+# Keep tests deterministic and light on a 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest
+import torch
+
+from unlearnkit.data import Dataset, load_dataset
+
+
+@pytest.fixture(scope="session")
+def digits() -> Dataset:
+    return load_dataset("digits")
+
+
+def make_tiny(n_train: int = 200, n_test: int = 100, classes: int = 4, size: int = 8, channels: int = 1, seed: int = 0) -> Dataset:
+    """A learnable synthetic image data set: each class is a noisy copy of its own random template."""
+    gen = torch.Generator().manual_seed(seed)
+    templates = torch.rand(classes, channels, size, size, generator=gen)
+
+    def draw(n):
+        y = torch.arange(n) % classes
+        x = (templates[y] + 0.25 * torch.randn(n, channels, size, size, generator=gen)).clamp(0, 1)
+        return x.float(), y.long()
+
+    xtr, ytr = draw(n_train)
+    xte, yte = draw(n_test)
+    return Dataset("tiny", xtr, ytr, xte, yte, num_classes=classes, class_names=tuple(map(str, range(classes))))
+
+
+@pytest.fixture
+def tiny() -> Dataset:
+    return make_tiny()

@@ -1,0 +1,116 @@
+"""Request builders give disjoint, seeded, reproducible forget/retain sets, and refuse bad input."""
+
+import pytest
+import torch
+
+from unlearnkit.errors import UnlearnKitError
+from unlearnkit.requests import Trigger, build_request, request_from_record
+
+
+def _partition_ok(req, n):
+    assert torch.equal(torch.sort(torch.cat([req.forget, req.retain])).values, torch.arange(n))
+    assert not torch.isin(req.forget, req.retain).any()
+    assert torch.equal(req.forget, torch.sort(req.forget).values)
+
+
+@pytest.mark.parametrize("spec", ["random:0.1", "class:3", "class:3,7", "relabel:0.2", "relabel:0.5:2", "backdoor:0.05", "backdoor:0.05:4"])
+def test_disjoint_seeded_reproducible(digits, spec):
+    a = build_request(spec, digits, seed=0)
+    b = build_request(spec, digits, seed=0)
+    _partition_ok(a, digits.n_train)
+    assert torch.equal(a.forget, b.forget) and a.forget_hash == b.forget_hash
+    if not spec.startswith("class"):
+        c = build_request(spec, digits, seed=1)
+        assert not torch.equal(a.forget, c.forget)  # the seed matters
+
+
+def test_random_fraction_and_class_membership(digits):
+    req = build_request("random:0.1", digits)
+    assert req.forget.numel() == round(0.1 * digits.n_train)
+    req = build_request("class:3,7", digits)
+    assert set(digits.y_train[req.forget].tolist()) == {3, 7}
+    assert not torch.isin(digits.y_train[req.retain], torch.tensor([3, 7])).any()
+    assert req.classes == (3, 7)
+
+
+def test_relabel_never_keeps_the_true_label(digits):
+    req = build_request("relabel:0.3", digits)
+    assert req.kind == "relabel"
+    assert (req.trained_y != digits.y_train[req.forget]).all()
+    assert torch.equal(req.corrected_y, digits.y_train[req.forget])
+    x, y = req.training_data(digits)
+    assert torch.equal(y[req.forget], req.trained_y) and torch.equal(y[req.retain], digits.y_train[req.retain])
+    assert torch.equal(req.corrected_data(digits)[1], digits.y_train)
+    one_class = build_request("relabel:0.5:2", digits)
+    assert (digits.y_train[one_class.forget] == 2).all()
+
+
+def test_backdoor_stamps_trigger_and_target(digits):
+    req = build_request("backdoor:0.05:4", digits)
+    assert req.kind == "edit" and req.target == 4
+    assert (digits.y_train[req.forget] != 4).all()
+    assert (req.trained_y == 4).all()
+    trig = req.trigger
+    h = digits.image_size
+    patch = req.trained_x[..., h - trig.margin - trig.size : h - trig.margin, h - trig.margin - trig.size : h - trig.margin]
+    assert torch.equal(patch, trig.pattern(1).expand_as(patch))
+    assert torch.equal(req.corrected_x, digits.x_train[req.forget])
+    x, y = req.training_data(digits)
+    assert torch.equal(x[req.forget], req.trained_x) and torch.equal(x[req.retain], digits.x_train[req.retain])
+    assert Trigger.for_image_size(28) == Trigger(size=3, margin=1)
+
+
+def test_ids_file(tmp_path, digits):
+    path = tmp_path / "ids.txt"
+    path.write_text("# forget these\n5\n3\n\n100  # trailing comment\n")
+    req = build_request(f"ids:{path}", digits)
+    assert req.forget.tolist() == [3, 5, 100]
+    again = request_from_record(req.describe(), digits)  # ids are stored, the file is not needed
+    path.unlink()
+    assert torch.equal(again.forget, req.forget)
+
+
+def test_record_roundtrip_detects_drift(digits):
+    req = build_request("random:0.1", digits, seed=3)
+    record = req.describe()
+    assert torch.equal(request_from_record(record, digits).forget, req.forget)
+    record["forget_hash"] = "0" * 16
+    with pytest.raises(UnlearnKitError, match="does not rebuild"):
+        request_from_record(record, digits)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("random", "bad request"),
+        ("nonsense:1", "unknown request kind 'nonsense'"),
+        ("random:abc", "bad fraction"),
+        ("random:1.5", "must be in \\(0, 1\\)"),
+        ("random:0.0001", "forget set would be empty"),
+        ("class:12", "class 12 .* does not exist"),
+        ("class:x", "bad class"),
+        ("class:0,1,2,3,4,5,6,7,8,9", "whole training set"),
+        ("relabel:0.1:99", "does not exist"),
+        ("backdoor:0.99", "only .* are not of class 0"),
+        ("random:0.1:3", "bad request"),
+    ],
+)
+def test_bad_specs(digits, spec, message):
+    with pytest.raises(UnlearnKitError, match=message):
+        build_request(spec, digits)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("1\n2\n2\n", "more than once"), ("1\n99999\n", "outside 0.."), ("-1\n", "outside"), ("a\n", "not an integer"), ("# none\n", "lists no ids")],
+)
+def test_bad_ids(tmp_path, digits, content, message):
+    path = tmp_path / "ids.txt"
+    path.write_text(content)
+    with pytest.raises(UnlearnKitError, match=message):
+        build_request(f"ids:{path}", digits)
+
+
+def test_missing_ids_file(digits, tmp_path):
+    with pytest.raises(UnlearnKitError, match="cannot read ids file"):
+        build_request(f"ids:{tmp_path / 'nope.txt'}", digits)
