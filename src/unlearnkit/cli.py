@@ -11,15 +11,27 @@ from typing import Any, Callable
 
 from .errors import UnlearnKitError
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+# name -> (help, add_arguments(parser), run(args) -> exit code)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+# Feature packages that add sub-commands by calling :func:`register` when imported.
+COMMAND_MODULES: list[str] = []
 
 
-def command(name: str):
-    def register(fn):
-        COMMANDS[name] = fn
-        return fn
+def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], int]) -> None:
+    """Add a sub-command ``unlearnkit NAME``; feature modules call this at import time."""
+    COMMANDS[name] = (help, add_arguments, run)
 
-    return register
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Decorator form of :func:`register` for the run function."""
+
+    def decorate(run):
+        register(name, help, add_arguments, run)
+        return run
+
+    return decorate
 
 
 def parse_value(text: str) -> Any:
@@ -45,11 +57,7 @@ def _add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "fa
     p.add_argument("--data-dir", default=None, help="folder with the data set's files (default: where the OS package puts them)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unlearnkit", description="Machine unlearning for PyTorch classifiers.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("train", help="train a model (optionally on data poisoned/relabelled by a request)")
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_args(p)
     p.add_argument("--model", default=None, help="model name (default: the data set's default)")
     p.add_argument("--request", default=None, help="request the training data carries (relabel:/backdoor:) or to record")
@@ -63,25 +71,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("evaluate", help="measure a checkpoint")
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON only")
 
-    p = sub.add_parser("demo", help="the main job on the embedded default (Fashion-MNIST, small CNN)")
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's checkpoints")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's 10)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("info", help="list data sets, models, methods and metrics")
+
+def _info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+    parser = argparse.ArgumentParser(prog="unlearnkit", description="Machine unlearning for PyTorch classifiers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
-@command("train")
+@command("train", "train a model (optionally on data poisoned/relabelled by a request)", _train_arguments)
 def _train(args: argparse.Namespace) -> int:
     from .api import train
     from .recipes import default_model, default_recipe
@@ -104,7 +126,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("evaluate")
+@command("evaluate", "measure a checkpoint", _evaluate_arguments)
 def _evaluate(args: argparse.Namespace) -> int:
     from .api import accuracy_report, checkpoint_data
     from .checkpoint import load_checkpoint
@@ -120,7 +142,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("demo")
+@command("demo", "the main job on the embedded default (Fashion-MNIST, small CNN)", _demo_arguments)
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -154,7 +176,7 @@ def info() -> dict:
     }
 
 
-@command("info")
+@command("info", "list data sets, models, methods and metrics", _info_arguments)
 def _info(args: argparse.Namespace) -> int:
     data = info()
     if args.json:
@@ -178,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command][2](args)
     except UnlearnKitError as exc:
         print(f"unlearnkit: error: {exc}", file=sys.stderr)
         return 2
