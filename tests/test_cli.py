@@ -105,3 +105,17 @@ def test_info_lists_methods_and_metrics(capsys):
     info = json.loads(run(capsys, "info", "--json")[1])
     assert set(info["methods"]) == set(METHODS) and set(info["metrics"]) == set(METRIC_DOCS)
     assert info["methods"]["salun"]["config"]["mask_fraction"]["default"] == 0.5
+
+
+def test_demo_runs_the_whole_job_and_reuses_checkpoints(tmp_path, capsys):
+    from unlearnkit.demo import run_demo
+
+    kwargs = dict(request_spec="class:3", epochs=5, device="cpu", dataset="digits", model="mlp",
+                  methods=("salun", "boundary_shrink"), overrides={"salun": {"batch_size": 32, "lr": 0.02}})
+    rows = run_demo(tmp_path, **kwargs)
+    assert [r["method"] for r in rows] == ["Retrain", "original (no unlearning)", "salun", "boundary_shrink"]
+    out = capsys.readouterr().out
+    assert "Forgetting class:3" in out and "% retrain" in out
+    stamp = (tmp_path / "original" / "model.safetensors").stat().st_mtime_ns
+    run_demo(tmp_path, **kwargs)
+    assert (tmp_path / "original" / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained

@@ -113,6 +113,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's checkpoints")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's 10)")
+    p.add_argument("--request", default="random:0.1", help="what to forget (default: a random 10 %% of the training set)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -255,23 +256,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("demo", "the main job on the embedded default (Fashion-MNIST, small CNN)", _demo_arguments)
+@command("demo", "the main job on the embedded default: train, unlearn with the best methods, compare with Retrain",
+         _demo_arguments)
 def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .demo import run_demo
 
-    from .api import train
-    from .recipes import default_recipe
-
-    config = default_recipe("fashion-mnist")
-    if args.epochs is not None:
-        config = config.replace(epochs=args.epochs)
-    out = Path(args.out) / "original"
-    trained = train("fashion-mnist", "small-cnn", config=config, seed=args.seed, device=args.device,
-                    data_dir=args.data_dir, out=out, progress=sys.stderr.isatty(), echo=True)
-    m = trained.metrics
-    print(f"small-cnn on fashion-mnist: test accuracy {m['test_acc']:.2f} %, train accuracy {m['train_acc']:.2f} %, "
-          f"{m['train_seconds']:.0f} s ({m['train_seconds'] / max(config.epochs, 1):.1f} s/epoch)")
-    print(f"checkpoint written to {trained.path}")
+    run_demo(args.out, request_spec=args.request, epochs=args.epochs, seed=args.seed, device=args.device,
+             data_dir=args.data_dir)
     return 0
 
 

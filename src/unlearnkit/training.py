@@ -58,7 +58,8 @@ class TrainConfig:
         self.milestones = tuple(self.milestones)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-normal (tuples as lists), so a dict read back from a manifest compares equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
