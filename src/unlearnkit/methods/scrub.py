@@ -11,15 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from ..training import Phase
-from .base import Task, option, register, sgd_config
+from .base import SGDOptions, Task, option, register
 
 
 @dataclass
-class ScrubConfig:
+class ScrubConfig(SGDOptions):
     epochs: int = option(3, "epochs (each: optional max-steps on D_f, then min-steps on D_r)")
     max_epochs: int = option(2, "epochs that include the max-steps")
     lr: float = option(5e-3, "SGD learning rate")
-    batch_size: int = option(128, "batch size")
     temperature: float = option(4.0, "distillation temperature")
     kl_weight: float = option(1.0, "α: weight of the KL term in min-steps")
     ce_weight: float = option(1.0, "γ: weight of the cross-entropy in min-steps")
@@ -54,4 +53,4 @@ def scrub(task: Task, cfg: ScrubConfig) -> None:
         Phase(task.forget_source(cfg.batch_size), max_step, "max", when=lambda epoch: epoch < cfg.max_epochs),
         Phase(task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget)), min_step, "min"),
     ]
-    task.fit(phases, sgd_config(cfg.epochs, cfg.lr, cfg.batch_size))
+    task.fit(phases, cfg.train_config())
