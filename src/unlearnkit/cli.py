@@ -107,7 +107,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a results folder written by `unlearnkit bench`")
-    p.add_argument("--budget", type=float, default=0.05, help="time budget (fraction of Retrain) for choosing variants")
+    p.add_argument("--budget", type=float, default=0.05, help="work budget (sample passes as a fraction of Retrain's) for choosing variants")
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
