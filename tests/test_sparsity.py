@@ -415,3 +415,16 @@ def test_synflow_leaves_weights_signs_and_state_untouched_apart_from_the_mask():
         assert torch.equal(value, expected), key
     total = sum(m.numel() for m in masks.values())
     assert total - sum(int(m.sum()) for m in masks.values()) == round(0.7 * total)
+
+
+def test_train_command_with_prune(capsys, tmp_path):
+    out = tmp_path / "lt"
+    code, stdout, err = run(capsys, "train", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--prune", "omp:0.5",
+                            "--out", out, "--device", "cpu")
+    assert code == 0, err
+    assert "pruned by omp:0.5:rewind_epoch=1: sparsity 0.5000" in stdout
+    manifest = load_checkpoint(out).manifest
+    assert manifest["kind"] == "original" and manifest["pruning"]["rewind_epoch"] == 1
+    assert len(manifest["pruning"]["rounds"]) == 1
+    code, _, err = run(capsys, "train", "--dataset", "digits", "--prune", "magnitude:0.5", "--out", tmp_path / "x")
+    assert code == 2 and "unknown pruning method 'magnitude'" in err and not (tmp_path / "x").exists()

@@ -58,8 +58,9 @@ def _prune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"checkpoint": str(path), "metrics": metrics, "pruning": record}, indent=2, default=str))
         return 0
-    print(f"{record['spec']}: sparsity {record['achieved_sparsity']:.4f} over {len(record['layers'])} layers "
-          f"in {record['cost']['seconds']:.1f} s")
+    total = pruned.manifest_extra["cost"]
+    print(f"{record['spec']}: sparsity {record['achieved_sparsity']:.4f} over {len(record['layers'])} layers; "
+          f"pruning {record['cost']['seconds']:.1f} s, {total['seconds']:.1f} s in all")
     for name, layer in record["layers"].items():
         print(f"  {name:<28} {layer['numel']:>10} weights  {layer['sparsity']:7.2%} pruned")
     after = "" if metrics["pruned_test_acc"] is None else f", {metrics['pruned_test_acc']:.2f} right after pruning"

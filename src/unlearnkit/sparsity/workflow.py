@@ -63,7 +63,9 @@ class PruneResult:
     rewind_epoch: int | None = None
 
     def describe(self, model: nn.Module) -> dict:
-        """The manifest record: the spec, the sparsity reached, per-layer counts, IMP rounds."""
+        """The manifest record: the spec, the sparsity reached, per-layer counts, IMP rounds, and the cost of
+        the pruning step itself (scoring and selection; for rewinding methods, the rounds' retraining too —
+        not a dense run, a replay or a fine-tune, which the checkpoint's overall ``cost`` includes)."""
         return {
             "spec": str(self.spec),
             **self.spec.to_dict(),
@@ -182,10 +184,7 @@ def train_sparse(model: nn.Module, spec: str | PruneSpec, run: RunFn, config: Tr
             history = [{"round": 0, **r} for r in dense.history]
             result = prune(model, spec.replace(rewind_epoch=k) if spec.method == "omp" else spec, names=names,
                            retrain=_round_runner(run, config, spec, history, echo), rewind_state=rewind_state)
-    final = FitReport(history=history, cost=total)
-    record = result.describe(model)
-    record["cost"] = total.to_dict()
-    return final, record
+    return FitReport(history=history, cost=total), result.describe(model)
 
 
 def _round_runner(run: RunFn, config: TrainConfig, spec: PruneSpec, history: list[dict], echo: bool):
@@ -298,7 +297,6 @@ def prune_checkpoint(
     pruning.update({
         "at_init": at_init,
         "finetune": {"epochs": finetune_epochs, "lr": lr} if finetune_epochs else None,
-        "cost": total.to_dict(),
     })
     metrics = {
         "test_acc": trainer.test_accuracy(model),
