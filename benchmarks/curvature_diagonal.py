@@ -118,7 +118,14 @@ def main(argv=None) -> int:
     parser.add_argument("--identity-samples", type=int, default=64)
     parser.add_argument("--identity-entries", type=int, default=8, help="entries checked per parameter tensor")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to test this script")
+    parser.add_argument("--report-only", action="store_true", help="rewrite README.md from results.json")
     args = parser.parse_args(argv)
+    if args.report_only:
+        import json
+
+        out = Path(args.out)
+        write_text_atomic(out / "README.md", report(json.loads((out / "results.json").read_text())))
+        return 0
     if args.quick:
         args.reference_samples, args.exact_samples, args.sampled_samples = 100, "10", "10,20"
         args.hutchinson_samples, args.hutchinson_probes, args.identity_samples, args.identity_entries = 16, 88, 8, 2
@@ -274,13 +281,14 @@ def report(r: dict) -> str:
         f"## Data samples (reference: exact diagonal on {r['reference']['samples']:,} other samples, "
         f"{r['reference']['zero_fraction'] * 100:.1f} % of its entries exactly zero)",
         "",
-        "| estimator | samples | Spearman vs reference | same, nonzero entries | vs exact on same samples | seconds | epochs (s) | epochs (passes) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| estimator | samples | reference ÷ samples | Spearman vs reference | same, nonzero entries | vs exact on same samples | seconds | epochs (s) | epochs (passes) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in r["ggn_rows"]:
         rel = row["relative_to_epoch"]
         same = row.get("spearman_vs_exact_same_samples")
-        lines.append(f"| {row['estimator']} | {row['samples']} | {row['spearman_vs_reference']:.3f} | "
+        lines.append(f"| {row['estimator']} | {row['samples']} | {r['reference']['samples'] / row['samples']:.0f} | "
+                     f"{row['spearman_vs_reference']:.3f} | "
                      f"{row['spearman_vs_reference_nonzero']:.3f} | {'' if same is None else f'{same:.3f}'} | "
                      f"{rel['seconds']:.1f} | {rel['epochs_by_seconds']:.3f} | {rel['epochs_by_passes']:.3f} |")
     h = r["hutchinson"]

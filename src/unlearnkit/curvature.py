@@ -254,10 +254,9 @@ def _check_nonempty(source: Source) -> int:
     return n
 
 
-def _batches(source: Source, space: _Space, batch_size: int | None, indices: torch.Tensor | None = None
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(source: Source, space: _Space, batch_size: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(x, y)`` chunks of the source in index order, on the model's device, inputs in the model's dtype."""
-    order = source.indices if indices is None else indices
+    order = source.indices
     size = int(batch_size or DEFAULT_BATCH)
     if size < 1:
         raise UnlearnKitError(f"batch_size must be >= 1, got {size}")
@@ -515,12 +514,13 @@ def exact_hessian_diagonal(model: nn.Module, data: Data, *, loss: LossFn | None 
     with _evaluating(model):
         for start in range(0, selected.numel(), chunk):
             rows = selected[start : start + chunk]
+            positions = torch.arange(rows.numel(), device=space.device)
             basis = torch.zeros(rows.numel(), space.size, device=space.device, dtype=space.dtype)
-            basis[torch.arange(rows.numel()), rows] = 1
+            basis[positions, rows] = 1
             stacked = {n: t.reshape((rows.numel(),) + tuple(space.shapes[n])) for n, t in _split_rows(space, basis).items()}
             products = _hvp_full(space, source, stacked, loss_fn, batch_size, probes=rows.numel())
             flat = torch.cat([products[n].reshape(rows.numel(), -1) for n in space.active], dim=1)
-            diagonal[rows] = flat[torch.arange(rows.numel()), rows]
+            diagonal[rows] = flat[positions, rows]
     return space.expand(space.unflat(diagonal))
 
 
