@@ -36,8 +36,8 @@ TITLES = {"UA": "UA", "MIA": "MIA-efficacy", "RA": "RA", "TA": "TA", "avg_gap": 
           "MIA_entropy": "MIA-efficacy (entropy)"}
 METRICS = [(k, TITLES[k]) for k in ("UA", "MIA", "RA", "TA", "avg_gap")]
 NAMES = {"retrain": "Retrain (same sparsity)", "original": "Original (no unlearning)", "finetune": "FT",
-         "grad_ascent": "GA", "fisher": "FF", "influence": "IU", "l1_sparse": "ℓ1-sparse"}
-ORDER = ["retrain", "original", "finetune", "grad_ascent", "fisher", "influence", "l1_sparse"]
+         "finetune[lr=0.01]": "FT (lr 0.01)", "grad_ascent": "GA", "fisher": "FF", "influence": "IU", "l1_sparse": "ℓ1-sparse"}
+ORDER = ["retrain", "original", "finetune", "finetune[lr=0.01]", "grad_ascent", "fisher", "influence", "l1_sparse"]
 
 
 def folder(sparsity: float) -> str:
