@@ -94,6 +94,14 @@ def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="checkpoint directory for the unlearned model")
+    p.add_argument("--prune", default=None, metavar="SPEC",
+                   help="prune first, then unlearn: prune the checkpoint by SPEC (omp:S, imp:S, synflow:S; see "
+                        "docs/sparsity.md) and unlearn the pruned model; its mask holds through the method (and Retrain)")
+    p.add_argument("--prune-finetune-epochs", type=int, default=None,
+                   help="fine-tuning epochs after pruning, on the data as trained (default: 2 after a one-shot prune, "
+                        "0 where the spec retrains or trains)")
+    p.add_argument("--prune-finetune-lr", type=float, default=None, help="their learning rate (default: a fifth of the recipe's)")
+    p.add_argument("--pruned-out", default=None, help="also write the pruned model (before unlearning) as a checkpoint here")
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,6 +113,9 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
+    p.add_argument("--prune", default=None, metavar="SPEC",
+                   help="prune first, then unlearn: prune the suite's originals by SPEC (e.g. omp:0.95; 'none' for dense), "
+                        "overriding the suite's `prune` key; default --out gains the spec")
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
@@ -182,7 +193,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         report = accuracy_report(checkpoint.model, data, device=args.device)
     else:
         reference = load_checkpoint(args.reference) if args.reference else None
-        original_path = args.original or (checkpoint.manifest.get("parent") or {}).get("path")
+        parent = checkpoint.manifest.get("parent") or {}
+        # A model unlearned from an in-memory pruned copy has no original on disk (its parent is the dense model).
+        original_path = args.original or (None if parent.get("pruned_first") else parent.get("path"))
         original = load_checkpoint(original_path) if original_path and Path(original_path).exists() else None
         cost = checkpoint.manifest.get("cost")
         retrain_s = (reference.manifest.get("cost") or {}).get("seconds") if reference else None
@@ -213,18 +226,45 @@ def _unlearn(args: argparse.Namespace) -> int:
     from .requests import build_request
 
     checkpoint = load_checkpoint(args.checkpoint)
+    options = parse_sets(args.set)
+    if args.prune is not None:  # bad specs and options fail before any pruning work
+        from .methods import METHODS, make_config
+        from .sparsity import parse_prune_spec, prune_first
+
+        spec = parse_prune_spec(args.prune)
+        if args.method not in METHODS:
+            raise UnlearnKitError(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
+        make_config(METHODS[args.method], options)
+        if args.prune_finetune_epochs is not None and args.prune_finetune_epochs < 0:
+            raise UnlearnKitError("--prune-finetune-epochs must be >= 0")
+    elif any(v is not None for v in (args.prune_finetune_epochs, args.prune_finetune_lr, args.pruned_out)):
+        raise UnlearnKitError("--prune-finetune-epochs, --prune-finetune-lr and --pruned-out need --prune SPEC")
     data = checkpoint.dataset(args.data_dir)
     request = build_request(args.request, data, args.seed) if args.request else checkpoint.request(data)
     if request is None:
         raise UnlearnKitError(f"{args.checkpoint} records no request; pass --request (e.g. random:0.1 or class:0)")
-    result = unlearn(checkpoint, request, data, args.method, seed=args.seed, device=args.device, **parse_sets(args.set))
+    parent = {"path": str(checkpoint.path), "sha256": checkpoint.manifest["weights"]["sha256"]}
+    pruning = None
+    if args.prune is not None:
+        checkpoint = prune_first(checkpoint, spec, finetune_epochs=args.prune_finetune_epochs,
+                                 finetune_lr=args.prune_finetune_lr, device=args.device, data_dir=args.data_dir,
+                                 out=args.pruned_out, echo=True)
+        pruning = checkpoint.manifest["pruning"]
+        print(f"pruned by {pruning['spec']} to sparsity {pruning['achieved_sparsity']:.4f}: test accuracy "
+              f"{checkpoint.manifest['metrics']['test_acc']:.2f} % before unlearning")
+        if args.pruned_out is not None:  # the pruned checkpoint is the unlearned model's parent
+            parent = {"path": str(checkpoint.path), "sha256": checkpoint.manifest["weights"]["sha256"],
+                      "pruned_from": parent}
+        else:
+            parent = {**parent, "pruned_first": pruning["spec"]}
+    result = unlearn(checkpoint, request, data, args.method, seed=args.seed, device=args.device, **options)
     manifest = checkpoint.manifest
     save_checkpoint(
         args.out, result.model, model_name=manifest["model"]["name"], model_args=manifest["model"]["args"],
         dataset=data, data_dir=args.data_dir, request=request, kind="unlearned",
         extra={"seed": args.seed, "train": manifest.get("train"), "method": {"name": args.method, "config": result.config},
                "cost": result.cost.to_dict(), "notes": {k: v for k, v in result.notes.items() if k != "history"},
-               "parent": {"path": str(checkpoint.path), "sha256": manifest["weights"]["sha256"]}},
+               "parent": parent, **({"pruning": pruning} if pruning is not None else {})},
     )
     c = result.cost
     print(f"{args.method} unlearned {request.spec} ({request.forget.numel()} samples) in {c.seconds:.1f} s "
@@ -238,10 +278,19 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import load_suite, run_suite, write_report
 
     suite = load_suite(args.suite)
+    if args.prune is not None:
+        from .bench import with_prune
+
+        dense = args.prune.strip().lower() in ("none", "dense")
+        suite = with_prune(suite, None if dense else args.prune,
+                           finetune_epochs=None if dense else suite.prune_finetune_epochs,
+                           finetune_lr=None if dense else suite.prune_finetune_lr)
     seeds = None
     if args.seeds:
         seeds = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
-    out = args.out or f"benchmarks/results/{suite.name}"
+    suffix = "" if args.prune is None else "-" + ("dense" if suite.prune is None else
+                                                   "".join(c if c.isalnum() or c in ".=-" else "_" for c in suite.prune))
+    out = args.out or f"benchmarks/results/{suite.name}{suffix}"
     methods = args.methods.split(",") if args.methods else None
     run_suite(suite, out, cache_dir=args.cache, device=args.device, data_dir=args.data_dir, seeds=seeds, methods=methods,
               command="unlearnkit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("unlearnkit") else None,

@@ -1,6 +1,11 @@
 """The benchmark runner: originals and retrained models are trained once and cached by a hash of their
 configuration; every (request, method variant, seed) becomes one JSON record written atomically, so a
-suite can be interrupted, resumed or extended and only what is new is computed."""
+suite can be interrupted, resumed or extended and only what is new is computed.
+
+A suite with ``prune = SPEC`` unlearns from pruned originals: the cached dense original pruned and
+fine-tuned by :func:`unlearnkit.sparsity.prune_first`, cached by a hash of the dense original's key, the spec
+and the fine-tuning; its Retrain keeps the mask, so each method is compared with the retrained model of the
+same sparsity."""
 
 from __future__ import annotations
 
@@ -51,15 +56,35 @@ class ModelCache:
             log(f"training original {model_name} (seed {seed}) -> {path}")
             api.train(data, model_name, request=request if key_fields["request"] else None, config=recipe, seed=seed,
                       device=device, model_options=suite.model_options, out=path)
+        if suite.prune is None:
+            return path, key_fields
+        return self.pruned(path, key_fields, suite, device, log)
+
+    def pruned(self, dense_path: Path, dense_key: dict, suite: Suite, device, log) -> tuple[Path, dict]:
+        """The dense original pruned by the suite's spec (prune first, then unlearn), cached."""
+        from ..sparsity import parse_prune_spec, prune_first, prune_first_finetune_epochs
+
+        spec = parse_prune_spec(suite.prune)
+        epochs = prune_first_finetune_epochs(spec) if suite.prune_finetune_epochs is None else suite.prune_finetune_epochs
+        key_fields = {"kind": "pruned", "parent": dense_key, "prune": spec.to_dict(), "finetune_epochs": epochs,
+                      "finetune_lr": suite.prune_finetune_lr}
+        path = self.root / "pruned" / config_hash(key_fields)
+        if not (path / "manifest.json").exists():
+            log(f"pruning {dense_path} by {spec} (fine-tune {epochs} epochs) -> {path}")
+            prune_first(load_checkpoint(dense_path), spec, finetune_epochs=epochs, finetune_lr=suite.prune_finetune_lr,
+                        device=device, out=path)
         return path, key_fields
 
-    def retrained(self, original_path: Path, original_key: dict, request: Request, data: Dataset, device, log) -> Path:
+    def retrained(self, original_path: Path, original_key: dict, request: Request, data: Dataset, device, log,
+                  options: dict | None = None) -> Path:
         key_fields = {"kind": "retrained", "original": original_key, "request": request.describe()}
+        if options:  # only non-default Retrain options enter the key, so existing caches stay valid
+            key_fields["options"] = options
         path = self.root / "retrained" / config_hash(key_fields)
         if not (path / "manifest.json").exists():
             log(f"retraining without {request.spec} (seed {request.seed}) -> {path}")
             checkpoint = load_checkpoint(original_path)
-            result = unlearn(checkpoint, request, data, "retrain", seed=request.seed, device=device)
+            result = unlearn(checkpoint, request, data, "retrain", seed=request.seed, device=device, **(options or {}))
             manifest = checkpoint.manifest
             save_checkpoint(path, result.model, model_name=manifest["model"]["name"], model_args=manifest["model"]["args"],
                             dataset=data, request=request, kind="retrained",
@@ -90,7 +115,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
     write_json_atomic(out_dir / "runs" / f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json", {
         "suite": suite.name, "suite_file": suite.path, "command": command, "machine": machine(), "versions": versions(),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seeds": seeds,
-        "variants": [v.label for v in variants], "requests": suite.requests,
+        "variants": [v.label for v in variants], "requests": suite.requests, "prune": suite.prune,
     })
     todo = [(spec, seed, v) for seed in seeds for spec in suite.requests for v in variants
             if not record_path(out_dir, spec, v.slug, seed).exists()]
@@ -105,13 +130,15 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
                 continue
             request = build_request(spec, data, seed)
             original_path, original_key = cache.original(suite, data, seed, request, device, log)
-            retrained_path = cache.retrained(original_path, original_key, request, data, device, log)
+            retrain_options = suite.retrain_options()
+            retrained_path = cache.retrained(original_path, original_key, request, data, device, log, retrain_options)
             original = load_checkpoint(original_path)
             retrained = load_checkpoint(retrained_path)
             retrain_s = retrained.manifest["cost"]["seconds"]
             common = {"suite": suite.name, "dataset": data.name, "data_fingerprint": data.fingerprint,
                       "model": original.manifest["model"]["name"], "request": spec, "seed": seed,
-                      "retrain_s": retrain_s, "original": str(original_path), "retrained": str(retrained_path)}
+                      "retrain_s": retrain_s, "original": str(original_path), "retrained": str(retrained_path),
+                      "prune": suite.prune, "sparsity": (original.manifest.get("pruning") or {}).get("achieved_sparsity", 0.0)}
             reference = evaluate(model_outputs(retrained.model, data, request, device), request, data,
                                  mia_shadow_size=suite.mia_shadow_size, seed=seed)
             original_eval = evaluate(model_outputs(original.model, data, request, device), request, data,
@@ -119,7 +146,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
             if not reference_path.exists():
                 ref_metrics = dict(reference.metrics, avg_gap=0.0, rte_s=retrain_s, rte_ratio=1.0,
                                    **{f"gap_{k}": 0.0 for k in ("UA", "RA", "TA", "MIA")})
-                _write(reference_path, {**common, "method": "retrain", "variant": "retrain", "options": {},
+                _write(reference_path, {**common, "method": "retrain", "variant": "retrain", "options": retrain_options,
                                         **ref_metrics, "cost": retrained.manifest["cost"]})
             if not original_row.exists():
                 _write(original_row, {**common, "method": "original", "variant": "original", "options": {},

@@ -6,12 +6,16 @@
     requests = ["random:0.1", "class:0"]
     methods = ["finetune", "salun", "l1_sparse[alpha=1e-4]"]   # NAME or NAME[key=value,...]
     seeds = [0, 1, 2]
+    prune = "omp:0.95"       # optional: prune first, then unlearn (originals pruned, Retrain keeps the mask)
+    prune_finetune_epochs = 2   # optional: fine-tuning after pruning (default: 2 after a one-shot prune)
 
     [train]                  # overrides of the data set's training recipe
     epochs = 10
 
     [options.finetune]       # overrides of a method's defaults, for every variant of it
     lr = 0.02
+
+    [options.retrain]        # options of the reference Retrain too (e.g. use_corrections = false)
 
     [sweep.salun]            # a grid: each combination becomes a variant salun[lr=...,epochs=...]
     lr = [0.005, 0.01]
@@ -90,9 +94,18 @@ class Suite:
     model_options: dict[str, Any] = field(default_factory=dict)
     mia_shadow_size: int | None = 3000
     path: str | None = None
+    # Prune first, then unlearn (seed 000): every original is the dense original pruned by this spec and
+    # fine-tuned (see unlearnkit.sparsity.prune_first); the reference Retrain keeps its mask.
+    prune: str | None = None
+    prune_finetune_epochs: int | None = None  # None: sparsity.prune_first_finetune_epochs(spec)
+    prune_finetune_lr: float | None = None  # None: a fifth of the recipe's
 
     def method_options(self, variant: Variant) -> dict[str, Any]:
         return {**self.options.get(variant.method, {}), **dict(variant.options)}
+
+    def retrain_options(self) -> dict[str, Any]:
+        """Options of the reference Retrain (``[options.retrain]``); they are part of its cache key."""
+        return dict(self.options.get("retrain", {}))
 
     def train_config(self) -> TrainConfig:
         from ..recipes import default_recipe, default_model
@@ -136,11 +149,45 @@ def suite_from_dict(raw: dict, path: str | None = None) -> Suite:
         if variant.label not in seen:
             seen.add(variant.label)
             unique.append(variant)
+    if "retrain" in options:
+        make_config(METHODS["retrain"], options["retrain"])
+    prune = raw.get("prune")
+    if prune is not None:
+        from ..sparsity import parse_prune_spec
+
+        prune = str(parse_prune_spec(prune))
+    finetune_epochs = raw.get("prune_finetune_epochs")
+    finetune_lr = raw.get("prune_finetune_lr")
+    if prune is None and (finetune_epochs is not None or finetune_lr is not None):
+        raise UnlearnKitError(f"{where}: prune_finetune_epochs/prune_finetune_lr need a prune spec (e.g. prune = \"omp:0.95\")")
+    if finetune_epochs is not None and (isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int)
+                                        or finetune_epochs < 0):
+        raise UnlearnKitError(f"{where}: prune_finetune_epochs must be an integer >= 0, got {finetune_epochs!r}")
+    if finetune_lr is not None and (isinstance(finetune_lr, bool) or not isinstance(finetune_lr, (int, float))
+                                    or not finetune_lr > 0):
+        raise UnlearnKitError(f"{where}: prune_finetune_lr must be a positive number, got {finetune_lr!r}")
     suite = Suite(
         name=raw["name"], dataset=raw["dataset"], model=raw.get("model"), requests=list(raw["requests"]),
         variants=unique, seeds=[int(s) for s in raw.get("seeds", [0])], train=raw.get("train", {}),
         options=options, model_options=raw.get("model_options", {}),
         mia_shadow_size=raw.get("mia_shadow_size", 3000), path=path,
+        prune=prune, prune_finetune_epochs=finetune_epochs,
+        prune_finetune_lr=None if finetune_lr is None else float(finetune_lr),
     )
     suite.train_config()  # validates the recipe overrides
     return suite
+
+
+def with_prune(suite: Suite, spec: str | None, *, finetune_epochs: int | None = None,
+               finetune_lr: float | None = None) -> Suite:
+    """A copy of ``suite`` whose originals are pruned by ``spec`` (``None``: dense), e.g. for ``bench --prune``
+    or one point of a sparsity sweep."""
+    import dataclasses
+
+    raw_spec = None
+    if spec is not None:
+        from ..sparsity import parse_prune_spec
+
+        raw_spec = str(parse_prune_spec(spec))
+    return dataclasses.replace(suite, prune=raw_spec, prune_finetune_epochs=finetune_epochs if spec else None,
+                               prune_finetune_lr=finetune_lr if spec else None)

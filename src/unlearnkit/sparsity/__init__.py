@@ -12,8 +12,8 @@ from .magnitude import (imp_schedule, iterative_magnitude_prune, magnitude_prune
                         train_with_snapshot)
 from .spec import PRUNE_METHODS, PruneSpec, parse_prune_spec
 from .synflow import SynFlowScorer, input_shape_of, synflow_prune, synflow_scores
-from .workflow import (ClassifierTrainer, PruneResult, Pruned, prune, prune_checkpoint, replay_rewind_state, save_pruned,
-                       train_sparse)
+from .workflow import (PRUNE_FIRST_FINETUNE_EPOCHS, ClassifierTrainer, PruneResult, Pruned, prune, prune_checkpoint,
+                       prune_first, prune_first_finetune_epochs, replay_rewind_state, save_pruned, train_sparse)
 
 __all__ = [
     "PRUNE_SUFFIX", "attach_prune_masks", "enforce_prune_masks", "prune_masks", "remove_prune_masks",
@@ -21,5 +21,6 @@ __all__ = [
     "imp_schedule", "iterative_magnitude_prune", "magnitude_prune", "rewind", "select_survivors", "snapshot",
     "train_with_snapshot", "PRUNE_METHODS", "PruneSpec", "parse_prune_spec", "SynFlowScorer", "input_shape_of",
     "synflow_prune", "synflow_scores", "ClassifierTrainer", "PruneResult", "Pruned", "prune", "prune_checkpoint",
-    "replay_rewind_state", "save_pruned", "train_sparse",
+    "replay_rewind_state", "save_pruned", "train_sparse", "PRUNE_FIRST_FINETUNE_EPOCHS", "prune_first",
+    "prune_first_finetune_epochs",
 ]
