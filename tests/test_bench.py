@@ -68,6 +68,17 @@ def test_run_resume_and_report(tmp_path, monkeypatch):
     assert sorted((cache / "originals").iterdir()) == originals  # the original was trained once
     assert run_suite(suite, out, cache_dir=cache, device="cpu", log=lambda m: None) == []
 
+    # A record made with other resolved options (e.g. before a method's defaults were re-tuned) is stale.
+    first_path = record_path(out, "class:1", suite.variants[0].slug, 0)
+    stale = json.loads(first_path.read_text())
+    stale["options"]["lr"] = stale["options"]["lr"] * 10
+    first_path.write_text(json.dumps(stale))
+    messages = []
+    rerun = run_suite(suite, out, cache_dir=cache, device="cpu", log=messages.append)
+    assert [r["variant"] for r in rerun] == [suite.variants[0].label]
+    assert sum("stale record" in m for m in messages) == 1
+    assert json.loads(first_path.read_text())["options"]["lr"] == rerun[0]["options"]["lr"]
+
     records = load_records(out)
     keys = {"suite", "dataset", "model", "request", "method", "seed", "UA", "RA", "TA", "MIA", "avg_gap", "rte_s", "retrain_s"}
     for record in records:

@@ -9,6 +9,7 @@ same sparsity."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -24,7 +25,7 @@ from .._util import machine, resolve_device, versions, write_json_atomic
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import Dataset, load_dataset
 from ..evaluation import Evaluation, evaluate, model_outputs
-from ..methods import unlearn
+from ..methods import METHODS, make_config, unlearn
 from ..recipes import default_model
 from ..requests import Request, build_request
 from .suite import Suite, Variant
@@ -117,13 +118,18 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seeds": seeds,
         "variants": [v.label for v in variants], "requests": suite.requests, "prune": suite.prune,
     })
-    todo = [(spec, seed, v) for seed in seeds for spec in suite.requests for v in variants
-            if not record_path(out_dir, spec, v.slug, seed).exists()]
+    current = {v.label: _resolved_options(suite, v) for v in variants}
+
+    def recorded(spec: str, variant: Variant, seed: int) -> bool:
+        return _record_is_current(record_path(out_dir, spec, variant.slug, seed), current[variant.label], log)
+
+    todo = [(spec, seed, v) for seed in seeds for spec in suite.requests for v in variants if not recorded(spec, v, seed)]
+    todo_keys = {(spec, seed, v.label) for spec, seed, v in todo}
     bar = _bar(len(todo), suite.name) if progress and todo else None
     records = []
     for seed in seeds:
         for spec in suite.requests:
-            pending = [v for v in variants if not record_path(out_dir, spec, v.slug, seed).exists()]
+            pending = [v for v in variants if (spec, seed, v.label) in todo_keys]
             reference_path = record_path(out_dir, spec, "retrain", seed)
             original_row = record_path(out_dir, spec, "original", seed)
             if not pending and reference_path.exists() and original_row.exists():
@@ -173,6 +179,27 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
     if bar is not None:
         bar.close()
     return records
+
+
+def _resolved_options(suite: Suite, variant: Variant) -> dict:
+    """The variant's full config as a record stores it (defaults filled in), JSON-normalised."""
+    config = make_config(METHODS[variant.method], suite.method_options(variant))
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _record_is_current(path: Path, options: dict, log: Callable[[str], None]) -> bool:
+    """A record counts as done only if it was made with the same resolved options: a variant named by its
+    method alone (``finetune``) means the registry defaults, which change when defaults are re-tuned."""
+    if not path.exists():
+        return False
+    try:
+        stored = json.loads(path.read_text()).get("options")
+    except (OSError, json.JSONDecodeError):
+        stored = None
+    if stored == options:
+        return True
+    log(f"stale record {path} (options differ from the current config): running it again")
+    return False
 
 
 def _write(path: Path, record: dict) -> None:
