@@ -88,7 +88,7 @@ class Generator(nn.Module):
 
     def __init__(self, channels: int, epsilon: float, width: int = 16, noise_channels: int = 4) -> None:
         super().__init__()
-        self.channels, self.noise_channels, self.width = channels, noise_channels, width
+        self.channels, self.noise_channels, self.width, self.budget = channels, noise_channels, width, float(epsilon)
         # A buffer, so the budget travels with the weights and a loaded generator cannot exceed its manifest's ε.
         self.register_buffer("epsilon", torch.tensor(float(epsilon)))
         self.net = nn.Sequential(
@@ -106,7 +106,7 @@ class Generator(nn.Module):
         return torch.randn(n, self.noise_channels, height, width, generator=generator)
 
     def arguments(self) -> dict[str, Any]:
-        return {"channels": self.channels, "epsilon": float(self.epsilon), "width": self.width,
+        return {"channels": self.channels, "epsilon": self.budget, "width": self.width,
                 "noise_channels": self.noise_channels}
 
 
@@ -128,15 +128,15 @@ class Discriminator(nn.Module):
 @torch.no_grad()
 def perturb(generator: Generator, x: torch.Tensor, *, seed: int = 0, batch_size: int = 512,
             device: str | torch.device | None = None) -> torch.Tensor:
-    """G(x, z) for every image of ``x`` with noise drawn from ``seed`` (the same images for the same seed), on the CPU."""
+    """G(x, z) for every image of ``x`` with noise drawn from ``seed``, on the CPU: the same images for the same seed
+    whatever the batch size (the noise for all of ``x`` is drawn at once)."""
     device = resolve_device(device if device is not None else next(generator.parameters()).device)
     generator = generator.to(device).eval()
-    noise_source = torch.Generator().manual_seed(seed)
+    noise = generator.noise(x.shape[0], x.shape[2], x.shape[3], torch.Generator().manual_seed(seed))
     out = []
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
-        z = generator.noise(xb.shape[0], xb.shape[2], xb.shape[3], noise_source)
-        out.append(generator(xb.to(device), z.to(device)).cpu())
+        out.append(generator(xb.to(device), noise[start : start + batch_size].to(device)).cpu())
     return torch.cat(out) if out else x[:0].clone()
 
 
