@@ -47,10 +47,13 @@ class SpdGanConfig:
     """Training options of an SPD-GAN (documented defaults; sized for a 2-core CPU)."""
 
     epsilon: float = field(default=0.1, metadata={"help": "L∞ budget in pixel units ([0, 1] images)"})
-    epochs: int = field(default=10, metadata={"help": "passes over the forget set"})
+    epochs: int = field(default=8, metadata={"help": "passes over the training images"})
+    train_samples: int | None = field(default=512, metadata={
+        "help": "train on a seeded random subset of at most this many forget images (None: all); the generator is "
+                "image-to-image, so it is then applied to every forget image"})
     batch_size: int = field(default=64, metadata={"help": "forget images per step"})
     lr: float = field(default=2e-4, metadata={"help": "Adam learning rate of both networks (β = 0.5, 0.999)"})
-    width: int = field(default=16, metadata={"help": "channels of the generator's and discriminator's hidden layers"})
+    width: int = field(default=8, metadata={"help": "channels of the generator's and discriminator's hidden layers"})
     noise_channels: int = field(default=4, metadata={"help": "channels of the spatial N(0, 1) noise input"})
     adversarial_weight: float = field(default=1.0, metadata={"help": "w_adv: weight of the adversarial loss"})
     closeness_weight: float = field(default=1.0, metadata={"help": "w_close: weight of mean (δ/ε)²"})
@@ -62,6 +65,8 @@ class SpdGanConfig:
             raise UnlearnKitError(f"SPD-GAN epsilon must be in (0, 1] (pixel units), got {self.epsilon}")
         if self.epochs < 0 or self.batch_size < 1 or self.width < 1 or self.noise_channels < 0:
             raise UnlearnKitError("SPD-GAN epochs must be >= 0, batch_size and width >= 1, noise_channels >= 0")
+        if self.train_samples is not None and self.train_samples < 1:
+            raise UnlearnKitError("SPD-GAN train_samples must be >= 1 (or None for all forget images)")
         if not self.lr > 0:
             raise UnlearnKitError("SPD-GAN lr must be positive")
 
@@ -73,7 +78,10 @@ class SpdGanConfig:
             raise UnlearnKitError(f"unknown SPD-GAN option(s) {', '.join(unknown)}; known: {', '.join(known)}")
         coerced = {}
         for key, value in values.items():
-            kind = int if known[key].type in ("int", int) else float
+            if value is None and key == "train_samples":
+                coerced[key] = None
+                continue
+            kind = int if known[key].type in ("int", int, "int | None") else float
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
                 raise UnlearnKitError(f"SPD-GAN option {key} expects {kind.__name__}, got {value!r}")
             coerced[key] = kind(value)
@@ -176,6 +184,8 @@ def train_spdgan(original: nn.Module, x: torch.Tensor, ids: torch.Tensor, config
     try:
         with metered() as cost:
             # The original's own predictions are the labels to keep (not the data set's labels).
+            if config.train_samples is not None and ids.numel() > config.train_samples:
+                ids = ids[torch.randperm(ids.numel(), generator=order)[: config.train_samples]]
             kept = torch.zeros(x.shape[0], dtype=torch.long)
             kept[ids] = predict_logits(original, x[ids], device=device).argmax(1)
             source = Source(x, kept, ids, batch_size=config.batch_size, shuffle=True, name="forget")
