@@ -15,7 +15,7 @@ from .errors import UnlearnKitError
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 # Feature packages that add sub-commands by calling :func:`register` when imported.
-COMMAND_MODULES: list[str] = ["unlearnkit.sparsity.cli"]
+COMMAND_MODULES: list[str] = ["unlearnkit.sparsity.cli", "unlearnkit.spdgan.cli"]
 
 
 def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
@@ -80,6 +80,9 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--original", default=None, help="the original checkpoint (FR, MRR); default: the checkpoint's parent")
     p.add_argument("--request", default=None, help="request to evaluate (default: the one the checkpoint records)")
     p.add_argument("--mia-shadow-size", type=int, default=3000, help="SVC shadow points per side (0: the full convention)")
+    p.add_argument("--spdgan", default=None, metavar="G",
+                   help="a generator from `unlearnkit spdgan train`: adds accuracy/loss on the perturbed forget set and "
+                        "the unlearning degree (with --original; with --reference also the retrained model's)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON only")
@@ -199,13 +202,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         original = load_checkpoint(original_path) if original_path and Path(original_path).exists() else None
         cost = checkpoint.manifest.get("cost")
         retrain_s = (reference.manifest.get("cost") or {}).get("seconds") if reference else None
+        spdgan = None
+        if args.spdgan:
+            from .spdgan import load_spdgan
+
+            spdgan = load_spdgan(args.spdgan)
+            # Check against the original it must have been trained for; the images are then reused for every model.
+            spdgan = spdgan.perturb_forget(data, request, original=original.model if original is not None else None)
         report = evaluate(
             checkpoint.model, request, data,
             reference=reference.model if reference else None,
             original=original.model if original is not None and original.path != checkpoint.path else None,
             cost=Cost(cost["seconds"], cost["forward_samples"], cost["backward_samples"])
             if cost and checkpoint.manifest.get("kind") == "unlearned" else None,
-            retrain_seconds=retrain_s, mia_shadow_size=args.mia_shadow_size or None, device=args.device,
+            retrain_seconds=retrain_s, mia_shadow_size=args.mia_shadow_size or None, device=args.device, spdgan=spdgan,
         ).metrics
         report = {"request": request.spec, **report}
     if args.json:

@@ -16,6 +16,12 @@ outputs:
   divergence of the output distributions on D_f and on the test set (bits), and the L2 distance of the weights.
 * With the ``original``: forgetting rate **FR** = (A_o(D_f) − A_u(D_f)) / A_o(D_f) and memory retention rate
   **MRR** = A_u(D_r) / A_o(D_r) (seed 003; the paper's exact formulas are not public, these are the design's).
+* With ``spdgan`` (a trained :class:`~unlearnkit.spdgan.SpdGan`, or its perturbed forget images): accuracy
+  **spd_acc** and cross-entropy **spd_loss** on the SPD-GAN-perturbed forget set G(D_f) (labels as trained); with
+  the ``original`` also the **unlearning degree** (seed 003) **UD_acc** = A_o(G(D_f)) − A_u(G(D_f)) and **UD_loss** =
+  L_u(G(D_f)) − L_o(G(D_f)) (signed so that both grow as the model forgets), and with the ``reference`` too the
+  retrained model's degree **UD_acc_retrain** / **UD_loss_retrain** and **gap_UD_acc** = |UD_acc − UD_acc_retrain|.
+  **forget_loss** (cross-entropy on D_f) is always reported, to compare with spd_loss.
 * With ``cost`` and ``retrain_seconds``: **rte_s** and **rte_ratio**.
 * Backdoor (edit) requests: **ASR** (% of triggered non-target test images classified as the target) and
   clean accuracy; relabel requests: **forget_acc_corrected** (accuracy on D_f against the true labels).
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +40,7 @@ from sklearn.svm import SVC
 
 from ._util import resolve_device
 from .data import Dataset
+from .errors import UnlearnKitError
 from .requests import Request
 from .training import Cost, predict_logits
 
@@ -56,6 +64,14 @@ METRIC_DOCS = {
     "l2_to_reference": "L2 distance between the weights and the retrained model's",
     "FR": "forgetting rate (A_o(D_f) − A_u(D_f)) / A_o(D_f)",
     "MRR": "memory retention rate A_u(D_r) / A_o(D_r)",
+    "forget_loss": "mean cross-entropy on D_f (labels as trained)",
+    "spd_acc": "accuracy (%) on the SPD-GAN-perturbed forget set G(D_f) (labels as trained)",
+    "spd_loss": "mean cross-entropy on G(D_f)",
+    "UD_acc": "unlearning degree (seed 003): A_o(G(D_f)) − A_u(G(D_f)), accuracy points",
+    "UD_loss": "unlearning degree on the loss: L_u(G(D_f)) − L_o(G(D_f))",
+    "UD_acc_retrain": "the retrained model's unlearning degree A_o(G(D_f)) − A_r(G(D_f)) (the target)",
+    "UD_loss_retrain": "the retrained model's L_r(G(D_f)) − L_o(G(D_f))",
+    "gap_UD_acc": "|UD_acc − UD_acc_retrain| = |A_r(G(D_f)) − A_u(G(D_f))|",
     "rte_s": "run-time efficiency: wall-clock seconds of the unlearning call",
     "rte_ratio": "rte_s / seconds of retraining",
     "forward_samples": "samples passed forward by the unlearning call",
@@ -73,6 +89,7 @@ class Outputs:
     triggered_test: torch.Tensor | None = None
     weights: dict[str, torch.Tensor] | None = None
     non_finite: int = 0  # samples whose logits were not finite (their probabilities are set to uniform)
+    perturbed_forget: torch.Tensor | None = None  # probabilities on the SPD-GAN-perturbed forget images, in forget order
 
 
 @dataclass
@@ -93,7 +110,9 @@ def _probabilities(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
     return probs, int(bad.sum())
 
 
-def model_outputs(model: nn.Module, data: Dataset, request: Request, device=None) -> Outputs:
+def model_outputs(model: nn.Module, data: Dataset, request: Request, device=None,
+                  perturbed_forget: torch.Tensor | None = None) -> Outputs:
+    """One batched pass over the training set (as trained), the test set and, if given, the perturbed forget images."""
     device = resolve_device(device if device is not None else "auto")
     x, _ = request.training_data(data)
     train, bad_train = _probabilities(predict_logits(model, x, device=device))
@@ -102,12 +121,39 @@ def model_outputs(model: nn.Module, data: Dataset, request: Request, device=None
     if request.trigger is not None:
         keep = data.y_test != request.target
         triggered, _ = _probabilities(predict_logits(model, request.trigger.stamp(data.x_test[keep]), device=device))
+    perturbed = None
+    if perturbed_forget is not None:
+        _check_perturbed(perturbed_forget, request)
+        perturbed, _ = _probabilities(predict_logits(model, perturbed_forget, device=device))
     weights = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
-    return Outputs(train, test, triggered, weights, non_finite=bad_train + bad_test)
+    return Outputs(train, test, triggered, weights, non_finite=bad_train + bad_test, perturbed_forget=perturbed)
+
+
+def _check_perturbed(images: torch.Tensor, request: Request) -> None:
+    if images.shape[0] != request.forget.numel():
+        raise UnlearnKitError(f"{images.shape[0]} perturbed forget images for a forget set of {request.forget.numel()} "
+                              f"(an SPD-GAN must be applied to this request's forget set)")
+
+
+def perturbed_forget_images(spdgan: Any, data: Dataset, request: Request, original: Any = None, device=None) -> torch.Tensor | None:
+    """The SPD-GAN-perturbed forget images: ``spdgan`` is a trained generator (checked against the data, the request
+    and, when it is a model, the original) or the images themselves."""
+    if spdgan is None or isinstance(spdgan, torch.Tensor):
+        return spdgan
+    if not hasattr(spdgan, "perturb_forget"):
+        raise UnlearnKitError(f"spdgan must be a trained SpdGan or a tensor of perturbed forget images, not {type(spdgan).__name__}")
+    return spdgan.perturb_forget(data, request, original=original if isinstance(original, nn.Module) else None, device=device)
 
 
 def _acc(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float("nan") if labels.numel() == 0 else 100.0 * float((probs.argmax(1) == labels).float().mean())
+
+
+def _nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross-entropy from probabilities (a probability below 1e-12 counts as 1e-12)."""
+    if labels.numel() == 0:
+        return float("nan")
+    return float(-probs[torch.arange(labels.numel()), labels].double().clamp_min(1e-12).log().mean())
 
 
 def test_mask(data: Dataset, request: Request) -> torch.Tensor:
@@ -204,13 +250,23 @@ def evaluate(
     mia_shadow_size: int | None = 3000,
     seed: int = 0,
     device=None,
+    spdgan: Any = None,
 ) -> Evaluation:
     """Every metric of the field for ``model`` on ``request`` (see the module docstring).
 
     ``reference`` and ``original`` may be models or earlier :class:`Evaluation` results (whose outputs are
-    reused, so a retrained model is run once per suite, not once per method).
+    reused, so a retrained model is run once per suite, not once per method). ``spdgan`` (a trained
+    :class:`~unlearnkit.spdgan.SpdGan` or the perturbed forget images) adds the unlearning degree; earlier
+    :class:`Evaluation` s passed as reference/original must then have been computed with it too.
     """
-    outputs = model if isinstance(model, Outputs) else model_outputs(model, data, request, device)
+    perturbed = perturbed_forget_images(spdgan, data, request, original, device)
+    if isinstance(model, Outputs):
+        outputs = model
+        if perturbed is not None and outputs.perturbed_forget is None:
+            raise UnlearnKitError("evaluate got precomputed outputs without perturbed forget outputs and an spdgan; "
+                                  "compute them with model_outputs(..., perturbed_forget=...)")
+    else:
+        outputs = model_outputs(model, data, request, device, perturbed_forget=perturbed)
     _, y_train = request.training_data(data)
     forget, retain = request.forget, request.retain
     mask = test_mask(data, request)
@@ -219,7 +275,11 @@ def evaluate(
         "RA": _acc(outputs.train[retain], y_train[retain]),
         "TA": _acc(outputs.test[mask], data.y_test[mask]),
         "TA_all": _acc(outputs.test, data.y_test),
+        "forget_loss": _nll(outputs.train[forget], y_train[forget]),
     }
+    if outputs.perturbed_forget is not None:
+        m["spd_acc"] = _acc(outputs.perturbed_forget, y_train[forget])
+        m["spd_loss"] = _nll(outputs.perturbed_forget, y_train[forget])
     m.update(mia_efficacy(outputs, data, request, y_train, shadow_size=mia_shadow_size, seed=seed))
     if request.classes:
         m["forgotten_class_test_acc"] = _acc(outputs.test[~mask], data.y_test[~mask])
@@ -228,9 +288,10 @@ def evaluate(
     if outputs.triggered_test is not None:
         m["ASR"] = 100.0 * float((outputs.triggered_test.argmax(1) == request.target).float().mean())
 
+    ref = orig = None
     if reference is not None:
         ref = reference if isinstance(reference, Evaluation) else evaluate(
-            reference, request, data, mia_shadow_size=mia_shadow_size, seed=seed, device=device)
+            reference, request, data, mia_shadow_size=mia_shadow_size, seed=seed, device=device, spdgan=perturbed)
         for key in GAP_METRICS:
             m[f"gap_{key}"] = abs(m[key] - ref.metrics[key])
         m["avg_gap"] = sum(m[f"gap_{k}"] for k in GAP_METRICS) / len(GAP_METRICS)
@@ -240,11 +301,18 @@ def evaluate(
             m["l2_to_reference"] = weight_distance(outputs.weights, ref.outputs.weights)
     if original is not None:
         orig = original if isinstance(original, Evaluation) else evaluate(
-            original, request, data, mia_shadow_size=mia_shadow_size, seed=seed, device=device)
+            original, request, data, mia_shadow_size=mia_shadow_size, seed=seed, device=device, spdgan=perturbed)
         a_o_forget = 100.0 - orig.metrics["UA"]
         a_u_forget = 100.0 - m["UA"]
         m["FR"] = (a_o_forget - a_u_forget) / a_o_forget if a_o_forget > 0 else float("nan")
         m["MRR"] = m["RA"] / orig.metrics["RA"] if orig.metrics["RA"] > 0 else float("nan")
+        if "spd_acc" in m and "spd_acc" in orig.metrics:
+            m["UD_acc"] = orig.metrics["spd_acc"] - m["spd_acc"]
+            m["UD_loss"] = m["spd_loss"] - orig.metrics["spd_loss"]
+            if ref is not None and "spd_acc" in ref.metrics:
+                m["UD_acc_retrain"] = orig.metrics["spd_acc"] - ref.metrics["spd_acc"]
+                m["UD_loss_retrain"] = ref.metrics["spd_loss"] - orig.metrics["spd_loss"]
+                m["gap_UD_acc"] = abs(m["UD_acc"] - m["UD_acc_retrain"])
     if cost is not None:
         m["rte_s"] = cost.seconds
         m["forward_samples"] = cost.forward

@@ -22,7 +22,8 @@ from .runner import load_records
 
 COLUMNS = [("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA-Eff."), ("avg_gap", "Avg. Gap"),
            ("rte_s", "RTE (s)"), ("rte_pct", "RTE (% Retrain)"), ("work_pct", "Work (% Retrain)")]
-EXTRA = [("FR", "FR"), ("MRR", "MRR"), ("js_forget", "JS D_f"), ("js_test", "JS test"), ("l2_to_reference", "L2 to Retrain"),
+EXTRA = [("FR", "FR"), ("MRR", "MRR"), ("UD_acc", "UD acc"), ("UD_loss", "UD loss"), ("gap_UD_acc", "|UD − UD_r|"),
+         ("spd_acc", "Acc G(D_f)"), ("js_forget", "JS D_f"), ("js_test", "JS test"), ("l2_to_reference", "L2 to Retrain"),
          ("MIA_entropy", "MIA ent."), ("MIA_m_entropy", "MIA m-ent."), ("ASR", "ASR"), ("forget_acc_corrected", "Acc D_f (true)")]
 GAPPED = {"UA", "RA", "TA", "MIA"}
 

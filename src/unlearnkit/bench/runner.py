@@ -93,6 +93,22 @@ class ModelCache:
                                    "parent": {"path": str(original_path), "sha256": manifest["weights"]["sha256"]}})
         return path
 
+    def spdgan(self, original_path: Path, original_key: dict, request: Request, data: Dataset, options: dict,
+               device, log) -> Path:
+        """An SPD-GAN trained on ``request``'s forget set against the cached original (seeded by the request's seed)."""
+        from ..spdgan import SpdGanConfig, save_spdgan, train_for_request
+
+        config = SpdGanConfig.from_dict(options)
+        key_fields = {"kind": "spdgan", "original": original_key, "request": request.describe(), "config": config.to_dict()}
+        path = self.root / "spdgan" / config_hash(key_fields)
+        if not (path / "manifest.json").exists():
+            log(f"training SPD-GAN (ε {config.epsilon}) on {request.spec} (seed {request.seed}) -> {path}")
+            checkpoint = load_checkpoint(original_path)
+            gan = train_for_request(checkpoint.model, data, request, config, seed=request.seed, device=device,
+                                    original_path=original_path, original_file_sha256=checkpoint.manifest["weights"]["sha256"])
+            save_spdgan(path, gan)
+        return path
+
 
 def record_path(out_dir: Path, request_spec: str, variant_slug: str, seed: int) -> Path:
     return out_dir / "records" / _slug(request_spec) / variant_slug / f"seed{seed}.json"
@@ -141,14 +157,27 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
             original = load_checkpoint(original_path)
             retrained = load_checkpoint(retrained_path)
             retrain_s = retrained.manifest["cost"]["seconds"]
+            perturbed, spdgan_path = None, None
+            if suite.spdgan is not None:
+                from ..spdgan import load_spdgan
+
+                spdgan_path = cache.spdgan(original_path, original_key, request, data, suite.spdgan, device, log)
+                perturbed = load_spdgan(spdgan_path).perturb_forget(data, request, original=original.model)
             common = {"suite": suite.name, "dataset": data.name, "data_fingerprint": data.fingerprint,
                       "model": original.manifest["model"]["name"], "request": spec, "seed": seed,
                       "retrain_s": retrain_s, "original": str(original_path), "retrained": str(retrained_path),
                       "prune": suite.prune, "sparsity": (original.manifest.get("pruning") or {}).get("achieved_sparsity", 0.0)}
-            reference = evaluate(model_outputs(retrained.model, data, request, device), request, data,
+            if spdgan_path is not None:
+                common["spdgan"] = str(spdgan_path)
+            original_outputs = model_outputs(original.model, data, request, device, perturbed_forget=perturbed)
+            # The retrained row gets FR/MRR and its unlearning degree too (they are the targets), so the original is
+            # evaluated once alone for it and once against the retrained model for its own row.
+            reference = evaluate(model_outputs(retrained.model, data, request, device, perturbed_forget=perturbed),
+                                 request, data, original=evaluate(original_outputs, request, data,
+                                                                  mia_shadow_size=suite.mia_shadow_size, seed=seed),
                                  mia_shadow_size=suite.mia_shadow_size, seed=seed)
-            original_eval = evaluate(model_outputs(original.model, data, request, device), request, data,
-                                     reference=reference, mia_shadow_size=suite.mia_shadow_size, seed=seed)
+            original_eval = evaluate(original_outputs, request, data, reference=reference,
+                                     mia_shadow_size=suite.mia_shadow_size, seed=seed)
             if not reference_path.exists():
                 ref_metrics = dict(reference.metrics, avg_gap=0.0, rte_s=retrain_s, rte_ratio=1.0,
                                    **{f"gap_{k}": 0.0 for k in ("UA", "RA", "TA", "MIA")})
@@ -161,7 +190,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
                 options = suite.method_options(variant)
                 started = time.time()
                 result = unlearn(original, request, data, variant.method, seed=seed, device=device, **options)
-                evaluation = evaluate(model_outputs(result.model, data, request, device), request, data,
+                evaluation = evaluate(model_outputs(result.model, data, request, device, perturbed_forget=perturbed),
+                                      request, data,
                                       reference=reference, original=original_eval, cost=result.cost,
                                       retrain_seconds=retrain_s, mia_shadow_size=suite.mia_shadow_size, seed=seed)
                 record = {**common, "method": variant.method, "variant": variant.label, "options": result.config,

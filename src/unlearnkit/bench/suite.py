@@ -20,6 +20,9 @@
     [sweep.salun]            # a grid: each combination becomes a variant salun[lr=...,epochs=...]
     lr = [0.005, 0.01]
     epochs = [1, 2]
+
+    [spdgan]                 # optional: train an SPD-GAN per (request, seed) and report the unlearning degree
+    epsilon = 0.1
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ class Suite:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_options: dict[str, Any] = field(default_factory=dict)
     mia_shadow_size: int | None = 3000
+    spdgan: dict[str, Any] | None = None  # SPD-GAN options (see unlearnkit.spdgan.SpdGanConfig); None: no unlearning degree
     path: str | None = None
     # Prune first, then unlearn (seed 000): every original is the dense original pruned by this spec and
     # fine-tuned (see unlearnkit.sparsity.prune_first); the reference Retrain keeps its mask.
@@ -170,11 +174,17 @@ def suite_from_dict(raw: dict, path: str | None = None) -> Suite:
         name=raw["name"], dataset=raw["dataset"], model=raw.get("model"), requests=list(raw["requests"]),
         variants=unique, seeds=[int(s) for s in raw.get("seeds", [0])], train=raw.get("train", {}),
         options=options, model_options=raw.get("model_options", {}),
-        mia_shadow_size=raw.get("mia_shadow_size", 3000), path=path,
+        mia_shadow_size=raw.get("mia_shadow_size", 3000), spdgan=raw.get("spdgan"), path=path,
         prune=prune, prune_finetune_epochs=finetune_epochs,
         prune_finetune_lr=None if finetune_lr is None else float(finetune_lr),
     )
     suite.train_config()  # validates the recipe overrides
+    if suite.spdgan is not None:
+        from ..spdgan import SpdGanConfig
+
+        if not isinstance(suite.spdgan, dict):
+            raise UnlearnKitError(f"{where}: [spdgan] must be a table of SPD-GAN options")
+        SpdGanConfig.from_dict(suite.spdgan)  # validates the options
     return suite
 
 
