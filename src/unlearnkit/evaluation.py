@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
-from sklearn.svm import SVC
 
 from ._util import resolve_device
 from .data import Dataset
@@ -180,6 +179,8 @@ MIA_FEATURES = {
 
 def svc_efficacy(members: np.ndarray, non_members: np.ndarray, targets: np.ndarray) -> float:
     """% of ``targets`` that an RBF SVC (C=3, gamma='auto') fitted on members (1) vs non-members (0) calls 0."""
+    from sklearn.svm import SVC  # imported here: scikit-learn takes seconds to import, and most commands never fit one
+
     x = np.concatenate([members, non_members]).reshape(-1, 1)
     y = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)

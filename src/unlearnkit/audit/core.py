@@ -233,6 +233,9 @@ def run_audit(suite: Suite, out_dir: str | Path, *, settings: AuditSettings | No
     if not specs:
         raise UnlearnKitError("the audit needs at least one request")
     request_seed = settings.request_seed if settings.request_seed is not None else (suite.seeds[0] if suite.seeds else 0)
+    for spec in specs:  # fail before training anything (memorized:K is checked once its scores exist)
+        if spec.split(":", 1)[0] != "memorized" and build_request(spec, data, request_seed).kind != "remove":
+            raise UnlearnKitError(f"the audit handles remove requests (random, class, ids, memorized), not {spec!r}")
     n = settings.models
     timings: dict[str, float] = {}
     results: dict = {
