@@ -162,6 +162,8 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
     )
     rows = dict(unlearned)
     rows[ORIGINAL] = [(l, {"cost": Cost().to_dict(), "config": {}}) for l in originals]
+    orig_level = float(np.mean([_phi(l, labels, forget) for l in originals]))
+    ref_level = float(ref_forget.mean())
     other_variance = "per_example" if stats.resolve_variance(settings.variance, n - 1) == "global" else "global"
     for label, models in rows.items():
         if len(models) != n:
@@ -196,6 +198,10 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
                           "mean_epsilon": round(float(epsilons.mean()), 4),
                           "capped_examples": int((epsilons >= stats.EPSILON_CAP).sum())},
             "retain_exposure": exposure.to_dict(),
+            # How far the mean φ on D_f moved from the original's towards retraining's (0 = not at all, 100 = as
+            # far as retraining, > 100 = past it): says whether a method did anything, not whether it is right.
+            "forget_shift_pct": round(100.0 * (orig_level - float(u_forget.mean())) / (orig_level - ref_level), 2)
+            if orig_level != ref_level else None,
             "population": {key: _mean_std([e[key] for e in evals]) for key in ("UA", "RA", "TA", "MIA", "avg_gap")},
             "cost": {"seconds": _mean_std([c["seconds"] for c in costs]), "passes": float(np.mean([_passes(c) for c in costs])),
                      "work_pct": round(100.0 * float(np.mean([_passes(c) for c in costs])) / ref_passes, 3) if ref_passes else None,

@@ -78,7 +78,8 @@ def markdown(results: dict) -> str:
         "ratio rule (50 % = indistinguishable), AUC, TPR at 1 % / 0.1 % FPR pooled over examples × held-out targets. "
         "**F** is the NeurIPS 2023 challenge's forgetting quality (per-example ε from threshold tests, δ = 1e-5, "
         f"binned: 1, ½, ¼, … per 0.5 of ε up to ceil(log(N − 1)) = {math.ceil(math.log(n - 1))}); the **challenge score** is "
-        "F × RA/RA_retrain × TA/TA_retrain. **Retain exposure** is U-LiRA on retained examples. Avg. Gap and UA/RA/TA/MIA "
+        "F × RA/RA_retrain × TA/TA_retrain. **Retain exposure** is U-LiRA on retained examples. **φ shift** is how far "
+        "the mean φ on D_f moved from the original's towards the retrained models' (0 = not at all, 100 = as far, > 100 = past it). Avg. Gap and UA/RA/TA/MIA "
         "come from `unlearnkit.evaluate` against retrained reference k, mean ± std over the N models. Retrain's row is what "
         "chance looks like with N models (F < 1 there is the estimator's small-N bias, not a leak).",
         "",
@@ -93,8 +94,8 @@ def markdown(results: dict) -> str:
             f"retraining takes {ref['retrain_s']:.1f} s per model. Audit of this request: {req['seconds']:.0f} s.",
             "",
             "| method | U-LiRA acc. (%) | AUC | TPR@1% FPR (%) | TPR@0.1% FPR (%) | F | challenge score | D_r exposure: U-LiRA acc. (%) "
-            "| D_r TPR@1% FPR (%) | Avg. Gap | UA | RA | TA | MIA | time (s) | work (% Retrain) |",
-            "| --- |" + " --- |" * 16,
+            "| D_r TPR@1% FPR (%) | φ shift on D_f (%) | Avg. Gap | UA | RA | TA | MIA | time (s) | work (% Retrain) |",
+            "| --- |" + " --- |" * 17,
         ]
         for label in _order(methods):
             r = methods[label]
@@ -103,7 +104,7 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {_name(label)} | {u['accuracy']:.1f} | {u['auc']:.3f} | {u['tpr_at_1pct_fpr']:.1f} | {u['tpr_at_0.1pct_fpr']:.1f} "
                 f"| {c['forget_quality']:.3f} | {c['score']:.3f} | {e['accuracy']:.1f} | {e['tpr_at_1pct_fpr']:.1f} "
-                f"| {_pm(p['avg_gap'])} | {_pm(p['UA'])} | {_pm(p['RA'])} | {_pm(p['TA'])} | {_pm(p['MIA'])} "
+                f"| {'–' if r.get('forget_shift_pct') is None else format(r['forget_shift_pct'], '.0f')} | {_pm(p['avg_gap'])} | {_pm(p['UA'])} | {_pm(p['RA'])} | {_pm(p['TA'])} | {_pm(p['MIA'])} "
                 f"| {cost['seconds'][0]:.2f} | {work} |")
         stopped = {m: r["stopped_early"] for m, r in methods.items() if r.get("stopped_early")}
         if stopped:
