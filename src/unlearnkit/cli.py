@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from typing import Any, Callable
 
 from .errors import UnlearnKitError
@@ -15,7 +14,7 @@ from .errors import UnlearnKitError
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 # Feature packages that add sub-commands by calling :func:`register` when imported.
-COMMAND_MODULES: list[str] = ["unlearnkit.sparsity.cli", "unlearnkit.spdgan.cli"]
+COMMAND_MODULES: list[str] = ["unlearnkit.sparsity.cli", "unlearnkit.spdgan.cli", "unlearnkit.audit.cli"]
 
 
 def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],

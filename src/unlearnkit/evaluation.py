@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from sklearn.svm import SVC
 
 from ._util import resolve_device
 from .data import Dataset
@@ -77,6 +76,14 @@ METRIC_DOCS = {
     "forward_samples": "samples passed forward by the unlearning call",
     "non_finite_outputs": "samples with non-finite logits (a diverged model); their outputs count as uniform",
     "backward_samples": "samples passed backward by the unlearning call",
+    # Distribution-level metrics of `unlearnkit audit` (they need N unlearned and N retrained models, so
+    # they are computed by unlearnkit.audit, not by evaluate(); see docs/audit.md).
+    "ulira_acc": "audit: U-LiRA accuracy (%) telling held-out unlearned from retrained models per forget example (50 = indistinguishable)",
+    "ulira_auc": "audit: area under the ROC curve of the U-LiRA likelihood ratio",
+    "ulira_tpr_at_1pct_fpr": "audit: U-LiRA true-positive rate (%) at 1 % false-positive rate (likewise _at_0.1pct_fpr)",
+    "forget_score": "audit: NeurIPS 2023 challenge forgetting quality F (mean binned per-example ε score; 1 = best)",
+    "challenge_score": "audit: F × (RA / retrained RA) × (TA / retrained TA), the challenge's final score",
+    "retain_ulira_acc": "audit: U-LiRA accuracy (%) on retained examples (exposure of D_r; 50 = no exposure)",
 }
 
 
@@ -108,6 +115,14 @@ def _probabilities(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
     if bad.any():
         probs[bad] = 1.0 / logits.shape[1]
     return probs, int(bad.sum())
+
+
+def outputs_from_logits(train_logits: torch.Tensor, test_logits: torch.Tensor) -> Outputs:
+    """:class:`Outputs` from stored logits (no weights, so no ``l2_to_reference``); lets a caller that keeps
+    many models' logits (the audit) evaluate them without running the models again."""
+    train, bad_train = _probabilities(train_logits.float())
+    test, bad_test = _probabilities(test_logits.float())
+    return Outputs(train, test, None, None, non_finite=bad_train + bad_test)
 
 
 def model_outputs(model: nn.Module, data: Dataset, request: Request, device=None,
@@ -168,6 +183,24 @@ def true_class_probability(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return probs[np.arange(len(labels)), labels]
 
 
+def logit_scaled_confidence(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """φ = log(p_y / (1 − p_y)) from logits, computed as z_y − logsumexp_{j≠y} z_j in float64.
+
+    That identity is exact, so φ stays finite and accurate where p_y rounds to 1 (a memorised sample can
+    have φ = 40, where 1 − p_y underflows). This is the per-example feature of LiRA / U-LiRA and of the NeurIPS
+    2023 unlearning challenge. Rows with non-finite logits (a diverged model) count as uniform outputs, as in
+    :func:`evaluate`: φ = −log(C − 1).
+    """
+    z = torch.as_tensor(logits).to(torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    z = torch.where(torch.isfinite(z).all(1, keepdim=True), z, torch.zeros_like(z))
+    rows = torch.arange(z.shape[0])
+    true = z[rows, y]
+    others = z.clone()
+    others[rows, y] = float("-inf")
+    return (true - torch.logsumexp(others, 1)).numpy()
+
+
 def entropy(probs: np.ndarray) -> np.ndarray:
     p = np.clip(probs.astype(np.float64), 1e-30, 1.0)
     return -(p * np.log(p)).sum(1)
@@ -192,6 +225,8 @@ MIA_FEATURES = {
 
 def svc_efficacy(members: np.ndarray, non_members: np.ndarray, targets: np.ndarray) -> float:
     """% of ``targets`` that an RBF SVC (C=3, gamma='auto') fitted on members (1) vs non-members (0) calls 0."""
+    from sklearn.svm import SVC  # imported here: scikit-learn takes seconds to import, and most commands never fit one
+
     x = np.concatenate([members, non_members]).reshape(-1, 1)
     y = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)

@@ -10,6 +10,9 @@ The same syntax is used by the CLI and the Python API::
     backdoor:0.05[:T]     a seeded 5 % of the training set (taken from classes other than T, default 0)
                           carries a BadNets-style trigger patch and label T; the correction is the clean
                           image with its true label
+    memorized:K[:FILE]    the K training samples with the largest memorisation scores (a hard forget set);
+                          the scores come from FILE (written by `unlearnkit audit`) or from scores
+                          registered in this process with :func:`register_memorization_scores`
 
 A :class:`Request` holds the forget ids D_f, the retain ids D_r, and for ``relabel``/``backdoor`` the
 samples as the original model saw them and their corrections. Requests are rebuilt deterministically
@@ -19,6 +22,8 @@ from (spec, seed) and checked against a hash of their forget ids, so a checkpoin
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,7 +33,8 @@ import torch
 from .data.datasets import Dataset
 from .errors import UnlearnKitError
 
-SYNTAX = "random:FRACTION, class:C[,C...], ids:FILE, relabel:FRACTION[:CLASS], backdoor:FRACTION[:TARGET]"
+SYNTAX = ("random:FRACTION, class:C[,C...], ids:FILE, relabel:FRACTION[:CLASS], backdoor:FRACTION[:TARGET], "
+          "memorized:K[:SCORES_FILE]")
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,7 @@ def build_request(spec: str, data: Dataset, seed: int = 0) -> Request:
     kind, _, rest = spec.strip().partition(":")
     if kind not in REQUEST_KINDS:
         raise UnlearnKitError(f"unknown request kind {kind!r} in {spec!r}; use one of {SYNTAX}")
-    args = rest.split(":") if kind != "ids" else [rest]
+    args = rest.split(":", 1) if kind == "memorized" else rest.split(":") if kind != "ids" else [rest]
     request = REQUEST_KINDS[kind](data, args, seed)
     _check_sizes(request, data)
     return request
@@ -314,3 +320,68 @@ def _backdoor(data: Dataset, args: list[str], seed: int) -> Request:
         corrected_x=clean_x.clone(), corrected_y=data.y_train[forget].clone(),
         target=target, trigger=trigger,
     )
+
+
+# -- hard forget sets ----------------------------------------------------------------------------------
+# Memorisation scores per data set fingerprint, registered by whoever computed them in this process (the
+# audit computes them from reference models; see unlearnkit.audit.memorization).
+MEMORIZATION_SCORES: dict[str, torch.Tensor] = {}
+SCORES_FORMAT = "unlearnkit-memorization/1"
+
+
+def register_memorization_scores(data: Dataset, scores: torch.Tensor | list[float]) -> None:
+    """Make ``memorized:K`` (without a file) use ``scores`` (one per training sample) for ``data``."""
+    scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    if scores.numel() != data.n_train:
+        raise UnlearnKitError(f"memorisation scores: {scores.numel()} values for {data.n_train} training samples")
+    if not torch.isfinite(scores).all():
+        raise UnlearnKitError("memorisation scores must be finite numbers")
+    MEMORIZATION_SCORES[data.fingerprint] = scores
+
+
+def read_memorization_scores(path: str | Path, data: Dataset) -> torch.Tensor:
+    """Scores from a file written by the audit, checked against ``data``'s fingerprint."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except OSError as exc:
+        raise UnlearnKitError(f"cannot read memorisation scores {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError:
+        raise UnlearnKitError(f"{path} is not a memorisation scores file (not JSON)") from None
+    if not isinstance(record, dict) or record.get("format") != SCORES_FORMAT:
+        raise UnlearnKitError(f"{path} is not a memorisation scores file ({SCORES_FORMAT}); write one with `unlearnkit audit`")
+    if record.get("data_fingerprint") != data.fingerprint:
+        raise UnlearnKitError(f"{path} holds scores for data set fingerprint {record.get('data_fingerprint')}, "
+                              f"not {data.name} ({data.fingerprint})")
+    values = record.get("scores")
+    if not isinstance(values, list) or len(values) != data.n_train or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise UnlearnKitError(f"{path}: 'scores' must be {data.n_train} finite numbers, one per training sample")
+    return torch.tensor(values, dtype=torch.float64)
+
+
+@request_kind("memorized")
+def _memorized(data: Dataset, args: list[str], seed: int) -> Request:
+    spec = "memorized:" + ":".join(args)
+    if not args or args[0] == "":
+        raise UnlearnKitError(f"bad request {spec!r}; use memorized:K or memorized:K:SCORES_FILE")
+    try:
+        count = int(args[0])
+    except ValueError:
+        raise UnlearnKitError(f"bad count {args[0]!r} in request {spec!r}; K is a whole number of samples") from None
+    if count < 1:
+        raise UnlearnKitError(f"request {spec!r}: K must be at least 1")
+    if len(args) == 2 and args[1]:
+        scores = read_memorization_scores(args[1], data)
+    elif data.fingerprint in MEMORIZATION_SCORES:
+        scores = MEMORIZATION_SCORES[data.fingerprint]
+    else:
+        raise UnlearnKitError(
+            f"request {spec!r} needs memorisation scores for {data.name}: run `unlearnkit audit` with this request "
+            "(it computes them from reference models), or give the file it wrote, memorized:K:PATH"
+        )
+    if count >= data.n_train:
+        raise UnlearnKitError(f"request {spec!r} selects the whole training set; nothing would be left to retain")
+    # Largest scores first; ties broken by the smaller id, so the set is fully determined by the scores.
+    order = torch.sort(-scores, stable=True).indices
+    return _from_ids(data, sorted(order[:count].tolist()), seed, spec)

@@ -24,7 +24,7 @@ from .. import api
 from .._util import machine, resolve_device, versions, write_json_atomic
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import Dataset, load_dataset
-from ..evaluation import Evaluation, evaluate, model_outputs
+from ..evaluation import evaluate, model_outputs
 from ..methods import METHODS, make_config, unlearn
 from ..recipes import default_model
 from ..requests import Request, build_request
@@ -43,19 +43,23 @@ class ModelCache:
 
     root: Path
 
-    def original(self, suite: Suite, data: Dataset, seed: int, request: Request | None, device, log) -> tuple[Path, dict]:
-        model_name = suite.model or default_model(data.name)
-        recipe = suite.train_config()
-        key_fields = {
-            "kind": "original", "data": data.fingerprint, "model": model_name, "model_options": suite.model_options,
-            "recipe": recipe.to_dict(), "seed": seed,
+    @staticmethod
+    def original_key(suite: Suite, data: Dataset, seed: int, request: Request | None = None) -> dict:
+        """The configuration an original is cached under."""
+        return {
+            "kind": "original", "data": data.fingerprint, "model": suite.model or default_model(data.name),
+            "model_options": suite.model_options, "recipe": suite.train_config().to_dict(), "seed": seed,
             # Only requests that change the training data (relabel/backdoor) change the original.
             "request": request.describe() if request is not None and request.modifies_training_data else None,
         }
+
+    def original(self, suite: Suite, data: Dataset, seed: int, request: Request | None, device, log) -> tuple[Path, dict]:
+        key_fields = self.original_key(suite, data, seed, request)
+        model_name = key_fields["model"]
         path = self.root / "originals" / config_hash(key_fields)
         if not (path / "manifest.json").exists():
             log(f"training original {model_name} (seed {seed}) -> {path}")
-            api.train(data, model_name, request=request if key_fields["request"] else None, config=recipe, seed=seed,
+            api.train(data, model_name, request=request if key_fields["request"] else None, config=suite.train_config(), seed=seed,
                       device=device, model_options=suite.model_options, out=path)
         if suite.prune is None:
             return path, key_fields
@@ -77,19 +81,25 @@ class ModelCache:
         return path, key_fields
 
     def retrained(self, original_path: Path, original_key: dict, request: Request, data: Dataset, device, log,
-                  options: dict | None = None) -> Path:
+                  options: dict | None = None, seed: int | None = None) -> Path:
+        """The model retrained without ``request`` (with the original's recipe and the suite's Retrain
+        ``options``), its training seed ``seed`` (default: the request's seed, as in a benchmark; the audit
+        retrains many seeds per request)."""
+        seed = request.seed if seed is None else seed
         key_fields = {"kind": "retrained", "original": original_key, "request": request.describe()}
         if options:  # only non-default Retrain options enter the key, so existing caches stay valid
             key_fields["options"] = options
+        if seed != request.seed:  # likewise
+            key_fields["seed"] = seed
         path = self.root / "retrained" / config_hash(key_fields)
         if not (path / "manifest.json").exists():
-            log(f"retraining without {request.spec} (seed {request.seed}) -> {path}")
+            log(f"retraining without {request.spec} (seed {seed}) -> {path}")
             checkpoint = load_checkpoint(original_path)
-            result = unlearn(checkpoint, request, data, "retrain", seed=request.seed, device=device, **(options or {}))
+            result = unlearn(checkpoint, request, data, "retrain", seed=seed, device=device, **(options or {}))
             manifest = checkpoint.manifest
             save_checkpoint(path, result.model, model_name=manifest["model"]["name"], model_args=manifest["model"]["args"],
                             dataset=data, request=request, kind="retrained",
-                            extra={"seed": request.seed, "train": manifest["train"], "cost": result.cost.to_dict(),
+                            extra={"seed": seed, "train": manifest["train"], "cost": result.cost.to_dict(),
                                    "parent": {"path": str(original_path), "sha256": manifest["weights"]["sha256"]}})
         return path
 

@@ -1,0 +1,67 @@
+"""``unlearnkit audit``: per-example attacks of unlearned against retrained models (see docs/audit.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import command
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", required=True, help="suite name under benchmarks/suites/ or a .toml path (data set, model, "
+                                                  "recipe, requests, methods, method options)")
+    p.add_argument("--models", type=int, default=16, help="N: originals, retrained references and unlearned models per method (default 16)")
+    p.add_argument("--methods", default=None, help="comma list of methods or variants (NAME[k=v,...]); 'all' = every registered "
+                                                   "method at its defaults (default: the suite's). Retrain and the original are always rows")
+    p.add_argument("--request", action="append", default=None, metavar="SPEC",
+                   help="a request to audit (repeatable; default: the suite's), e.g. random:0.1 or memorized:144")
+    p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/audit/SUITE)")
+    p.add_argument("--cache", default="runs/bench-cache", help="model cache shared with `unlearnkit bench` (default: runs/bench-cache)")
+    p.add_argument("--workers", type=int, default=2, help="parallel training processes (default 2)")
+    p.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker process (default 1)")
+    p.add_argument("--retain-sample", type=int, default=1000, help="retained examples attacked (0: all of D_r; default 1000)")
+    p.add_argument("--memorization-models", type=int, default=None, help="split models for memorized:K (even; default N)")
+    p.add_argument("--variance", default="auto", choices=["auto", "global", "per_example"],
+                   help="U-LiRA Gaussian variance (auto: one shared variance below 64 models, as LiRA advises)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+
+
+@command("audit", "per-example attacks (U-LiRA, NeurIPS 2023 challenge ε) of unlearned vs retrained models", _arguments)
+def _audit(args: argparse.Namespace) -> int:
+    from ..bench import load_suite
+    from .core import AuditSettings, run_audit
+
+    suite = load_suite(args.suite)
+    settings = AuditSettings(models=args.models, workers=args.workers, threads=args.worker_threads,
+                             retain_sample=args.retain_sample or None, memorization_models=args.memorization_models,
+                             variance=args.variance, device=args.device)
+    out = args.out or f"benchmarks/results/audit/{suite.name}"
+    methods = [m for m in _split_methods(args.methods)] if args.methods else None
+    results = run_audit(suite, out, settings=settings, cache_dir=args.cache, methods=methods, requests=args.request,
+                        data_dir=args.data_dir, command="unlearnkit " + " ".join(sys.argv[1:]),
+                        quiet=False)
+    for spec, req in results["requests"].items():
+        print(f"{spec}:")
+        for label, row in req["methods"].items():
+            print(f"  {label:<40} U-LiRA {row['ulira']['accuracy']:5.1f} %  AUC {row['ulira']['auc']:.3f}  "
+                  f"TPR@1% {row['ulira']['tpr_at_1pct_fpr']:5.1f} %  F {row['challenge']['forget_quality']:.3f}  "
+                  f"D_r {row['retain_exposure']['accuracy']:5.1f} %  Avg.Gap {row['population']['avg_gap'][0]:.2f}")
+    print(f"audit took {results['wall_s']:.0f} s; report written to {out}/report.md")
+    return 0
+
+
+def _split_methods(text: str) -> list[str]:
+    """Split a comma list, keeping commas inside NAME[k=v,...] brackets."""
+    out, depth, current = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            out.append(current)
+            current = ""
+            continue
+        depth += ch == "["
+        depth -= ch == "]"
+        current += ch
+    out.append(current)
+    return [m.strip() for m in out if m.strip()]
