@@ -65,3 +65,57 @@ def test_console_script_entry_point():
     result = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "info", "--json"], capture_output=True, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0 and "small-cnn" in result.stdout
+
+
+def test_unlearn_then_evaluate_against_a_reference(capsys, tmp_path):
+    original, unlearned, retrained = tmp_path / "o", tmp_path / "u", tmp_path / "r"
+    assert run(capsys, "train", "--dataset", "digits", "--model", "mlp", "--epochs", "10", "--out", str(original))[0] == 0
+    code, out, err = run(capsys, "unlearn", "--checkpoint", str(original), "--method", "salun", "--request", "class:3",
+                         "--set", "epochs=3", "--set", "lr=0.02", "--out", str(unlearned))
+    assert code == 0, err
+    assert "salun unlearned class:3" in out
+    assert run(capsys, "unlearn", "--checkpoint", str(original), "--method", "retrain", "--request", "class:3",
+               "--out", str(retrained))[0] == 0
+    code, out, err = run(capsys, "evaluate", "--checkpoint", str(unlearned), "--reference", str(retrained), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["request"] == "class:3"
+    assert {"UA", "RA", "TA", "MIA", "avg_gap", "FR", "MRR", "rte_s", "rte_ratio", "js_forget", "l2_to_reference"} <= set(report)
+    assert report["UA"] > 50
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "magic"], "unknown method 'magic'"),
+    (["--method", "salun", "--set", "speed=3"], "has no option"),
+    (["--method", "salun", "--set", "lr"], "use KEY=VALUE"),
+])
+def test_unlearn_bad_input(capsys, tmp_path, extra, message):
+    original = tmp_path / "o"
+    run(capsys, "train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--out", str(original))
+    code, _, err = run(capsys, "unlearn", "--checkpoint", str(original), "--request", "class:3", "--out",
+                       str(tmp_path / "u"), *extra)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "u").exists()
+
+
+def test_info_lists_methods_and_metrics(capsys):
+    from unlearnkit.evaluation import METRIC_DOCS
+    from unlearnkit.methods import METHODS
+
+    info = json.loads(run(capsys, "info", "--json")[1])
+    assert set(info["methods"]) == set(METHODS) and set(info["metrics"]) == set(METRIC_DOCS)
+    assert info["methods"]["salun"]["config"]["mask_fraction"]["default"] == 0.5
+
+
+def test_demo_runs_the_whole_job_and_reuses_checkpoints(tmp_path, capsys):
+    from unlearnkit.demo import run_demo
+
+    kwargs = dict(request_spec="class:3", epochs=5, device="cpu", dataset="digits", model="mlp",
+                  methods=("salun", "boundary_shrink"), overrides={"salun": {"batch_size": 32, "lr": 0.02}})
+    rows = run_demo(tmp_path, **kwargs)
+    assert [r["method"] for r in rows] == ["Retrain", "original (no unlearning)", "salun", "boundary_shrink"]
+    out = capsys.readouterr().out
+    assert "Forgetting class:3" in out and "% retrain" in out
+    stamp = (tmp_path / "original" / "model.safetensors").stat().st_mtime_ns
+    run_demo(tmp_path, **kwargs)
+    assert (tmp_path / "original" / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained

@@ -73,15 +73,47 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="the model to measure (e.g. an unlearned checkpoint)")
+    p.add_argument("--reference", default=None, help="the retrained checkpoint to compare with (gaps, Avg. Gap, JS, L2)")
+    p.add_argument("--original", default=None, help="the original checkpoint (FR, MRR); default: the checkpoint's parent")
+    p.add_argument("--request", default=None, help="request to evaluate (default: the one the checkpoint records)")
+    p.add_argument("--mia-shadow-size", type=int, default=3000, help="SVC shadow points per side (0: the full convention)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON only")
 
 
+def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the original model")
+    p.add_argument("--method", required=True, help="method name (see `unlearnkit info`)")
+    p.add_argument("--request", default=None, help="what to forget (default: the request the checkpoint records)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a method option")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="checkpoint directory for the unlearned model")
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", required=True, help="suite name under benchmarks/suites/ or a .toml path")
+    p.add_argument("--seeds", default=None, help="N (seeds 0..N-1) or a comma list (default: the suite's)")
+    p.add_argument("--methods", default=None, help="comma list of methods or variants to run (default: all)")
+    p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/SUITE)")
+    p.add_argument("--cache", default="runs/bench-cache", help="where originals and retrained models are cached")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="a results folder written by `unlearnkit bench`")
+    p.add_argument("--budget", type=float, default=0.05, help="time budget (fraction of Retrain) for choosing variants")
+
+
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's checkpoints")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's 10)")
+    p.add_argument("--request", default="random:0.1", help="what to forget (default: a random 10 %% of the training set)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -97,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="unlearnkit", description="Machine unlearning for PyTorch classifiers.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice). Benchmarks on a shared CPU use 1: a "
+                             "single-threaded process keeps its core, while two-thread processes spin-wait on each other")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text, description=help_text))
@@ -126,39 +161,108 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("evaluate", "measure a checkpoint", _evaluate_arguments)
+@command("evaluate", "measure a checkpoint (every metric when it carries a request)", _evaluate_arguments)
 def _evaluate(args: argparse.Namespace) -> int:
-    from .api import accuracy_report, checkpoint_data
+    from pathlib import Path
+
+    from .api import accuracy_report
     from .checkpoint import load_checkpoint
+    from .evaluation import evaluate
+    from .requests import build_request
+    from .training import Cost
 
     checkpoint = load_checkpoint(args.checkpoint)
-    data, request = checkpoint_data(checkpoint, args.data_dir)
-    report = accuracy_report(checkpoint.model, data, request, device=args.device)
+    data = checkpoint.dataset(args.data_dir)
+    request = build_request(args.request, data, checkpoint.manifest.get("seed", 0)) if args.request else checkpoint.request(data)
+    if request is None:
+        report = accuracy_report(checkpoint.model, data, device=args.device)
+    else:
+        reference = load_checkpoint(args.reference) if args.reference else None
+        original_path = args.original or (checkpoint.manifest.get("parent") or {}).get("path")
+        original = load_checkpoint(original_path) if original_path and Path(original_path).exists() else None
+        cost = checkpoint.manifest.get("cost")
+        retrain_s = (reference.manifest.get("cost") or {}).get("seconds") if reference else None
+        report = evaluate(
+            checkpoint.model, request, data,
+            reference=reference.model if reference else None,
+            original=original.model if original is not None and original.path != checkpoint.path else None,
+            cost=Cost(cost["seconds"], cost["forward_samples"], cost["backward_samples"])
+            if cost and checkpoint.manifest.get("kind") == "unlearned" else None,
+            retrain_seconds=retrain_s, mia_shadow_size=args.mia_shadow_size or None, device=args.device,
+        ).metrics
+        report = {"request": request.spec, **report}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        from .evaluation import METRIC_DOCS
+
         for key, value in report.items():
-            print(f"{key:<12} {value:8.2f}")
+            shown = f"{value:10.4f}" if isinstance(value, float) else f"{value!s:>10}"
+            print(f"{key:<26} {shown}   {METRIC_DOCS.get(key, '')}")
     return 0
 
 
-@command("demo", "the main job on the embedded default (Fashion-MNIST, small CNN)", _demo_arguments)
+@command("unlearn", "unlearn a request from a checkpoint with a registered method", _unlearn_arguments)
+def _unlearn(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .methods import unlearn
+    from .requests import build_request
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    data = checkpoint.dataset(args.data_dir)
+    request = build_request(args.request, data, args.seed) if args.request else checkpoint.request(data)
+    if request is None:
+        raise UnlearnKitError(f"{args.checkpoint} records no request; pass --request (e.g. random:0.1 or class:0)")
+    result = unlearn(checkpoint, request, data, args.method, seed=args.seed, device=args.device, **parse_sets(args.set))
+    manifest = checkpoint.manifest
+    save_checkpoint(
+        args.out, result.model, model_name=manifest["model"]["name"], model_args=manifest["model"]["args"],
+        dataset=data, data_dir=args.data_dir, request=request, kind="unlearned",
+        extra={"seed": args.seed, "train": manifest.get("train"), "method": {"name": args.method, "config": result.config},
+               "cost": result.cost.to_dict(), "notes": {k: v for k, v in result.notes.items() if k != "history"},
+               "parent": {"path": str(checkpoint.path), "sha256": manifest["weights"]["sha256"]}},
+    )
+    c = result.cost
+    print(f"{args.method} unlearned {request.spec} ({request.forget.numel()} samples) in {c.seconds:.1f} s "
+          f"({c.forward} forward / {c.backward} backward sample passes)")
+    print(f"checkpoint written to {args.out}")
+    return 0
+
+
+@command("bench", "run a benchmark suite (resumable; originals and retrained models are cached)", _bench_arguments)
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import load_suite, run_suite, write_report
+
+    suite = load_suite(args.suite)
+    seeds = None
+    if args.seeds:
+        seeds = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
+    out = args.out or f"benchmarks/results/{suite.name}"
+    methods = args.methods.split(",") if args.methods else None
+    run_suite(suite, out, cache_dir=args.cache, device=args.device, data_dir=args.data_dir, seeds=seeds, methods=methods,
+              command="unlearnkit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("unlearnkit") else None,
+              progress=sys.stderr.isatty())
+    if not args.no_report:
+        write_report(out)
+        print(f"report written to {out}/report.md")
+    return 0
+
+
+@command("report", "tables (Markdown/CSV/LaTeX) and plots from a results folder", _report_arguments)
+def _report(args: argparse.Namespace) -> int:
+    from .bench import write_report
+
+    print(write_report(args.dir, budget=args.budget))
+    return 0
+
+
+@command("demo", "the main job on the embedded default: train, unlearn with the best methods, compare with Retrain",
+         _demo_arguments)
 def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .demo import run_demo
 
-    from .api import train
-    from .recipes import default_recipe
-
-    config = default_recipe("fashion-mnist")
-    if args.epochs is not None:
-        config = config.replace(epochs=args.epochs)
-    out = Path(args.out) / "original"
-    trained = train("fashion-mnist", "small-cnn", config=config, seed=args.seed, device=args.device,
-                    data_dir=args.data_dir, out=out, progress=sys.stderr.isatty(), echo=True)
-    m = trained.metrics
-    print(f"small-cnn on fashion-mnist: test accuracy {m['test_acc']:.2f} %, train accuracy {m['train_acc']:.2f} %, "
-          f"{m['train_seconds']:.0f} s ({m['train_seconds'] / max(config.epochs, 1):.1f} s/epoch)")
-    print(f"checkpoint written to {trained.path}")
+    run_demo(args.out, request_spec=args.request, epochs=args.epochs, seed=args.seed, device=args.device,
+             data_dir=args.data_dir)
     return 0
 
 
@@ -167,11 +271,14 @@ def info() -> dict:
     from .models import model_info
     from .requests import REQUEST_KINDS
 
+    from .evaluation import METRIC_DOCS
+    from .methods import METHODS
+
     return {
         "datasets": DATASET_INFO,
         "models": model_info(),
-        "methods": {},
-        "metrics": {},
+        "methods": {name: info.describe() for name, info in METHODS.items()},
+        "metrics": METRIC_DOCS,
         "requests": sorted(REQUEST_KINDS),
     }
 
@@ -186,7 +293,7 @@ def _info(args: argparse.Namespace) -> int:
         print(f"{section}:")
         if isinstance(entries, dict):
             for name, meta in entries.items():
-                doc = meta.get("doc", meta.get("format", "")) if isinstance(meta, dict) else meta
+                doc = meta.get("doc", meta.get("summary", meta.get("format", ""))) if isinstance(meta, dict) else meta
                 print(f"  {name:<16} {doc}")
         else:
             print("  " + ", ".join(entries))
@@ -199,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("unlearnkit: error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return COMMANDS[args.command][2](args)
     except UnlearnKitError as exc:

@@ -58,7 +58,8 @@ class TrainConfig:
         self.milestones = tuple(self.milestones)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-normal (tuples as lists), so a dict read back from a manifest compares equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -337,10 +338,15 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices
 
 # -- inference ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024,
+def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int | None = None,
                    device: str | torch.device | None = None) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in eval mode (float32, on the CPU). Counts forward passes."""
+    """Logits of ``model`` on ``x`` in eval mode (float32, on the CPU). Counts forward passes.
+
+    The default batch is 256 on the CPU (measured ~1.7x faster than 1024 for the small CNN on 2 cores,
+    which keeps activations in cache) and 1024 on a GPU.
+    """
     device = resolve_device(device if device is not None else _model_device(model))
+    batch_size = batch_size or (1024 if device.type == "cuda" else 256)
     was_training = model.training
     model.eval()
     channels_last = is_convolutional(model)

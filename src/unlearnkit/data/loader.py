@@ -66,6 +66,8 @@ class Source:
         shuffle: bool = True,
         augment: Augment | None = None,
         drop_last: bool = False,
+        sample_from: torch.Tensor | None = None,
+        sample_size: int = 0,
         name: str = "data",
     ) -> None:
         if x.shape[0] != y.shape[0]:
@@ -76,11 +78,17 @@ class Source:
         self.shuffle = shuffle
         self.augment = augment if augment is not None and augment.active else None
         self.drop_last = drop_last
+        # Each pass adds a fresh seeded random sample of ``sample_size`` ids drawn from ``sample_from``
+        # (e.g. a different part of the retain set every epoch, at a fixed cost per epoch).
+        self.sample_from = None if sample_from is None else sample_from.to(torch.long).cpu()
+        self.sample_size = int(min(sample_size, 0 if sample_from is None else sample_from.numel()))
+        if self.sample_size and not shuffle:
+            raise ValueError(f"{name}: sampling from a pool needs a shuffled source")
         self.name = name
 
     def __len__(self) -> int:
         """Number of samples in one pass."""
-        return int(self.indices.numel())
+        return int(self.indices.numel()) + self.sample_size
 
     def num_batches(self) -> int:
         n = len(self)
@@ -97,6 +105,9 @@ class Source:
         if self.shuffle:
             if generator is None:
                 raise ValueError("a shuffled source needs a generator (for reproducible order)")
+            if self.sample_size:
+                pool = self.sample_from
+                order = torch.cat([order, pool[torch.randperm(pool.numel(), generator=generator)[: self.sample_size]]])
             order = order[torch.randperm(order.numel(), generator=generator)]
         stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
         for start in range(0, stop, self.batch_size):

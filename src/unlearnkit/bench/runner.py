@@ -1,0 +1,172 @@
+"""The benchmark runner: originals and retrained models are trained once and cached by a hash of their
+configuration; every (request, method variant, seed) becomes one JSON record written atomically, so a
+suite can be interrupted, resumed or extended and only what is new is computed."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+
+from .. import api
+from .._util import machine, resolve_device, versions, write_json_atomic
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..data import Dataset, load_dataset
+from ..evaluation import Evaluation, evaluate, model_outputs
+from ..methods import unlearn
+from ..recipes import default_model
+from ..requests import Request, build_request
+from .suite import Suite, Variant
+
+KEY_METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "rte_s", "retrain_s")
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ModelCache:
+    """Originals and retrained models as checkpoints under ``root``, keyed by a hash of their config."""
+
+    root: Path
+
+    def original(self, suite: Suite, data: Dataset, seed: int, request: Request | None, device, log) -> tuple[Path, dict]:
+        model_name = suite.model or default_model(data.name)
+        recipe = suite.train_config()
+        key_fields = {
+            "kind": "original", "data": data.fingerprint, "model": model_name, "model_options": suite.model_options,
+            "recipe": recipe.to_dict(), "seed": seed,
+            # Only requests that change the training data (relabel/backdoor) change the original.
+            "request": request.describe() if request is not None and request.modifies_training_data else None,
+        }
+        path = self.root / "originals" / config_hash(key_fields)
+        if not (path / "manifest.json").exists():
+            log(f"training original {model_name} (seed {seed}) -> {path}")
+            api.train(data, model_name, request=request if key_fields["request"] else None, config=recipe, seed=seed,
+                      device=device, model_options=suite.model_options, out=path)
+        return path, key_fields
+
+    def retrained(self, original_path: Path, original_key: dict, request: Request, data: Dataset, device, log) -> Path:
+        key_fields = {"kind": "retrained", "original": original_key, "request": request.describe()}
+        path = self.root / "retrained" / config_hash(key_fields)
+        if not (path / "manifest.json").exists():
+            log(f"retraining without {request.spec} (seed {request.seed}) -> {path}")
+            checkpoint = load_checkpoint(original_path)
+            result = unlearn(checkpoint, request, data, "retrain", seed=request.seed, device=device)
+            manifest = checkpoint.manifest
+            save_checkpoint(path, result.model, model_name=manifest["model"]["name"], model_args=manifest["model"]["args"],
+                            dataset=data, request=request, kind="retrained",
+                            extra={"seed": request.seed, "train": manifest["train"], "cost": result.cost.to_dict(),
+                                   "parent": {"path": str(original_path), "sha256": manifest["weights"]["sha256"]}})
+        return path
+
+
+def record_path(out_dir: Path, request_spec: str, variant_slug: str, seed: int) -> Path:
+    return out_dir / "records" / _slug(request_spec) / variant_slug / f"seed{seed}.json"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".=-_" else "_" for c in text)
+
+
+def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None = None, device: str = "auto",
+              data_dir: str | None = None, seeds: list[int] | None = None, methods: list[str] | None = None,
+              command: str | None = None, log: Callable[[str], None] | None = None, progress: bool = False) -> list[dict]:
+    """Run every (request, variant, seed) of ``suite`` not yet recorded under ``out_dir``; return the new records."""
+    out_dir = Path(out_dir)
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    device = resolve_device(device)
+    cache = ModelCache(Path(cache_dir) if cache_dir else out_dir / "cache")
+    data = load_dataset(suite.dataset, data_dir)
+    seeds = seeds if seeds is not None else suite.seeds
+    variants = [v for v in suite.variants if methods is None or v.method in methods or v.label in methods]
+    write_json_atomic(out_dir / "runs" / f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json", {
+        "suite": suite.name, "suite_file": suite.path, "command": command, "machine": machine(), "versions": versions(),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seeds": seeds,
+        "variants": [v.label for v in variants], "requests": suite.requests,
+    })
+    todo = [(spec, seed, v) for seed in seeds for spec in suite.requests for v in variants
+            if not record_path(out_dir, spec, v.slug, seed).exists()]
+    bar = _bar(len(todo), suite.name) if progress and todo else None
+    records = []
+    for seed in seeds:
+        for spec in suite.requests:
+            pending = [v for v in variants if not record_path(out_dir, spec, v.slug, seed).exists()]
+            reference_path = record_path(out_dir, spec, "retrain", seed)
+            original_row = record_path(out_dir, spec, "original", seed)
+            if not pending and reference_path.exists() and original_row.exists():
+                continue
+            request = build_request(spec, data, seed)
+            original_path, original_key = cache.original(suite, data, seed, request, device, log)
+            retrained_path = cache.retrained(original_path, original_key, request, data, device, log)
+            original = load_checkpoint(original_path)
+            retrained = load_checkpoint(retrained_path)
+            retrain_s = retrained.manifest["cost"]["seconds"]
+            common = {"suite": suite.name, "dataset": data.name, "data_fingerprint": data.fingerprint,
+                      "model": original.manifest["model"]["name"], "request": spec, "seed": seed,
+                      "retrain_s": retrain_s, "original": str(original_path), "retrained": str(retrained_path)}
+            reference = evaluate(model_outputs(retrained.model, data, request, device), request, data,
+                                 mia_shadow_size=suite.mia_shadow_size, seed=seed)
+            original_eval = evaluate(model_outputs(original.model, data, request, device), request, data,
+                                     reference=reference, mia_shadow_size=suite.mia_shadow_size, seed=seed)
+            if not reference_path.exists():
+                ref_metrics = dict(reference.metrics, avg_gap=0.0, rte_s=retrain_s, rte_ratio=1.0,
+                                   **{f"gap_{k}": 0.0 for k in ("UA", "RA", "TA", "MIA")})
+                _write(reference_path, {**common, "method": "retrain", "variant": "retrain", "options": {},
+                                        **ref_metrics, "cost": retrained.manifest["cost"]})
+            if not original_row.exists():
+                _write(original_row, {**common, "method": "original", "variant": "original", "options": {},
+                                      **original_eval.metrics, "rte_s": 0.0, "rte_ratio": 0.0})
+            for variant in pending:
+                options = suite.method_options(variant)
+                started = time.time()
+                result = unlearn(original, request, data, variant.method, seed=seed, device=device, **options)
+                evaluation = evaluate(model_outputs(result.model, data, request, device), request, data,
+                                      reference=reference, original=original_eval, cost=result.cost,
+                                      retrain_seconds=retrain_s, mia_shadow_size=suite.mia_shadow_size, seed=seed)
+                record = {**common, "method": variant.method, "variant": variant.label, "options": result.config,
+                          **evaluation.metrics, "cost": result.cost.to_dict(),
+                          "notes": {k: v for k, v in result.notes.items() if k != "history"},
+                          "history": result.notes.get("history", []),
+                          "wall_s": round(time.time() - started, 3)}
+                _write(record_path(out_dir, spec, variant.slug, seed), record)
+                records.append(record)
+                log(f"{spec:<12} seed {seed} {variant.label:<40} UA {record['UA']:6.2f} RA {record['RA']:6.2f} "
+                    f"TA {record['TA']:6.2f} MIA {record['MIA']:6.2f} gap {record['avg_gap']:5.2f} "
+                    f"time {record['rte_s']:6.1f}s ({100 * record.get('rte_ratio', 0):.1f} % of retrain)")
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return records
+
+
+def _write(path: Path, record: dict) -> None:
+    record = {**record, "machine": machine(), "versions": versions(),
+              "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    write_json_atomic(path, record)
+
+
+def _bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
+
+
+def load_records(out_dir: str | Path) -> list[dict]:
+    records = []
+    for path in sorted(Path(out_dir).glob("records/**/*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            continue  # an atomic writer never leaves one; skip foreign files
+    return records
+
+

@@ -1,0 +1,146 @@
+"""Benchmark suites: small TOML files naming a data set, a model, requests, method variants and seeds.
+
+    name = "fmnist-small"
+    dataset = "fashion-mnist"
+    model = "small-cnn"
+    requests = ["random:0.1", "class:0"]
+    methods = ["finetune", "salun", "l1_sparse[alpha=1e-4]"]   # NAME or NAME[key=value,...]
+    seeds = [0, 1, 2]
+
+    [train]                  # overrides of the data set's training recipe
+    epochs = 10
+
+    [options.finetune]       # overrides of a method's defaults, for every variant of it
+    lr = 0.02
+
+    [sweep.salun]            # a grid: each combination becomes a variant salun[lr=...,epochs=...]
+    lr = [0.005, 0.01]
+    epochs = [1, 2]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnlearnKitError
+from ..training import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Variant:
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.options:
+            return self.method
+        return f"{self.method}[{','.join(f'{k}={_fmt(v)}' for k, v in self.options)}]"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.label).strip("_")
+
+
+def _fmt(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def parse_variant(text: str) -> Variant:
+    """``name`` or ``name[key=value,...]`` (values parsed as JSON where possible)."""
+    text = text.strip()
+    match = re.fullmatch(r"([A-Za-z0-9_]+)(?:\[(.*)\])?", text)
+    if not match:
+        raise UnlearnKitError(f"bad method entry {text!r}; use NAME or NAME[key=value,...]")
+    name, body = match.group(1), match.group(2)
+    options = []
+    for item in filter(None, (body or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UnlearnKitError(f"bad option {item!r} in {text!r}; use key=value")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        options.append((key.strip(), parsed))
+    return Variant(name, tuple(sorted(options)))
+
+
+@dataclass
+class Suite:
+    name: str
+    dataset: str
+    model: str | None
+    requests: list[str]
+    variants: list[Variant]
+    seeds: list[int]
+    train: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_options: dict[str, Any] = field(default_factory=dict)
+    mia_shadow_size: int | None = 3000
+    path: str | None = None
+
+    def method_options(self, variant: Variant) -> dict[str, Any]:
+        return {**self.options.get(variant.method, {}), **dict(variant.options)}
+
+    def train_config(self) -> TrainConfig:
+        from ..recipes import default_recipe, default_model
+
+        return default_recipe(self.dataset, self.model or default_model(self.dataset)).replace(**self.train)
+
+
+def load_suite(path_or_name: str | Path, search: Path | None = None) -> Suite:
+    """Load ``benchmarks/suites/NAME.toml`` (or any path) and validate every name in it."""
+    path = Path(path_or_name)
+    if not path.suffix and not path.exists():
+        path = (search or Path("benchmarks/suites")) / f"{path_or_name}.toml"
+    if not path.is_file():
+        raise UnlearnKitError(f"suite {path_or_name!r} not found (looked for {path})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UnlearnKitError(f"{path}: not valid TOML: {exc}") from None
+    return suite_from_dict(raw, path=str(path))
+
+
+def suite_from_dict(raw: dict, path: str | None = None) -> Suite:
+    from ..methods import METHODS, make_config
+
+    where = path or "suite"
+    for key in ("name", "dataset", "requests", "methods"):
+        if key not in raw:
+            raise UnlearnKitError(f"{where}: missing '{key}'")
+    variants = [parse_variant(m) for m in raw["methods"]]
+    for method, grid in raw.get("sweep", {}).items():
+        keys = sorted(grid)
+        values = [grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys]
+        variants += [Variant(method, tuple(zip(keys, combo))) for combo in itertools.product(*values)]
+    options = raw.get("options", {})
+    seen = set()
+    unique = []
+    for variant in variants:
+        if variant.method not in METHODS:
+            raise UnlearnKitError(f"{where}: unknown method {variant.method!r}; known: {', '.join(METHODS)}")
+        make_config(METHODS[variant.method], {**options.get(variant.method, {}), **dict(variant.options)})
+        if variant.label not in seen:
+            seen.add(variant.label)
+            unique.append(variant)
+    suite = Suite(
+        name=raw["name"], dataset=raw["dataset"], model=raw.get("model"), requests=list(raw["requests"]),
+        variants=unique, seeds=[int(s) for s in raw.get("seeds", [0])], train=raw.get("train", {}),
+        options=options, model_options=raw.get("model_options", {}),
+        mia_shadow_size=raw.get("mia_shadow_size", 3000), path=path,
+    )
+    suite.train_config()  # validates the recipe overrides
+    return suite

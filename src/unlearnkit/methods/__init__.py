@@ -1,0 +1,9 @@
+"""Unlearning methods: one module each, all registered in :data:`METHODS` and run by :func:`unlearn`."""
+
+from .base import METHODS, MethodInfo, Task, Unlearned, make_config, register, unlearn
+
+# Importing a method module registers it.
+from . import retrain, finetune, grad_ascent, random_label, l1_sparse, salun, scrub, boundary_shrink  # noqa: E402,F401
+# (fisher, influence, ssd are registered once unlearnkit.curvature lands)
+
+__all__ = ["METHODS", "MethodInfo", "Task", "Unlearned", "make_config", "register", "unlearn"]

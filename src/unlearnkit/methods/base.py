@@ -1,0 +1,276 @@
+"""The method registry, the task a method receives, and :func:`unlearn`.
+
+A method is a function ``run(task, config) -> nn.Module | None`` registered with a typed config dataclass
+(its documented defaults), the data it touches and the request kinds it supports. It modifies
+``task.model`` (a copy of the original) or returns a new model; everything else — copying, seeding,
+device placement, the cost meter, re-applying pruning masks, validating overrides — happens here once.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .._util import resolve_device
+from ..checkpoint import Checkpoint
+from ..data import Augment, Dataset, Source
+from ..errors import UnlearnKitError
+from ..masks import enforce_prune_masks
+from ..recipes import default_recipe
+from ..requests import Request, build_request
+from ..training import Cost, FitReport, Phase, TrainConfig, fit, metered, predict_logits, accuracy
+
+
+def option(default: Any, help: str, **kwargs) -> Any:
+    """A config field with its documentation (shown by ``unlearnkit info`` and the docs)."""
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class MethodInfo:
+    name: str
+    run: Callable[["Task", Any], nn.Module | None]
+    config: type
+    touches: tuple[str, ...]  # "forget", "retain", "corrected", "all" (data the method reads)
+    kinds: tuple[str, ...]  # request kinds it supports: remove, relabel, edit
+    summary: str
+    exact: bool = False
+
+    def describe(self) -> dict:
+        return {
+            "summary": self.summary,
+            "touches": list(self.touches),
+            "request_kinds": list(self.kinds),
+            "exact": self.exact,
+            "config": {
+                f.name: {"default": _default(f), "help": f.metadata.get("help", "")} for f in fields(self.config)
+            },
+        }
+
+
+METHODS: dict[str, MethodInfo] = {}
+
+
+def register(name: str, config: type, *, touches: tuple[str, ...], summary: str,
+             kinds: tuple[str, ...] = ("remove", "relabel", "edit"), exact: bool = False):
+    def decorate(run):
+        METHODS[name] = MethodInfo(name, run, config, touches, kinds, summary, exact)
+        return run
+
+    return decorate
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def make_config(info: MethodInfo, overrides: dict[str, Any]) -> Any:
+    """Build a method's config, refusing unknown keys and values of the wrong type with one clear line."""
+    known = {f.name: f for f in fields(info.config)}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise UnlearnKitError(f"method {info.name!r} has no option(s) {', '.join(unknown)}; it takes {', '.join(known)}")
+    hints = typing.get_type_hints(info.config)
+    values = {k: _coerce(info.name, k, v, hints[k]) for k, v in overrides.items()}
+    try:
+        return info.config(**values)
+    except (TypeError, ValueError) as exc:
+        raise UnlearnKitError(f"bad option for method {info.name!r}: {exc}") from None
+
+
+def _coerce(method: str, key: str, value: Any, hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if value is None:
+        if optional:
+            return None
+        raise UnlearnKitError(f"option {key} of method {method!r} cannot be null")
+    target = args[0] if (optional and len(args) == 1) else hint
+    origin = typing.get_origin(target)
+    if origin is typing.Literal:
+        if value not in typing.get_args(target):
+            raise UnlearnKitError(f"option {key} of method {method!r} must be one of {typing.get_args(target)}, got {value!r}")
+        return value
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+    elif target is int:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+            return int(value)
+    elif target is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif target is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple or target is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+    elif typing.get_origin(target) in (typing.Union, types.UnionType):  # e.g. float | str
+        for candidate in typing.get_args(target):
+            try:
+                return _coerce(method, key, value, candidate)
+            except UnlearnKitError:
+                continue
+    else:
+        return value
+    raise UnlearnKitError(f"option {key} of method {method!r} expects {getattr(target, '__name__', target)}, got {value!r}")
+
+
+@dataclass
+class Task:
+    """Everything a method may use. ``model`` is a private copy of the original, safe to modify."""
+
+    model: nn.Module
+    original: nn.Module  # frozen copy of the original weights (teacher / reference)
+    data: Dataset
+    request: Request
+    x: torch.Tensor  # training images as the original model saw them
+    y: torch.Tensor  # training labels as the original model saw them
+    device: torch.device
+    seed: int
+    recipe: TrainConfig  # the original's training recipe
+    model_name: str | None = None
+    model_args: dict | None = None
+    original_test_acc: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)  # what the method wants recorded with its result
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    @property
+    def augment(self) -> Augment:
+        return Augment(self.data.crop_padding, self.data.horizontal_flip) if self.recipe.augment else Augment()
+
+    @property
+    def n_forget(self) -> int:
+        return int(self.request.forget.numel())
+
+    def forget_source(self, batch_size: int, *, labels: torch.Tensor | None = None, shuffle: bool = True,
+                      augment: bool = False) -> Source:
+        """The forget set as trained (``labels`` replaces the labels of the whole training set if given)."""
+        return Source(self.x, self.y if labels is None else labels, self.request.forget, batch_size=batch_size,
+                      shuffle=shuffle, augment=self.augment if augment else None, name="forget")
+
+    def retain_source(self, batch_size: int, *, per_epoch: int | None = None, augment: bool = False,
+                      shuffle: bool = True) -> Source:
+        """The retain set; with ``per_epoch``, a fresh random ``per_epoch`` of it each pass."""
+        retain = self.request.retain
+        aug = self.augment if augment else None
+        if per_epoch is not None and per_epoch < retain.numel():
+            return Source(self.x, self.y, retain[:0], batch_size=batch_size, augment=aug,
+                          sample_from=retain, sample_size=per_epoch, name="retain")
+        return Source(self.x, self.y, retain, batch_size=batch_size, shuffle=shuffle, augment=aug, name="retain")
+
+    def retain_count(self, per_forget: float | None) -> int | None:
+        """How many retain samples a pass uses when a method asks for ``per_forget`` × |D_f| of them."""
+        return None if per_forget is None else max(1, int(round(per_forget * self.n_forget)))
+
+    def fit(self, phases: list[Phase] | Phase, config: TrainConfig, **kwargs) -> FitReport:
+        kwargs.setdefault("seed", self.seed)
+        report = fit(self.model, phases, config, device=self.device, **kwargs)
+        self.notes.setdefault("history", []).extend(report.history)
+        if report.stopped_early:
+            self.notes["stopped_early"] = report.stopped_early
+        return report
+
+    def forget_accuracy(self, model: nn.Module, limit: int | None = None) -> float:
+        ids = self.request.forget if limit is None else self.request.forget[:limit]
+        return accuracy(predict_logits(model, self.x[ids], device=self.device), self.y[ids])
+
+
+@dataclass
+class Unlearned:
+    model: nn.Module
+    method: str
+    config: dict
+    cost: Cost
+    notes: dict
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "config": self.config, "cost": self.cost.to_dict(),
+                **{k: v for k, v in self.notes.items() if k != "history"}}
+
+
+def unlearn(
+    model: nn.Module | Checkpoint,
+    request: str | Request | None = None,
+    data: Dataset | None = None,
+    method: str = "l1_sparse",
+    *,
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    recipe: TrainConfig | None = None,
+    model_name: str | None = None,
+    model_args: dict | None = None,
+    original_test_acc: float | None = None,
+    **overrides: Any,
+) -> Unlearned:
+    """Unlearn ``request`` from ``model`` with ``method``; returns the new model and its cost.
+
+    ``model`` may be a :class:`~unlearnkit.checkpoint.Checkpoint`, which supplies the data set, the recorded
+    request, the architecture (needed by ``retrain``) and the training recipe. ``overrides`` set the method's
+    options (see ``unlearnkit info``). The original model is never modified.
+    """
+    if method not in METHODS:
+        raise UnlearnKitError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    info = METHODS[method]
+    if isinstance(model, Checkpoint):
+        manifest = model.manifest
+        data = data if data is not None else model.dataset()
+        request = request if request is not None else model.request(data)
+        model_name = model_name or manifest["model"]["name"]
+        model_args = model_args or manifest["model"]["args"]
+        recipe = recipe or (TrainConfig.from_dict(manifest["train"]) if manifest.get("train") else None)
+        if original_test_acc is None:
+            original_test_acc = (manifest.get("metrics") or {}).get("test_acc")
+        model = model.model
+    if data is None:
+        raise UnlearnKitError("unlearn needs the data set (or a checkpoint that names it)")
+    if request is None:
+        raise UnlearnKitError("unlearn needs a request (e.g. random:0.1), or a checkpoint that recorded one")
+    if isinstance(request, str):
+        request = build_request(request, data, seed)
+    if request.kind not in info.kinds:
+        raise UnlearnKitError(f"method {method!r} handles {', '.join(info.kinds)} requests, not {request.kind} ({request.spec})")
+    config = make_config(info, overrides)
+    device = resolve_device(device)
+    x, y = request.training_data(data)
+    working = copy.deepcopy(model).to(device)
+    original = copy.deepcopy(model).to(device).eval()
+    for p in original.parameters():
+        p.requires_grad_(False)
+    task = Task(working, original, data, request, x, y, device, seed,
+                recipe or default_recipe(data.name), model_name, model_args, original_test_acc)
+    with metered() as cost:
+        result = info.run(task, config)
+        result = task.model if result is None else result
+        enforce_prune_masks(result)
+    result.eval()
+    return Unlearned(result, method, dataclasses.asdict(config), cost, task.notes)
+
+
+def sgd_config(epochs: int, lr: float, batch_size: int, *, momentum: float = 0.9, weight_decay: float = 5e-4,
+               schedule: str = "constant", optimizer: str = "sgd") -> TrainConfig:
+    """The optimiser recipe of an iterative unlearning method (no augmentation)."""
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
+                       schedule=schedule, optimizer=optimizer, augment=False)
+
+
+def random_wrong_labels(y: torch.Tensor, ids: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """A copy of ``y`` whose entries at ``ids`` are uniformly random *other* classes (never the true one)."""
+    out = y.clone()
+    shift = torch.randint(1, num_classes, (ids.numel(),), generator=generator)
+    out[ids] = (y[ids] + shift) % num_classes
+    return out

@@ -1,0 +1,47 @@
+"""Boundary Shrink (Chen et al., CVPR 2023): move each forget sample across its nearest decision boundary.
+A one-step FGSM attack of size ``epsilon`` (pixel space) on the original model finds the nearest wrong
+class of every forget sample (if the attack does not leave the true class, the runner-up class is used);
+the model is then fine-tuned on the forget samples with those labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..training import Phase, count_passes
+from .base import Task, option, register, sgd_config
+
+
+@dataclass
+class BoundaryShrinkConfig:
+    epochs: int = option(2, "passes over the forget set")
+    lr: float = option(5e-3, "SGD learning rate")
+    batch_size: int = option(128, "batch size")
+    epsilon: float = option(0.1, "FGSM step in pixel space [0, 1] used to find the nearest boundary")
+
+
+def nearest_wrong_labels(task: Task, epsilon: float, batch_size: int = 256) -> torch.Tensor:
+    """A copy of the training labels where each forget sample gets its nearest wrong class."""
+    model = task.original
+    labels = task.y.clone()
+    source = task.forget_source(batch_size, shuffle=False)
+    for batch in source.batches(device=task.device):
+        x = batch.x.clone().requires_grad_(True)
+        loss = F.cross_entropy(model(x), batch.y)
+        (grad,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            adversarial = (x + epsilon * grad.sign()).clamp(0, 1)
+            logits = model(adversarial)
+            logits[torch.arange(len(batch.y)), batch.y] = float("-inf")  # never the true class
+            labels[batch.index] = logits.argmax(1).cpu()
+        count_passes(forward=2 * len(batch.y), backward=len(batch.y))
+    return labels
+
+
+@register("boundary_shrink", BoundaryShrinkConfig, touches=("forget",), summary="relabel D_f to its nearest wrong class by FGSM (Boundary Shrink)")
+def boundary_shrink(task: Task, cfg: BoundaryShrinkConfig) -> None:
+    labels = nearest_wrong_labels(task, cfg.epsilon)
+    task.fit(Phase(task.forget_source(cfg.batch_size, labels=labels), name="shrink"),
+             sgd_config(cfg.epochs, cfg.lr, cfg.batch_size))

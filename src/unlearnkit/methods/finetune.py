@@ -1,0 +1,25 @@
+"""Fine-tuning (FT): continue training on the retain set only, so that the forget set is gradually
+overwritten (catastrophic forgetting). The field's default is 10 epochs at lr 0.01 over all of D_r; here
+each epoch sees ``retain_per_forget`` × |D_f| retain samples so its cost is bounded (None: all of D_r)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..training import Phase
+from .base import Task, option, register, sgd_config
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = option(5, "passes")
+    lr: float = option(0.05, "SGD learning rate (momentum 0.9, weight decay 5e-4, constant)")
+    batch_size: int = option(128, "batch size")
+    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)")
+
+
+@register("finetune", FinetuneConfig, touches=("retain",), kinds=("remove", "relabel", "edit"),
+          summary="fine-tune on the retain set (FT)")
+def finetune(task: Task, cfg: FinetuneConfig) -> None:
+    source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))
+    task.fit(Phase(source, name="retain"), sgd_config(cfg.epochs, cfg.lr, cfg.batch_size))

@@ -1,0 +1,30 @@
+"""ℓ1-sparse unlearning (Jia et al., NeurIPS 2023, seed 000): fine-tune on the retain set with an ℓ1
+penalty on all parameters, α_t·‖θ‖₁, whose coefficient decays linearly per epoch, α_t = α·(1 − t/T) for
+epoch t = 0..T−1 (ending at α/T). Sparsity pushes the model towards the sparse regime in which
+approximate unlearning is closer to exact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..training import Phase
+from .base import Task, option, register, sgd_config
+
+
+@dataclass
+class L1SparseConfig:
+    epochs: int = option(5, "passes")
+    lr: float = option(0.05, "SGD learning rate")
+    alpha: float = option(5e-5, "initial ℓ1 coefficient α (on the sum of |θ| over all parameters)")
+    batch_size: int = option(128, "batch size")
+    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)")
+
+
+@register("l1_sparse", L1SparseConfig, touches=("retain",), summary="fine-tune on D_r with a linearly decaying ℓ1 penalty (seed 000)")
+def l1_sparse(task: Task, cfg: L1SparseConfig) -> None:
+    def l1_penalty(model, ctx):
+        alpha_t = cfg.alpha * (1.0 - ctx.epoch / ctx.epochs)
+        return alpha_t * sum(p.abs().sum() for p in model.parameters())
+
+    source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))
+    task.fit(Phase(source, name="retain"), sgd_config(cfg.epochs, cfg.lr, cfg.batch_size), regularizer=l1_penalty)

@@ -1,0 +1,38 @@
+"""Random labelling (RL): train on the forget set with random *wrong* labels mixed with retain samples,
+so the forget samples lose their learned labels while the retain data holds the rest in place
+(Golatkar et al. 2020; the base of SalUn). The random labels never equal the true one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data import Source
+from ..training import Phase
+from .base import Task, option, random_wrong_labels, register, sgd_config
+
+
+@dataclass
+class RandomLabelConfig:
+    epochs: int = option(2, "passes")
+    lr: float = option(0.01, "SGD learning rate")
+    batch_size: int = option(128, "batch size")
+    retain_per_forget: float | None = option(1.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)")
+
+
+def random_label_source(task: Task, batch_size: int, retain_per_forget: float | None) -> Source:
+    """D_f with random wrong labels, plus a fresh random part of D_r each pass, shuffled together."""
+    labels = random_wrong_labels(task.y, task.request.forget, task.data.num_classes, task.generator)
+    per_epoch = task.retain_count(retain_per_forget)
+    retain = task.request.retain
+    if per_epoch is None or per_epoch >= retain.numel():
+        return Source(task.x, labels, torch.cat([task.request.forget, retain]), batch_size=batch_size, name="random-label")
+    return Source(task.x, labels, task.request.forget, batch_size=batch_size,
+                  sample_from=retain, sample_size=per_epoch, name="random-label")
+
+
+@register("random_label", RandomLabelConfig, touches=("forget", "retain"), summary="random wrong labels on D_f mixed with D_r (RL)")
+def random_label(task: Task, cfg: RandomLabelConfig) -> None:
+    source = random_label_source(task, cfg.batch_size, cfg.retain_per_forget)
+    task.fit(Phase(source, name="rl"), sgd_config(cfg.epochs, cfg.lr, cfg.batch_size))

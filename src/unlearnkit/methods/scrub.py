@@ -1,0 +1,57 @@
+"""SCRUB (Kurmanji et al., NeurIPS 2023): the unlearned model is a student of the original (teacher).
+In the first ``max_epochs`` epochs it first takes *max-steps* on the forget set (move away from the teacher:
+maximise KL(teacher ‖ student)); every epoch it then takes *min-steps* on retain samples (stay close to the
+teacher and fit the labels: α·KL + γ·CE). Distillation at temperature ``temperature``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..training import Phase
+from .base import Task, option, register, sgd_config
+
+
+@dataclass
+class ScrubConfig:
+    epochs: int = option(3, "epochs (each: optional max-steps on D_f, then min-steps on D_r)")
+    max_epochs: int = option(2, "epochs that include the max-steps")
+    lr: float = option(5e-3, "SGD learning rate")
+    batch_size: int = option(128, "batch size")
+    temperature: float = option(4.0, "distillation temperature")
+    kl_weight: float = option(1.0, "α: weight of the KL term in min-steps")
+    ce_weight: float = option(1.0, "γ: weight of the cross-entropy in min-steps")
+    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all)")
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher ‖ student) on temperature-softened outputs, scaled by T² (Hinton et al.)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+@register("scrub", ScrubConfig, touches=("forget", "retain"), summary="teacher–student max/min steps (SCRUB)")
+def scrub(task: Task, cfg: ScrubConfig) -> None:
+    teacher = task.original
+
+    def max_step(model, batch, ctx):
+        with torch.no_grad():
+            target = teacher(batch.x)
+        logits = model(batch.x)
+        return -distill_kl(logits, target, cfg.temperature), logits
+
+    def min_step(model, batch, ctx):
+        with torch.no_grad():
+            target = teacher(batch.x)
+        logits = model(batch.x)
+        loss = cfg.kl_weight * distill_kl(logits, target, cfg.temperature) + cfg.ce_weight * F.cross_entropy(logits, batch.y)
+        return loss, logits
+
+    phases = [
+        Phase(task.forget_source(cfg.batch_size), max_step, "max", when=lambda epoch: epoch < cfg.max_epochs),
+        Phase(task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget)), min_step, "min"),
+    ]
+    task.fit(phases, sgd_config(cfg.epochs, cfg.lr, cfg.batch_size))

@@ -1,0 +1,91 @@
+"""Suites parse and validate; the runner caches, resumes after interruption, and the report has the
+paper layout."""
+
+import json
+
+import pytest
+
+from unlearnkit.bench import load_records, parse_variant, run_suite, suite_from_dict, write_report
+from unlearnkit.bench.runner import record_path
+from unlearnkit.errors import UnlearnKitError
+
+SUITE = {
+    "name": "micro",
+    "dataset": "digits[600,200]",
+    "model": "mlp",
+    "requests": ["class:1"],
+    "methods": ["random_label[epochs=3,lr=0.02,batch_size=32]"],
+    "seeds": [0],
+    "train": {"epochs": 10, "batch_size": 64},
+    "sweep": {"boundary_shrink": {"lr": [0.005, 0.01], "batch_size": [32]}},
+    "mia_shadow_size": 200,
+}
+
+
+def test_variants_and_sweeps():
+    suite = suite_from_dict(SUITE)
+    labels = [v.label for v in suite.variants]
+    assert labels == ["random_label[batch_size=32,epochs=3,lr=0.02]", "boundary_shrink[batch_size=32,lr=0.005]",
+                      "boundary_shrink[batch_size=32,lr=0.01]"]
+    assert parse_variant("salun").options == ()
+    assert suite.method_options(suite.variants[1]) == {"batch_size": 32, "lr": 0.005}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ["nope"]}, "unknown method 'nope'"),
+    ({"methods": ["finetune[speed=3]"]}, "has no option"),
+    ({"methods": ["finetune[lr]"]}, "use key=value"),
+    ({"train": {"epoch": 3}}, "unknown training option"),
+])
+def test_bad_suites(change, message):
+    with pytest.raises(UnlearnKitError, match=message):
+        suite_from_dict({**SUITE, **change})
+
+
+def test_run_resume_and_report(tmp_path, monkeypatch):
+    suite = suite_from_dict(SUITE)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    import unlearnkit.bench.runner as runner
+
+    real_unlearn = runner.unlearn
+    calls = []
+
+    def flaky_unlearn(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 3:  # (1: the cached retrain, 2: the first variant)
+            raise KeyboardInterrupt  # an interruption in the middle of the suite
+        return real_unlearn(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "unlearn", flaky_unlearn)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, out, cache_dir=cache, device="cpu", log=lambda m: None)
+    first = load_records(out)
+    assert {r["variant"] for r in first} == {"retrain", "original", suite.variants[0].label}
+    monkeypatch.setattr(runner, "unlearn", real_unlearn)
+    originals = sorted((cache / "originals").iterdir())
+    new = run_suite(suite, out, cache_dir=cache, device="cpu", log=lambda m: None)
+    assert [r["variant"] for r in new] == [v.label for v in suite.variants[1:]]  # only what was missing
+    assert sorted((cache / "originals").iterdir()) == originals  # the original was trained once
+    assert run_suite(suite, out, cache_dir=cache, device="cpu", log=lambda m: None) == []
+
+    records = load_records(out)
+    keys = {"suite", "dataset", "model", "request", "method", "seed", "UA", "RA", "TA", "MIA", "avg_gap", "rte_s", "retrain_s"}
+    for record in records:
+        assert keys <= set(record), keys - set(record)
+        assert record["machine"]["cpu_count"] and record["versions"]["torch"]
+    retrain = json.loads(record_path(out, "class:1", "retrain", 0).read_text())
+    assert retrain["avg_gap"] == 0 and retrain["UA"] == 100.0
+
+    text = write_report(out)
+    assert "| Retrain |" in text and "| Original (no unlearning) |" in text
+    assert "**" in text  # a best cell is marked
+    assert "Variant selection" in text and "boundary_shrink[batch_size=32,lr=0.005]" in text
+    for name in ("report.md", "results.csv", "results.tex", "plots/gap_vs_time.png"):
+        assert (out / name).exists(), name
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("request,variant,seeds,UA_mean,UA_std")
+
+
+def test_report_without_records(tmp_path):
+    with pytest.raises(UnlearnKitError, match="no benchmark records"):
+        write_report(tmp_path)
