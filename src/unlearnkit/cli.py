@@ -15,7 +15,7 @@ from .errors import UnlearnKitError
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 # Feature packages that add sub-commands by calling :func:`register` when imported.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["unlearnkit.sisa.cli"]
 
 
 def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
@@ -324,4 +324,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m unlearnkit.cli``: feature modules register into the importable ``unlearnkit.cli``,
+    # not into this ``__main__`` copy, so dispatch through it.
+    from unlearnkit.cli import main as _main
+
+    sys.exit(_main())
