@@ -8,10 +8,8 @@ checkpoints go to a temporary folder that is removed afterwards.
 from __future__ import annotations
 
 import datetime as _dt
-import multiprocessing
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +18,18 @@ import torch
 from ..data import Augment
 from ..sisa.layout import ACTIVE
 from ..sisa.model import SisaModel
-from ..sisa.shards import _worker_init, torch_threads
-from ..training import Phase, TrainConfig, classifier_source, fit, metered
+from ..sisa.shards import ShardPool, torch_threads
+from ..training import Phase, TrainConfig, classifier_source, fit, metered, predict_logits
 from .approx import approximate_delete
 from .cost import Calibration
 from .planner import ApproxSettings
 
 
-def _pool_probe(_: int) -> int:
-    import unlearnkit.sisa.shards  # noqa: F401  (what a shard worker imports before its first job)
-
-    return 0
-
-
 def _time_pool(workers: int) -> float:
+    """Starting ``workers`` shard workers until each can train (spawn, imports, first optimiser step)."""
     started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-        list(pool.map(_pool_probe, range(workers)))
+    with ShardPool(workers) as pool:
+        pool.executor()
     return time.perf_counter() - started
 
 
@@ -88,6 +80,11 @@ def calibrate(sisa: SisaModel, approx: ApproxSettings | None = None, *, device: 
                  Phase(classifier_source(data.x_train, data.y_train, pool_ids, amend_config, None)), amend_config,
                  seed=0, device=device)
     cal.approx_seconds_per_sample = report.cost.seconds / max(1, report.cost.backward)
+    probe_model = sisa.store.model_from_state(version.states[0])
+    predict_logits(probe_model, data.x_train[pool_ids[:64]], device=device)  # warm-up
+    started = time.perf_counter()
+    predict_logits(probe_model, data.x_train[pool_ids], device=device)
+    cal.eval_seconds_per_sample = (time.perf_counter() - started) / max(1, pool_ids.numel())
     # Its fixed cost per shard (building and copying models, guard and probe set-up) and its amend rounds:
     # dry runs on copies, one id and 1 % of a shard from shard 0's last slice; what the per-sample time does
     # not explain is overhead.
@@ -96,8 +93,8 @@ def calibrate(sisa: SisaModel, approx: ApproxSettings | None = None, *, device: 
     for n in sorted({1, max(1, members.size // 100)}):
         with metered() as meter:
             result = approximate_delete(sisa, version, last[:n], approx, seed=n, device=device)
-        work = meter.backward + (meter.forward - meter.backward) / 3.0  # forward-only passes: a third (see cost.py)
-        overheads.append(max(0.0, meter.seconds - work * cal.approx_seconds_per_sample))
+        explained = meter.backward * cal.approx_seconds_per_sample + (meter.forward - meter.backward) * cal.eval_seconds_per_sample
+        overheads.append(max(0.0, meter.seconds - explained))
         rounds += [s["amend"]["rounds"] for s in result.shards]
     cal.shard_overhead_seconds = float(np.mean(overheads))
     cal.amend_rounds = float(np.mean(rounds)) if rounds else cal.amend_rounds
@@ -112,7 +109,8 @@ def calibrate(sisa: SisaModel, approx: ApproxSettings | None = None, *, device: 
         import sys
 
         print(f"calibrated: stage training {1e3 * cal.train_seconds_per_sample:.3f} ms/sample, approximate path "
-              f"{1e3 * cal.approx_seconds_per_sample:.3f} ms/sample, {cal.amend_rounds:.1f} amend rounds, request "
+              f"{1e3 * cal.approx_seconds_per_sample:.3f} ms/sample (inference {1e3 * cal.eval_seconds_per_sample:.3f}), "
+              f"{cal.amend_rounds:.1f} amend rounds, shard overhead {cal.shard_overhead_seconds:.2f} s, request "
               f"overhead {cal.request_overhead_seconds:.2f} s, pool start {cal.pool_overhead_seconds:.2f} s",
               file=sys.stderr, flush=True)
     return cal

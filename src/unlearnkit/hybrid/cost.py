@@ -10,19 +10,24 @@ epochs, so
 
 and the shards are retrained in parallel by ``workers`` processes (longest first), so
 
-    T_exact = overhead + makespan_k(W_exact(k) * t_train + stages_k * t_stage) [+ t_pool when parallel]
+    T_exact = overhead + makespan_k(W_exact(k) * t_train + stages_k * t_stage) [+ t_pool unless it runs]
+
+The planner takes the cheaper of that and running the shards one after the other in the serving process
+(``overhead + sum_k (...)``): starting worker processes costs seconds (imports, first optimiser step), so
+parallel retraining only pays off for large jobs or once a long-running service has its pool started.
 
 Approximate path. For every affected shard, the modification (a registered method, by default gradient
 ascent on the shard's deleted ids) costs about ``epochs * n_k`` passes, and the amend step fine-tunes on
 the remaining samples ``P_k`` of the affected slices in rounds of ``min(round, P_k)`` samples until its
 loss on a probe of them stops improving, ``rounds`` rounds on average (measured when calibrating):
 
-    W_approx(k) = ga_epochs * n_k + rounds * min(round, P_k) + (rounds + 2) * min(probe, P_k) / 3
-    T_approx = overhead + sum_k (W_approx(k) * t_approx + t_shard)
+    W_approx(k) = ga_epochs * n_k + rounds * min(round, P_k)          (training passes)
+    F_approx(k) = (rounds + 2) * min(probe, P_k)                       (forward-only probe passes)
+    T_approx = overhead + sum_k (W_approx(k) * t_approx + F_approx(k) * t_eval + t_shard)
 
-``t_train`` (per sample pass in a shard worker at the model's thread count), ``t_approx`` (per sample pass
-of the approximate path in the serving process), the overheads and ``rounds`` are measured on this machine
-by :func:`unlearnkit.hybrid.calibrate` and stored in the model's ``sisa.json``.
+``t_train`` (per sample pass in a shard worker at the model's thread count), ``t_approx`` and ``t_eval``
+(per training / inference sample in the serving process), the overheads and ``rounds`` are measured on this
+machine by :func:`unlearnkit.hybrid.calibrate` and stored in the model's ``sisa.json``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Calibration:
 
     train_seconds_per_sample: float = 3e-4  # stage training, one sample pass, in one shard worker
     approx_seconds_per_sample: float = 3e-4  # approximate path, one sample pass, in the serving process
+    eval_seconds_per_sample: float = 1e-4  # one inference sample (eval mode) in the serving process
     request_overhead_seconds: float = 0.5  # read the current version, write the new one, ledger
     stage_overhead_seconds: float = 0.05  # write (and later read) one stage checkpoint
     shard_overhead_seconds: float = 0.05  # approximate path: build the shard model, copy it, probe
@@ -58,12 +64,13 @@ class Calibration:
 
 @dataclass
 class Estimate:
-    samples: int  # total sample passes
+    samples: int  # total training sample passes
     seconds: float
-    per_shard: dict[int, int]  # shard -> sample passes
+    per_shard: dict[int, int]  # shard -> training sample passes
+    workers: int = 1  # exact path: processes it runs on (1: in the serving process)
 
     def to_dict(self) -> dict:
-        return {"samples": int(self.samples), "seconds": round(float(self.seconds), 4),
+        return {"samples": int(self.samples), "seconds": round(float(self.seconds), 4), "workers": self.workers,
                 "per_shard": {str(k): int(v) for k, v in self.per_shard.items()}}
 
 
@@ -84,31 +91,33 @@ def exact_work(remaining: np.ndarray, first_slice: np.ndarray, epochs: int) -> n
 
 
 def estimate_exact(remaining: np.ndarray, first_slice: np.ndarray, epochs: int, workers: int,
-                   cal: Calibration) -> Estimate:
+                   cal: Calibration, pool_warm: bool = False) -> Estimate:
     work = exact_work(remaining, first_slice, epochs)
     affected = np.flatnonzero(first_slice >= 0)
     stages = remaining.shape[1] - first_slice[affected]
     loads = [float(work[k]) * cal.train_seconds_per_sample + float(s) * cal.stage_overhead_seconds
              for k, s in zip(affected, stages)]
-    parallel = workers > 1 and len(affected) > 1
-    seconds = cal.request_overhead_seconds + makespan(loads, workers) + (cal.pool_overhead_seconds if parallel else 0.0)
-    return Estimate(int(work.sum()), seconds, {int(k): int(work[k]) for k in affected})
+    seconds, used = cal.request_overhead_seconds + sum(loads), 1
+    if workers > 1 and len(affected) > 1:
+        parallel = cal.request_overhead_seconds + makespan(loads, workers) + (0.0 if pool_warm else cal.pool_overhead_seconds)
+        if parallel < seconds:
+            seconds, used = parallel, min(workers, len(affected))
+    return Estimate(int(work.sum()), seconds, {int(k): int(work[k]) for k in affected}, used)
 
 
 def estimate_approx(new_per_shard: np.ndarray, amend_pool: np.ndarray, ga_epochs: int, round_size: int,
                     probe_size: int, cal: Calibration) -> Estimate:
     """``new_per_shard``: newly deleted ids per shard; ``amend_pool``: remaining samples of its affected slices.
 
-    Forward-only passes (the amend probe, measured before modification, after it and after every round)
-    count as a third of a training pass each.
+    The amend probe is evaluated before the modification, after it and after every round (forward only).
     """
-    affected = np.flatnonzero(new_per_shard > 0)
-    probe = np.minimum(probe_size, amend_pool)
-    work = ga_epochs * new_per_shard + cal.amend_rounds * np.minimum(round_size, amend_pool) \
-        + (cal.amend_rounds + 2) * probe / 3.0
-    work = np.where(new_per_shard > 0, np.rint(work), 0).astype(np.int64)
+    touched = new_per_shard > 0
+    affected = np.flatnonzero(touched)
+    work = ga_epochs * new_per_shard + cal.amend_rounds * np.minimum(round_size, amend_pool)
+    work = np.where(touched, np.rint(work), 0).astype(np.int64)
+    probes = np.where(touched, (cal.amend_rounds + 2) * np.minimum(probe_size, amend_pool), 0.0)
     seconds = cal.request_overhead_seconds + float(work.sum()) * cal.approx_seconds_per_sample \
-        + len(affected) * cal.shard_overhead_seconds
+        + float(probes.sum()) * cal.eval_seconds_per_sample + len(affected) * cal.shard_overhead_seconds
     return Estimate(int(work.sum()), seconds, {int(k): int(work[k]) for k in affected})
 
 

@@ -26,7 +26,7 @@ class ApproxSettings:
     amend_lr: float = 0.01  # the amend step: constant-LR SGD (momentum 0.9, weight decay 5e-4)
     amend_batch_size: int = 128
     amend_round_size: int = 2048  # samples per amend round (a fresh seeded draw from the affected slices)
-    amend_probe_size: int = 1024  # fixed seeded probe of those slices on which the amend loss is measured
+    amend_probe_size: int = 512  # fixed seeded probe of those slices on which the amend loss is measured
     amend_max_rounds: int = 10
     amend_patience: int = 1  # rounds without a relative loss improvement of amend_min_delta before stopping
     amend_min_delta: float = 0.01
@@ -98,7 +98,7 @@ def last_stage_seconds(provenance: Provenance, epochs: int, cal: Calibration) ->
 
 
 def make_plan(ids, provenance: Provenance, status: np.ndarray, *, epochs: int, workers: int, cal: Calibration,
-              policy: Policy, approx: ApproxSettings, mode: str = "auto") -> Plan:
+              policy: Policy, approx: ApproxSettings, mode: str = "auto", pool_warm: bool = False) -> Plan:
     """Locate ``ids``, estimate the exact and approximate paths against ``status``, and decide (``mode`` forces one)."""
     started = time.perf_counter()
     ids = validate_ids(ids, provenance)
@@ -129,7 +129,7 @@ def make_plan(ids, provenance: Provenance, status: np.ndarray, *, epochs: int, w
         np.minimum.at(pending_first, provenance.shard_of[pending].astype(np.int64), provenance.slice_of[pending].astype(np.int64))
         first = np.where(new_per_shard > 0, np.minimum(first, pending_first), first)
     first = np.where(new_per_shard > 0, first, -1)
-    exact = estimate_exact(remaining, first, epochs, workers, cal)
+    exact = estimate_exact(remaining, first, epochs, workers, cal, pool_warm)
 
     # Approximate: the amend pool is what remains of the slices that hold a new id.
     touched = np.zeros((shards, slices), dtype=bool)

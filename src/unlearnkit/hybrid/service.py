@@ -33,6 +33,7 @@ import torch
 from ..errors import UnlearnKitError
 from ..sisa.layout import ACTIVE, DELETED_APPROX, derived_seed
 from ..sisa.model import SisaModel
+from ..sisa.shards import ShardPool
 from ..training import metered
 from .approx import approximate_delete
 from .cost import Calibration, Policy
@@ -85,12 +86,14 @@ class Unlearner:
         self.evaluate = evaluate
         self.echo = echo
         self.ledger = Ledger(self.sisa.store.ledger_path)
+        self.pool = ShardPool(self.workers)  # started when a plan runs shards in parallel; kept until close()
 
     @property
     def calibration(self) -> Calibration:
         return Calibration.from_dict(self.sisa.meta.get("calibration"))
 
     def close(self) -> None:
+        self.pool.close()
         self.ledger.close()
 
     def __enter__(self) -> "Unlearner":
@@ -105,7 +108,8 @@ class Unlearner:
         if status is None:
             status = self.sisa.version().status
         return make_plan(ids, self.sisa.provenance, status, epochs=self.sisa.config.epochs, workers=self.workers,
-                         cal=self.calibration, policy=self.policy, approx=self.approx, mode=mode)
+                         cal=self.calibration, policy=self.policy, approx=self.approx, mode=mode,
+                         pool_warm=self.pool.warm)
 
     # -- requests ------------------------------------------------------------------------------------
     def submit(self, ids, request_id: str | None = None, mode: str = "auto", source: str | None = None) -> RequestRecord:
@@ -199,7 +203,8 @@ class Unlearner:
                 def stage_done(shard: int, stage: int, seconds: float) -> None:
                     self._say(f"  shard {shard} stage {stage} retrained ({seconds:.2f} s)")
 
-                result = sisa.exact_delete(version, new_ids, workers=self.workers, on_stage=stage_done)
+                workers = int(((record.plan or {}).get("exact") or {}).get("workers", 1))
+                result = sisa.exact_delete(version, new_ids, workers=workers, on_stage=stage_done, pool=self.pool)
                 states, status = result.states, result.status
                 metrics["shards"] = [r.summary() for r in result.shards]
                 samples = sum(r.samples for r in result.shards)

@@ -5,11 +5,11 @@ shard from its last unaffected stage. See docs/sisa.md."""
 from .ensemble import Ensemble
 from .layout import ACTIVE, DELETED_APPROX, DELETED_EXACT, Provenance, stage_seed
 from .model import ExactResult, SisaModel, default_stage_config, train_sisa
-from .shards import ShardJob, ShardResult, StageSettings, run_shard_job
+from .shards import ShardJob, ShardPool, ShardResult, StageSettings, run_shard_job
 from .store import SisaStore, StageCorrupted, Version
 
 __all__ = [
     "Ensemble", "Provenance", "stage_seed", "ACTIVE", "DELETED_EXACT", "DELETED_APPROX", "SisaModel", "ExactResult",
-    "train_sisa", "default_stage_config", "ShardJob", "ShardResult", "StageSettings", "run_shard_job", "SisaStore",
+    "train_sisa", "default_stage_config", "ShardJob", "ShardPool", "ShardResult", "StageSettings", "run_shard_job", "SisaStore",
     "StageCorrupted", "Version",
 ]

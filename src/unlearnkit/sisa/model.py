@@ -29,7 +29,7 @@ from ..recipes import default_model, default_recipe
 from ..training import TrainConfig, accuracy, metered, predict_logits
 from .ensemble import Ensemble
 from .layout import ACTIVE, DELETED_APPROX, DELETED_EXACT, Provenance
-from .shards import ShardJob, ShardResult, StageCallback, StageSettings, default_threads, run_shard_jobs
+from .shards import ShardJob, ShardPool, ShardResult, StageCallback, StageSettings, default_threads, run_shard_jobs
 from .store import FORMAT, SisaStore, Version
 
 
@@ -144,13 +144,14 @@ class SisaModel:
 
     def retrain_shards(self, shards: list[int], removed: np.ndarray, *, workers: int | None = None,
                        on_stage: StageCallback | None = None,
-                       on_shard: Callable[[ShardResult], None] | None = None) -> list[ShardResult]:
+                       on_shard: Callable[[ShardResult], None] | None = None,
+                       pool: ShardPool | None = None) -> list[ShardResult]:
         jobs = [self.shard_job(k, removed) for k in shards]
         return run_shard_jobs(self.store, jobs, self.settings, self.workers if workers is None else workers,
-                              on_stage=on_stage, on_shard=on_shard)
+                              on_stage=on_stage, on_shard=on_shard, pool=pool)
 
     def exact_delete(self, version: Version, ids: np.ndarray, *, workers: int | None = None,
-                     on_stage: StageCallback | None = None) -> ExactResult:
+                     on_stage: StageCallback | None = None, pool: ShardPool | None = None) -> ExactResult:
         """Retrain every shard holding one of ``ids`` without them (and without any earlier approximately
         deleted id of that shard), from the last stage whose history is unchanged."""
         ids = np.asarray(ids, dtype=np.int64)
@@ -158,7 +159,7 @@ class SisaModel:
         removed = status != ACTIVE
         removed[ids] = True
         affected = sorted(int(k) for k in np.unique(self.provenance.shard_of[ids]))
-        results = self.retrain_shards(affected, removed, workers=workers, on_stage=on_stage)
+        results = self.retrain_shards(affected, removed, workers=workers, on_stage=on_stage, pool=pool)
         states = list(version.states)
         for result in results:
             states[result.shard] = result.state

@@ -151,11 +151,58 @@ def _worker_init() -> None:
             pass
 
 
+def warm_up(_: int = 0) -> int:
+    """What a fresh worker pays before its first stage: imports, and the first optimiser step (which imports
+    torch._dynamo, seconds on a busy CPU) and version record (which imports scikit-learn)."""
+    from .._util import versions
+    from ..training import Phase, TrainConfig, fit
+    from ..data import Source
+
+    with torch_threads(1):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        x, y = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)
+        fit(model, Phase(Source(x, y, batch_size=2)), TrainConfig(epochs=1), seed=0, device="cpu")
+    versions()
+    return os.getpid()
+
+
+class ShardPool:
+    """Worker processes for shard jobs, started on first use and kept until :meth:`close` (a long-running
+    service pays their start once, not per request)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._executor: ProcessPoolExecutor | None = None
+
+    @property
+    def warm(self) -> bool:
+        return self._executor is not None
+
+    def executor(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            context = multiprocessing.get_context("spawn")
+            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_worker_init)
+            list(self._executor.map(warm_up, range(self.workers)))
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> "ShardPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def run_shard_jobs(store: SisaStore, jobs: list[ShardJob], settings: StageSettings, workers: int,
                    on_stage: StageCallback | None = None,
-                   on_shard: Callable[[ShardResult], None] | None = None) -> list[ShardResult]:
-    """Run ``jobs``: sequentially here when ``workers <= 1`` (or on a GPU, or for one job), else in a pool of
-    ``workers`` spawned processes, largest job first. Results come back in shard order."""
+                   on_shard: Callable[[ShardResult], None] | None = None,
+                   pool: ShardPool | None = None) -> list[ShardResult]:
+    """Run ``jobs``: sequentially here when ``workers <= 1`` (or on a GPU, or for one job), else on ``pool``
+    (a temporary one of ``workers`` processes if not given), largest job first. Results come in shard order."""
     jobs = sorted(jobs, key=lambda j: -j.work)
     results: list[ShardResult] = []
     parallel = workers > 1 and len(jobs) > 1 and not settings.device.startswith("cuda")
@@ -164,14 +211,18 @@ def run_shard_jobs(store: SisaStore, jobs: list[ShardJob], settings: StageSettin
             results.append(run_shard_job(str(store.path), job, settings, on_stage))
             if on_shard is not None:
                 on_shard(results[-1])
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_worker_init) as pool:
-            futures = [pool.submit(run_shard_job, str(store.path), job, settings) for job in jobs]
-            for future in as_completed(futures):
-                results.append(future.result())
-                if on_shard is not None:
-                    on_shard(results[-1])
+        return sorted(results, key=lambda r: r.shard)
+    own = pool is None
+    pool = ShardPool(workers) if own else pool
+    try:
+        futures = [pool.executor().submit(run_shard_job, str(store.path), job, settings) for job in jobs]
+        for future in as_completed(futures):
+            results.append(future.result())
+            if on_shard is not None:
+                on_shard(results[-1])
+    finally:
+        if own:
+            pool.close()
     return sorted(results, key=lambda r: r.shard)
 
 

@@ -143,9 +143,12 @@ class SisaStore:
         return build_model(spec["name"], **spec["args"])
 
     def model_from_state(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A CPU model with these weights, in eval mode, channels-last if convolutional (2x faster inference)."""
+        from ..training import prepare_model
+
         model = self.build_model()
         model.load_state_dict(state, strict=True)
-        return model.eval()
+        return prepare_model(model, torch.device("cpu")).eval()
 
     # -- stage checkpoints ---------------------------------------------------------------------------
     def stage_dir(self, shard: int, stage: int, key: str) -> Path:
