@@ -127,3 +127,14 @@ def test_evaluate_from_models_matches_outputs(digits):
                  reference=evaluate(trained.model, request, digits)).metrics
     assert a == b
     assert a["avg_gap"] == 0 and a["l2_to_reference"] == 0 and a["js_forget"] == pytest.approx(0, abs=1e-9)
+
+
+def test_non_finite_outputs_are_counted_not_fatal():
+    data = make_tiny(n_train=100, n_test=40)
+    request = uk.build_request("random:0.2", data, seed=0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))
+    m = evaluate(model, request, data, mia_shadow_size=None).metrics
+    assert m["non_finite_outputs"] == 140
+    assert 0 <= m["MIA"] <= 100 and m["TA"] == pytest.approx(100 * float((data.y_test == 0).float().mean()))

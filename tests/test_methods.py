@@ -20,7 +20,7 @@ CLASS_REQUEST_SETTINGS = {
     "random_label": dict(epochs=5, lr=0.02, batch_size=32),
     "l1_sparse": dict(epochs=10, lr=0.05, alpha=1e-3, retain_per_forget=None, batch_size=32),
     "salun": dict(epochs=5, lr=0.02, batch_size=32),
-    "scrub": dict(epochs=10, max_epochs=5, lr=4e-3, batch_size=32, retain_per_forget=3.0, temperature=2.0),
+    "scrub": dict(epochs=10, max_epochs=5, lr=4e-3, batch_size=32, retain_per_forget=3.0, temperature=2.0, kl_cap=None),
     "boundary_shrink": dict(epochs=5, lr=0.005, batch_size=32),
 }
 # How far each method must push forget accuracy down from the original's 100 %, and how much retain
@@ -136,3 +136,13 @@ def test_every_method_is_documented():
         assert described["summary"] and described["touches"]
         for option, meta in described["config"].items():
             assert meta["help"], f"{name}.{option} has no help text"
+
+
+def test_scrub_kl_cap_prevents_collapse(setup, digits):
+    """At lr 0.05 the uncapped max-steps destroy the model; the cap keeps retain accuracy and still forgets."""
+    request = uk.build_request("class:3", digits, seed=0)
+    common = dict(epochs=10, max_epochs=5, lr=0.05, batch_size=32, retain_per_forget=3.0, device="cpu")
+    uncapped = _accs(unlearn(setup.model, request, digits, "scrub", kl_cap=None, **common).model, digits, request)
+    capped = _accs(unlearn(setup.model, request, digits, "scrub", kl_cap=2.0, **common).model, digits, request)
+    assert uncapped[1] < 50  # retain accuracy collapsed
+    assert capped[0] < 20 and capped[1] > 95

@@ -108,3 +108,21 @@ def test_meter_counts_passes(digits):
         logits = predict_logits(model, digits.x_test)
     assert cost.forward == digits.x_test.shape[0] and cost.backward == 0 and cost.seconds > 0
     assert 0 <= accuracy(logits, digits.y_test) <= 100
+
+
+def test_divergence_rolls_back_to_the_epoch_start(digits):
+    model, _ = new_model("mlp", digits, seed=0)
+    starts = {}
+
+    def exploding(m, batch, ctx):
+        starts.setdefault(ctx.epoch, {k: v.clone() for k, v in m.state_dict().items()})
+        logits = m(batch.x)
+        loss = F.cross_entropy(logits, batch.y)
+        return loss * (float("inf") if ctx.epoch == 1 and ctx.step > 30 else 1.0)
+
+    report = fit(model, Phase(Source(digits.x_train, digits.y_train, batch_size=64), loss=exploding),
+                 TrainConfig(epochs=3, lr=0.05))
+    assert "non-finite loss" in report.stopped_early and "rolled back" in report.stopped_early
+    state = model.state_dict()
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert all(torch.equal(state[k], starts[1][k]) for k in state)  # exactly the start of epoch 2

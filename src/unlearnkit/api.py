@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -23,6 +24,9 @@ from .models import build_model
 from .recipes import default_model, default_recipe
 from .requests import Request, build_request
 from .training import FitReport, TrainConfig, accuracy, predict_logits, train_classifier
+
+if TYPE_CHECKING:
+    from .sparsity import PruneSpec
 
 
 def as_dataset(data: str | Dataset, data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -58,6 +62,7 @@ class Trained:
     report: FitReport
     metrics: dict
     path: Path | None = None
+    pruning: dict | None = None  # the pruning record when trained with ``prune=``
 
 
 def train(
@@ -73,12 +78,18 @@ def train(
     out: str | os.PathLike | None = None,
     progress: bool = False,
     echo: bool = False,
+    prune: str | PruneSpec | None = None,
 ) -> Trained:
     """Train a model on ``data`` (on the poisoned/relabelled data if ``request`` changes it).
 
     With ``out``, the checkpoint is written there atomically, with the request recorded so that it can
-    be unlearned later.
+    be unlearned later. ``prune`` (e.g. ``omp:0.95``, ``imp:0.9``, ``synflow:0.95``) trains a sparse
+    model instead; see :func:`unlearnkit.sparsity.train_sparse`.
     """
+    if prune is not None:  # a bad spec fails before any data is read
+        from .sparsity import parse_prune_spec
+
+        prune = parse_prune_spec(prune)
     data = as_dataset(data, data_dir)
     request = as_request(request, data, seed)
     model_name = model or default_model(data.name)
@@ -101,17 +112,30 @@ def train(
                 file=sys.stderr, flush=True,
             )
 
-    report = train_classifier(
-        net, x, y, torch.arange(data.n_train), config, augment=augment_for(data),
-        seed=seed, device=device, after_epoch=after_epoch, progress=progress, desc=f"train {model_name}",
-    )
+    def run(m: nn.Module, extra_after_epoch=None, run_config: TrainConfig | None = None) -> FitReport:
+        def hooks(m: nn.Module, record: dict):
+            after_epoch(m, record)
+            return extra_after_epoch(m, record) if extra_after_epoch is not None else None
+
+        return train_classifier(
+            m, x, y, torch.arange(data.n_train), run_config or config, augment=augment_for(data),
+            seed=seed, device=device, after_epoch=hooks, progress=progress, desc=f"train {model_name}",
+        )
+
+    pruning = None
+    if prune is None:
+        report = run(net)
+    else:
+        from .sparsity import input_shape_of, train_sparse
+
+        report, pruning = train_sparse(net, prune, run, config, input_shape=input_shape_of(args), echo=echo)
     metrics = {
         "train_acc": round(accuracy(predict_logits(net, x, device=device), y), 3),
         "test_acc": report.history[-1]["test_acc"] if report.history else
         round(accuracy(predict_logits(net, data.x_test, device=device), data.y_test), 3),
         "train_seconds": round(report.cost.seconds, 3),
     }
-    trained = Trained(net, model_name, args, data, request, config, seed, report, metrics)
+    trained = Trained(net, model_name, args, data, request, config, seed, report, metrics, pruning=pruning)
     if out is not None:
         trained.path = save_trained(trained, out, data_dir=data_dir)
     return trained
@@ -128,6 +152,7 @@ def save_trained(trained: Trained, out: str | os.PathLike, *, data_dir=None, kin
             "train": trained.config.to_dict(),
             "metrics": trained.metrics,
             "cost": trained.report.cost.to_dict(),
+            **({"pruning": trained.pruning} if trained.pruning is not None else {}),
             **(extra or {}),
         },
         files={"train_log.jsonl": log},

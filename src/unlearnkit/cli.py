@@ -15,7 +15,7 @@ from .errors import UnlearnKitError
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 # Feature packages that add sub-commands by calling :func:`register` when imported.
-COMMAND_MODULES: list[str] = ["unlearnkit.sisa.cli"]
+COMMAND_MODULES: list[str] = ["unlearnkit.sparsity.cli", "unlearnkit.sisa.cli"]
 
 
 def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
@@ -68,6 +68,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="other training options (e.g. schedule=multistep)")
     p.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model options (e.g. width=128)")
+    p.add_argument("--prune", default=None, metavar="SPEC",
+                   help="train a sparse model: omp:S, imp:S or synflow:S (S = fraction of weights zeroed; see docs/sparsity.md)")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--no-progress", action="store_true")
 
@@ -107,7 +109,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a results folder written by `unlearnkit bench`")
-    p.add_argument("--budget", type=float, default=0.05, help="time budget (fraction of Retrain) for choosing variants")
+    p.add_argument("--budget", type=float, default=0.05, help="work budget (sample passes as a fraction of Retrain's) for choosing variants")
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -153,10 +155,12 @@ def _train(args: argparse.Namespace) -> int:
     trained = train(
         args.dataset, model, request=args.request, config=config, seed=args.seed, device=args.device,
         data_dir=args.data_dir, model_options=parse_sets(args.model_option), out=args.out,
-        progress=not args.no_progress and sys.stderr.isatty(), echo=True,
+        progress=not args.no_progress and sys.stderr.isatty(), echo=True, prune=args.prune,
     )
     m = trained.metrics
     print(f"test accuracy {m['test_acc']:.2f} %, train accuracy {m['train_acc']:.2f} %, {m['train_seconds']:.0f} s")
+    if trained.pruning is not None:
+        print(f"pruned by {trained.pruning['spec']}: sparsity {trained.pruning['achieved_sparsity']:.4f} of the prunable weights")
     print(f"checkpoint written to {trained.path}")
     return 0
 
@@ -324,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as ``python -m unlearnkit.cli``: feature modules register into the importable ``unlearnkit.cli``,
-    # not into this ``__main__`` copy, so dispatch through it.
+    # Run the imported module's main, not this __main__ copy: feature modules register their commands with
+    # `unlearnkit.cli`, which under `python -m` is a different module object from __main__.
     from unlearnkit.cli import main as _main
 
     sys.exit(_main())

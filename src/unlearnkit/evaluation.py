@@ -59,6 +59,7 @@ METRIC_DOCS = {
     "rte_s": "run-time efficiency: wall-clock seconds of the unlearning call",
     "rte_ratio": "rte_s / seconds of retraining",
     "forward_samples": "samples passed forward by the unlearning call",
+    "non_finite_outputs": "samples with non-finite logits (a diverged model); their outputs count as uniform",
     "backward_samples": "samples passed backward by the unlearning call",
 }
 
@@ -71,6 +72,7 @@ class Outputs:
     test: torch.Tensor
     triggered_test: torch.Tensor | None = None
     weights: dict[str, torch.Tensor] | None = None
+    non_finite: int = 0  # samples whose logits were not finite (their probabilities are set to uniform)
 
 
 @dataclass
@@ -82,17 +84,26 @@ class Evaluation:
         return self.metrics[key]
 
 
+def _probabilities(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Softmax; rows with non-finite logits (a diverged model) become uniform and are counted."""
+    bad = ~torch.isfinite(logits).all(1)
+    probs = torch.softmax(logits, 1)
+    if bad.any():
+        probs[bad] = 1.0 / logits.shape[1]
+    return probs, int(bad.sum())
+
+
 def model_outputs(model: nn.Module, data: Dataset, request: Request, device=None) -> Outputs:
     device = resolve_device(device if device is not None else "auto")
     x, _ = request.training_data(data)
-    train = torch.softmax(predict_logits(model, x, device=device), 1)
-    test = torch.softmax(predict_logits(model, data.x_test, device=device), 1)
+    train, bad_train = _probabilities(predict_logits(model, x, device=device))
+    test, bad_test = _probabilities(predict_logits(model, data.x_test, device=device))
     triggered = None
     if request.trigger is not None:
         keep = data.y_test != request.target
-        triggered = torch.softmax(predict_logits(model, request.trigger.stamp(data.x_test[keep]), device=device), 1)
+        triggered, _ = _probabilities(predict_logits(model, request.trigger.stamp(data.x_test[keep]), device=device))
     weights = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
-    return Outputs(train, test, triggered, weights)
+    return Outputs(train, test, triggered, weights, non_finite=bad_train + bad_test)
 
 
 def _acc(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -225,7 +236,7 @@ def evaluate(
         m["avg_gap"] = sum(m[f"gap_{k}"] for k in GAP_METRICS) / len(GAP_METRICS)
         m["js_forget"] = js_divergence(outputs.train[forget], ref.outputs.train[forget])
         m["js_test"] = js_divergence(outputs.test, ref.outputs.test)
-        if outputs.weights is not None and ref.outputs.weights is not None:
+        if outputs.weights is not None and ref.outputs.weights is not None and not outputs.non_finite:
             m["l2_to_reference"] = weight_distance(outputs.weights, ref.outputs.weights)
     if original is not None:
         orig = original if isinstance(original, Evaluation) else evaluate(
@@ -241,4 +252,6 @@ def evaluate(
         if retrain_seconds:
             m["rte_ratio"] = cost.seconds / retrain_seconds
     m["mia_shadow_size"] = float("nan") if mia_shadow_size is None else mia_shadow_size
+    if outputs.non_finite:
+        m["non_finite_outputs"] = outputs.non_finite
     return Evaluation({k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}, outputs)

@@ -233,10 +233,13 @@ def fit(
     bar = _progress_bar(total_steps, desc) if progress else None
     ctx = Context(0, config.epochs, 0, total_steps, "", model, state if state is not None else {})
 
+    snapshot: dict[str, torch.Tensor] = {}
     with metered() as cost:
         try:
             for epoch in range(config.epochs):
                 ctx.epoch = epoch
+                # Weights at the start of the epoch: a diverging step (non-finite loss) rolls back to them.
+                snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 model.train()
                 started = time.perf_counter()
                 record: dict[str, Any] = {"epoch": epoch + 1}
@@ -257,7 +260,9 @@ def fit(
                             if regularizer is not None:
                                 loss = loss + regularizer(model, ctx)
                         if not torch.isfinite(loss):
-                            raise StopTraining(f"non-finite loss in {phase.name} at epoch {epoch + 1}")
+                            model.load_state_dict(snapshot)
+                            raise StopTraining(f"non-finite loss in {phase.name} at epoch {epoch + 1}; "
+                                               f"weights rolled back to the start of that epoch")
                         if optimizer is not None:
                             optimizer.zero_grad(set_to_none=True)
                             loss.backward()

@@ -21,7 +21,7 @@ from .._util import write_text_atomic
 from .runner import load_records
 
 COLUMNS = [("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA-Eff."), ("avg_gap", "Avg. Gap"),
-           ("rte_s", "RTE (s)"), ("rte_pct", "RTE (% Retrain)")]
+           ("rte_s", "RTE (s)"), ("rte_pct", "RTE (% Retrain)"), ("work_pct", "Work (% Retrain)")]
 EXTRA = [("FR", "FR"), ("MRR", "MRR"), ("js_forget", "JS D_f"), ("js_test", "JS test"), ("l2_to_reference", "L2 to Retrain"),
          ("MIA_entropy", "MIA ent."), ("MIA_m_entropy", "MIA m-ent."), ("ASR", "ASR"), ("forget_acc_corrected", "Acc D_f (true)")]
 GAPPED = {"UA", "RA", "TA", "MIA"}
@@ -34,10 +34,22 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return mean(values), (stdev(values) if len(values) > 1 else 0.0)
 
 
+def _passes(cost: dict | None) -> int:
+    return 0 if not cost else int(cost.get("forward_samples", 0)) + int(cost.get("backward_samples", 0))
+
+
 def summarise(records: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{request: {variant: {metric: (mean, std), 'n': seeds, 'method': name}}}."""
+    """{request: {variant: {metric: (mean, std), 'n': seeds, 'method': name}}}.
+
+    ``work_pct`` is the method's forward+backward sample passes as a % of retraining's (same request and
+    seed): unlike wall-clock time it does not change with the machine's load.
+    """
     grouped: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    retrain_work = {(r["request"], r["seed"]): _passes(r.get("cost")) for r in records if r["variant"] == "retrain"}
     for r in records:
+        base = retrain_work.get((r["request"], r["seed"]))
+        if base and r["variant"] != "original":
+            r = {**r, "work_pct": 100.0 * _passes(r.get("cost")) / base}
         grouped[r["request"]][r["variant"]].append(r)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for request, variants in grouped.items():
@@ -137,17 +149,18 @@ def latex(summary: dict) -> str:
 
 
 def selection_table(summary: dict, budget: float = 0.05) -> tuple[str, dict[str, str]]:
-    """Rank each method's variants by mean Avg. Gap over the requests; choose the best within ``budget``
-    (fraction of Retrain's time), or the cheapest if none fits."""
+    """Rank each method's variants by mean Avg. Gap over the requests; choose the best whose work (sample
+    passes) is within ``budget`` × Retrain's, or the cheapest if none fits. Work, not wall-clock time, so that
+    a sweep run on a busy machine selects the same defaults as a quiet one."""
     per_method: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for request, rows in summary.items():
         for variant, s in rows.items():
             if variant in ("retrain", "original") or "avg_gap" not in s:
                 continue
             per_method[s["method"]][variant]["gap"].append(s["avg_gap"][0])
-            per_method[s["method"]][variant]["time"].append(s.get("rte_pct", (float("nan"), 0))[0] / 100.0)
+            per_method[s["method"]][variant]["time"].append(s.get("work_pct", s.get("rte_pct", (float("nan"), 0)))[0] / 100.0)
     chosen: dict[str, str] = {}
-    lines = [f"| method | variant | mean Avg. Gap over requests | mean RTE (% Retrain) | chosen (budget {100 * budget:.0f} %) |",
+    lines = [f"| method | variant | mean Avg. Gap over requests | mean work (% Retrain) | chosen (budget {100 * budget:.0f} %) |",
              "| --- | --- | --- | --- | --- |"]
     for method in sorted(per_method):
         variants = per_method[method]

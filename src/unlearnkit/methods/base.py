@@ -261,11 +261,21 @@ def unlearn(
     return Unlearned(result, method, dataclasses.asdict(config), cost, task.notes)
 
 
-def sgd_config(epochs: int, lr: float, batch_size: int, *, momentum: float = 0.9, weight_decay: float = 5e-4,
-               schedule: str = "constant", optimizer: str = "sgd") -> TrainConfig:
-    """The optimiser recipe of an iterative unlearning method (no augmentation)."""
-    return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
-                       schedule=schedule, optimizer=optimizer, augment=False)
+@dataclass
+class SGDOptions:
+    """Optimiser options every iterative method shares; a method redeclares a field to change its default."""
+
+    epochs: int = option(5, "passes")
+    lr: float = option(0.01, "learning rate")
+    batch_size: int = option(128, "batch size")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "weight decay")
+    schedule: typing.Literal["constant", "cosine", "linear"] = option("constant", "learning-rate schedule over the run")
+
+    def train_config(self) -> TrainConfig:
+        """The loop's recipe for this method (no augmentation: unlearning steps see the samples as trained)."""
+        return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, momentum=self.momentum,
+                           weight_decay=self.weight_decay, schedule=self.schedule, augment=False)
 
 
 def random_wrong_labels(y: torch.Tensor, ids: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:

@@ -11,14 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from ..training import Phase, count_passes
-from .base import Task, option, register, sgd_config
+from .base import SGDOptions, Task, option, register
 
 
 @dataclass
-class BoundaryShrinkConfig:
+class BoundaryShrinkConfig(SGDOptions):
     epochs: int = option(2, "passes over the forget set")
     lr: float = option(5e-3, "SGD learning rate")
-    batch_size: int = option(128, "batch size")
     epsilon: float = option(0.1, "FGSM step in pixel space [0, 1] used to find the nearest boundary")
 
 
@@ -44,4 +43,4 @@ def nearest_wrong_labels(task: Task, epsilon: float, batch_size: int = 256) -> t
 def boundary_shrink(task: Task, cfg: BoundaryShrinkConfig) -> None:
     labels = nearest_wrong_labels(task, cfg.epsilon)
     task.fit(Phase(task.forget_source(cfg.batch_size, labels=labels), name="shrink"),
-             sgd_config(cfg.epochs, cfg.lr, cfg.batch_size))
+             cfg.train_config())

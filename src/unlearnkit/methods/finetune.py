@@ -7,14 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..training import Phase
-from .base import Task, option, register, sgd_config
+from .base import SGDOptions, Task, option, register
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(SGDOptions):
     epochs: int = option(5, "passes")
     lr: float = option(0.05, "SGD learning rate (momentum 0.9, weight decay 5e-4, constant)")
-    batch_size: int = option(128, "batch size")
     retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)")
 
 
@@ -22,4 +21,4 @@ class FinetuneConfig:
           summary="fine-tune on the retain set (FT)")
 def finetune(task: Task, cfg: FinetuneConfig) -> None:
     source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))
-    task.fit(Phase(source, name="retain"), sgd_config(cfg.epochs, cfg.lr, cfg.batch_size))
+    task.fit(Phase(source, name="retain"), cfg.train_config())

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from ..training import Phase, StopTraining
-from .base import Task, option, register, sgd_config
+from .base import SGDOptions, Task, option, register
 
 
 @dataclass
-class GradAscentConfig:
+class GradAscentConfig(SGDOptions):
     epochs: int = option(3, "passes over the forget set (at most)")
     lr: float = option(2e-3, "SGD learning rate")
-    batch_size: int = option(128, "batch size")
+    weight_decay: float = option(0.0, "weight decay (none: it would only shrink weights during ascent)")
     target_forget_acc: float | None = option(-1.0, "stop once forget accuracy (%) falls to this; -1: auto (see module doc); None: never")
     check_every: int = option(5, "steps between guard checks")
     probe_size: int = option(512, "forget samples the guard measures")
@@ -51,4 +51,4 @@ def grad_ascent(task: Task, cfg: GradAscentConfig) -> None:
         return -F.cross_entropy(logits, batch.y), logits
 
     task.fit(Phase(task.forget_source(cfg.batch_size), ascent, "forget"),
-             sgd_config(cfg.epochs, cfg.lr, cfg.batch_size, weight_decay=0.0))
+             cfg.train_config())

@@ -8,15 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..training import Phase
-from .base import Task, option, register, sgd_config
+from .base import SGDOptions, Task, option, register
 
 
 @dataclass
-class L1SparseConfig:
+class L1SparseConfig(SGDOptions):
     epochs: int = option(5, "passes")
     lr: float = option(0.05, "SGD learning rate")
     alpha: float = option(5e-5, "initial ℓ1 coefficient α (on the sum of |θ| over all parameters)")
-    batch_size: int = option(128, "batch size")
     retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)")
 
 
@@ -27,4 +26,4 @@ def l1_sparse(task: Task, cfg: L1SparseConfig) -> None:
         return alpha_t * sum(p.abs().sum() for p in model.parameters())
 
     source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))
-    task.fit(Phase(source, name="retain"), sgd_config(cfg.epochs, cfg.lr, cfg.batch_size), regularizer=l1_penalty)
+    task.fit(Phase(source, name="retain"), cfg.train_config(), regularizer=l1_penalty)

@@ -10,14 +10,13 @@ import torch
 
 from ..data import Source
 from ..training import Phase
-from .base import Task, option, random_wrong_labels, register, sgd_config
+from .base import SGDOptions, Task, option, random_wrong_labels, register
 
 
 @dataclass
-class RandomLabelConfig:
+class RandomLabelConfig(SGDOptions):
     epochs: int = option(2, "passes")
     lr: float = option(0.01, "SGD learning rate")
-    batch_size: int = option(128, "batch size")
     retain_per_forget: float | None = option(1.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)")
 
 
@@ -35,4 +34,4 @@ def random_label_source(task: Task, batch_size: int, retain_per_forget: float | 
 @register("random_label", RandomLabelConfig, touches=("forget", "retain"), summary="random wrong labels on D_f mixed with D_r (RL)")
 def random_label(task: Task, cfg: RandomLabelConfig) -> None:
     source = random_label_source(task, cfg.batch_size, cfg.retain_per_forget)
-    task.fit(Phase(source, name="rl"), sgd_config(cfg.epochs, cfg.lr, cfg.batch_size))
+    task.fit(Phase(source, name="rl"), cfg.train_config())

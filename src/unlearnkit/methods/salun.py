@@ -12,15 +12,14 @@ import torch.nn.functional as F
 
 from .. import selection
 from ..training import Phase, count_passes
-from .base import Task, option, register, sgd_config
+from .base import SGDOptions, Task, option, register
 from .random_label import random_label_source
 
 
 @dataclass
-class SalUnConfig:
+class SalUnConfig(SGDOptions):
     epochs: int = option(2, "passes")
     lr: float = option(0.01, "SGD learning rate")
-    batch_size: int = option(128, "batch size")
     mask_fraction: float = option(0.5, "fraction of all parameter entries that may change (largest saliency)")
     retain_per_forget: float | None = option(1.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)")
 
@@ -54,4 +53,4 @@ def salun(task: Task, cfg: SalUnConfig) -> None:
     picked, total = selection.count(mask)
     task.notes["mask_fraction"] = round(picked / total, 6)
     source = random_label_source(task, cfg.batch_size, cfg.retain_per_forget)
-    task.fit(Phase(source, name="rl"), sgd_config(cfg.epochs, cfg.lr, cfg.batch_size), trainable=mask)
+    task.fit(Phase(source, name="rl"), cfg.train_config(), trainable=mask)
