@@ -14,7 +14,8 @@ from .errors import UnlearnKitError
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 # Feature packages that add sub-commands by calling :func:`register` when imported.
-COMMAND_MODULES: list[str] = ["unlearnkit.sparsity.cli", "unlearnkit.spdgan.cli", "unlearnkit.audit.cli"]
+COMMAND_MODULES: list[str] = ["unlearnkit.sparsity.cli", "unlearnkit.spdgan.cli", "unlearnkit.audit.cli",
+                              "unlearnkit.sisa.cli"]
 
 
 def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
