@@ -24,7 +24,7 @@ Selection goes through :mod:`unlearnkit.selection` (exact top-k, seeded random f
 has removed are never selected. The repair is the project's loop (``task.fit``) on ``retain_per_forget`` × |D_f|
 fresh retain samples per epoch, over all parameters or (``repair_scope="selected"``) only the perturbed ones.
 The paper does not publish its importance, noise or repair formulas; these are the design's (DESIGN.md §4),
-and the defaults were chosen by ``benchmarks/suites/perturb-sweep.toml`` (see ``docs/perturbation.md``).
+and the defaults were chosen by the variants of ``benchmarks/suites/perturb.toml`` (see ``docs/perturbation.md``).
 """
 
 from __future__ import annotations
