@@ -107,7 +107,7 @@ def test_saps_changes_only_the_selected_entries(poisoned, digits, criterion, upd
 def test_saps_largest_and_smallest_select_by_the_hessian_diagonal(poisoned, digits):
     request, model = poisoned
     x_fixed, y_fixed = request.corrected_data(digits)
-    result = {c: unlearn(model, request, digits, "saps", criterion=c, update="first", tau=1.0, fraction=0.02,
+    result = {c: unlearn(model, request, digits, "saps", criterion=c, update="first", tau=1.0, fraction=0.02, curvature="ggn",
                          curvature_samples=None, device="cpu") for c in ("largest", "smallest")}
     diag = curvature.fisher_diagonal(model, uk.data.Source(x_fixed, y_fixed, torch.arange(digits.n_train), shuffle=False),
                                      kind="exact")
