@@ -119,3 +119,9 @@ def test_demo_runs_the_whole_job_and_reuses_checkpoints(tmp_path, capsys):
     stamp = (tmp_path / "original" / "model.safetensors").stat().st_mtime_ns
     run_demo(tmp_path, **kwargs)
     assert (tmp_path / "original" / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
+
+
+def test_bench_methods_keep_commas_inside_variants():
+    from unlearnkit.cli import _split_top_level
+
+    assert _split_top_level("finetune, salun[lr=0.01,epochs=2],ssd") == ["finetune", "salun[lr=0.01,epochs=2]", "ssd"]

@@ -301,7 +301,17 @@ def _bench(args: argparse.Namespace) -> int:
     suffix = "" if args.prune is None else "-" + ("dense" if suite.prune is None else
                                                    "".join(c if c.isalnum() or c in ".=-" else "_" for c in suite.prune))
     out = args.out or f"benchmarks/results/{suite.name}{suffix}"
-    methods = args.methods.split(",") if args.methods else None
+    methods = None
+    if args.methods:
+        from .bench.suite import parse_variant
+
+        # Commas inside NAME[k=v,...] belong to the variant; a variant is matched by its normalised label.
+        methods = [m if "[" not in m else parse_variant(m).label for m in _split_top_level(args.methods)]
+        known = {v.method for v in suite.variants} | {v.label for v in suite.variants}
+        unknown = [m for m in methods if m not in known]
+        if unknown:
+            raise UnlearnKitError(f"--methods: {', '.join(unknown)} not in suite {suite.name!r} "
+                                  f"(its variants: {', '.join(v.label for v in suite.variants)})")
     run_suite(suite, out, cache_dir=args.cache, device=args.device, data_dir=args.data_dir, seeds=seeds, methods=methods,
               command="unlearnkit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("unlearnkit") else None,
               progress=sys.stderr.isatty())
@@ -309,6 +319,20 @@ def _bench(args: argparse.Namespace) -> int:
         write_report(out)
         print(f"report written to {out}/report.md")
     return 0
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside square brackets: "a,b[x=1,y=2]" -> ["a", "b[x=1,y=2]"]."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    parts.append(current.strip())
+    return [p for p in parts if p]
 
 
 @command("report", "tables (Markdown/CSV/LaTeX) and plots from a results folder", _report_arguments)
