@@ -16,8 +16,8 @@ from .base import SGDOptions, Task, option, register
 
 @dataclass
 class BoundaryShrinkConfig(SGDOptions):
-    epochs: int = option(2, "passes over the forget set")
-    lr: float = option(5e-3, "SGD learning rate")
+    epochs: int = option(1, "passes over the forget set")
+    lr: float = option(1e-4, "SGD learning rate")
     epsilon: float = option(0.1, "FGSM step in pixel space [0, 1] used to find the nearest boundary")
 
 

@@ -5,6 +5,7 @@ each epoch sees ``retain_per_forget`` × |D_f| retain samples so its cost is bou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..training import Phase
 from .base import SGDOptions, Task, option, register
@@ -12,8 +13,9 @@ from .base import SGDOptions, Task, option, register
 
 @dataclass
 class FinetuneConfig(SGDOptions):
-    epochs: int = option(5, "passes")
-    lr: float = option(0.05, "SGD learning rate (momentum 0.9, weight decay 5e-4, constant)")
+    epochs: int = option(4, "passes")
+    lr: float = option(0.1, "SGD learning rate (momentum 0.9, weight decay 5e-4)")
+    schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate schedule over the run")
     retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)")
 
 

@@ -18,7 +18,7 @@ from .base import SGDOptions, Task, option, register
 
 @dataclass
 class GradAscentConfig(SGDOptions):
-    epochs: int = option(3, "passes over the forget set (at most)")
+    epochs: int = option(1, "passes over the forget set (at most)")
     lr: float = option(2e-3, "SGD learning rate")
     weight_decay: float = option(0.0, "weight decay (none: it would only shrink weights during ascent)")
     target_forget_acc: float | None = option(-1.0, "stop once forget accuracy (%) falls to this; -1: auto (see module doc); None: never")

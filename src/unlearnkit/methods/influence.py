@@ -22,7 +22,7 @@ from .base import Task, option, register
 @dataclass
 class InfluenceConfig:
     hessian: Literal["woodfisher", "diagonal", "lissa"] = option("woodfisher", "inverse-curvature approximation")
-    alpha: float = option(1.0, "step scale α")
+    alpha: float = option(0.02, "step scale α")
     damping: float = option(1e-3, "λ added to the curvature")
     curvature_samples: int = option(512, "retain samples for the curvature (WoodFisher N, diagonal Fisher, LiSSA batches)")
     retain_samples: int = option(8192, "retain samples for the mean retain gradient")

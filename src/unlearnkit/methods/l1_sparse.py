@@ -6,6 +6,7 @@ approximate unlearning is closer to exact."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..training import Phase
 from .base import SGDOptions, Task, option, register
@@ -13,9 +14,10 @@ from .base import SGDOptions, Task, option, register
 
 @dataclass
 class L1SparseConfig(SGDOptions):
-    epochs: int = option(5, "passes")
-    lr: float = option(0.05, "SGD learning rate")
-    alpha: float = option(5e-5, "initial ℓ1 coefficient α (on the sum of |θ| over all parameters)")
+    epochs: int = option(4, "passes")
+    lr: float = option(0.1, "SGD learning rate")
+    schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate schedule over the run")
+    alpha: float = option(2e-4, "initial ℓ1 coefficient α (on the sum of |θ| over all parameters)")
     retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)")
 
 

@@ -15,9 +15,9 @@ from .base import SGDOptions, Task, option, random_wrong_labels, register
 
 @dataclass
 class RandomLabelConfig(SGDOptions):
-    epochs: int = option(2, "passes")
+    epochs: int = option(1, "passes")
     lr: float = option(0.01, "SGD learning rate")
-    retain_per_forget: float | None = option(1.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)")
+    retain_per_forget: float | None = option(3.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)")
 
 
 def random_label_source(task: Task, batch_size: int, retain_per_forget: float | None) -> Source:

@@ -20,14 +20,14 @@ from .base import SGDOptions, Task, option, register
 
 @dataclass
 class ScrubConfig(SGDOptions):
-    epochs: int = option(3, "epochs (each: optional max-steps on D_f, then min-steps on D_r)")
+    epochs: int = option(1, "epochs (each: optional max-steps on D_f, then min-steps on D_r)")
     max_epochs: int = option(2, "epochs that include the max-steps")
     lr: float = option(5e-3, "SGD learning rate")
     temperature: float = option(4.0, "distillation temperature")
     kl_weight: float = option(1.0, "α: weight of the KL term in min-steps")
     ce_weight: float = option(1.0, "γ: weight of the cross-entropy in min-steps")
     retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all)")
-    kl_cap: float | None = option(5.0, "max-steps skip batches whose KL(teacher ‖ student) already exceeds this")
+    kl_cap: float | None = option(2.0, "max-steps skip batches whose KL(teacher ‖ student) already exceeds this")
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

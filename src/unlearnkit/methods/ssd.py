@@ -24,9 +24,9 @@ from .base import Task, option, register
 
 @dataclass
 class SsdConfig:
-    selection: float = option(10.0, "α: dampen entries whose forget importance exceeds α × the global importance")
+    selection: float = option(2.0, "α: dampen entries whose forget importance exceeds α × the global importance")
     dampening: float = option(1.0, "λ: β = min(λ·I_D/I_f, 1)")
-    importance: Literal["batch", "per_sample"] = option("batch", "squared mini-batch gradients (paper) or per-sample Fisher")
+    importance: Literal["batch", "per_sample"] = option("per_sample", "squared mini-batch gradients (paper) or per-sample Fisher")
     batch_size: int = option(64, "mini-batch size for importance='batch'")
     train_samples: int = option(8192, "training samples used for the global importance I_D")
     forget_samples: int = option(8192, "forget samples used for I_f (at most |D_f|)")
