@@ -18,10 +18,10 @@ from .random_label import random_label_source
 
 @dataclass
 class SalUnConfig(SGDOptions):
-    epochs: int = option(2, "passes")
-    lr: float = option(0.01, "SGD learning rate")
+    epochs: int = option(1, "passes")
+    lr: float = option(5e-3, "SGD learning rate")
     mask_fraction: float = option(0.5, "fraction of all parameter entries that may change (largest saliency)")
-    retain_per_forget: float | None = option(1.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)")
+    retain_per_forget: float | None = option(2.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)")
 
 
 def forget_gradient(task: Task, batch_size: int = 256) -> dict[str, torch.Tensor]:
