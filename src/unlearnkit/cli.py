@@ -109,7 +109,7 @@ def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", required=True, help="suite name under benchmarks/suites/ or a .toml path")
-    p.add_argument("--seeds", default=None, help="N (seeds 0..N-1) or a comma list (default: the suite's)")
+    p.add_argument("--seeds", default=None, help="N (seeds 0..N-1) or a comma list; one seed k alone: \"k,\" (default: the suite's)")
     p.add_argument("--methods", default=None, help="comma list of methods or variants to run (default: all)")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/SUITE)")
     p.add_argument("--cache", default="runs/bench-cache", help="where originals and retrained models are cached")
@@ -297,7 +297,7 @@ def _bench(args: argparse.Namespace) -> int:
                            finetune_lr=None if dense else suite.prune_finetune_lr)
     seeds = None
     if args.seeds:
-        seeds = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
+        seeds = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",") if s.strip()]
     suffix = "" if args.prune is None else "-" + ("dense" if suite.prune is None else
                                                    "".join(c if c.isalnum() or c in ".=-" else "_" for c in suite.prune))
     out = args.out or f"benchmarks/results/{suite.name}{suffix}"
