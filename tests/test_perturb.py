@@ -95,7 +95,7 @@ def test_topk_forgets_a_class_without_repair_and_random_k_does_not(trained, digi
     request = uk.build_request("class:3", digits, seed=0)
     x, y = request.training_data(digits)
     opts = dict(fraction=0.02, sigma=1.0, scale="parameter", epochs=0)
-    result = unlearn(trained.model, request, digits, "topk_perturb", device="cpu", **opts)
+    result = unlearn(trained.model, request, digits, "topk_perturb", importance="output", device="cpu", **opts)
     random_k = unlearn(trained.model, request, digits, "randomk_perturb", device="cpu", **opts)
     accs = {name: (accuracy(predict_logits(r.model, x[request.forget]), y[request.forget]),
                    accuracy(predict_logits(r.model, x[request.retain]), y[request.retain]))
@@ -109,7 +109,7 @@ def test_topk_forgets_a_class_without_repair_and_random_k_does_not(trained, digi
 def test_repair_of_selected_entries_keeps_the_rest_frozen(trained, digits):
     request = uk.build_request("random:0.2", digits, seed=1)
     result = unlearn(trained.model, request, digits, "topk_perturb", device="cpu", fraction=0.02, sigma=0.5,
-                     epochs=2, lr=0.05, repair_scope="selected")
+                     epochs=2, lr=0.05, repair_scope="selected", importance="output")
     x, y = request.training_data(digits)
     omega = importance(trained.model, x, y, request.forget, "output", batch_size=64)
     mask = selection.top_fraction(omega, 0.02)

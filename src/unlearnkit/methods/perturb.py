@@ -64,7 +64,7 @@ class PerturbOptions(SGDOptions):
 class TopKConfig(PerturbOptions):
     fraction: float = option(0.01, "K as a fraction of all (unpruned) parameter entries")
     k: int | None = option(None, "K as a count of entries (overrides fraction)")
-    importance: Importance = option("output", "importance Ω for D_f: output (MAS), loss (cross-entropy) or fisher (empirical Fisher diagonal)")
+    importance: Importance = option("loss", "importance Ω for D_f: output (MAS), loss (cross-entropy) or fisher (empirical Fisher diagonal)")
     importance_batch: int = option(64, "forget samples per gradient whose magnitude is averaged (1: exact per-sample magnitudes)")
     contrast: Literal["none", "ratio"] = option("none", "rank by Ω_f (none) or by Ω_f / (Ω_r + ε·mean Ω_r) (ratio)")
     retain_samples: int = option(2048, "contrast=ratio: retain samples for Ω_r")
@@ -73,7 +73,7 @@ class TopKConfig(PerturbOptions):
 
 @dataclass
 class RandomKConfig(PerturbOptions):
-    fraction: float = option(0.01, "k as a fraction of all (unpruned) parameter entries, chosen uniformly at random (seeded)")
+    fraction: float = option(0.05, "k as a fraction of all (unpruned) parameter entries, chosen uniformly at random (seeded)")
 
 
 @dataclass
