@@ -77,6 +77,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def read_json_record(path: str | os.PathLike, fmt: str, what: str) -> dict:
+    """A JSON object from ``path`` whose ``format`` is ``fmt``; any problem is one UnlearnKitError naming the
+    file (``what`` says what the file should have been, e.g. "an unlearnkit checkpoint manifest")."""
+    from .errors import UnlearnKitError
+
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except OSError as exc:
+        raise UnlearnKitError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnlearnKitError(f"{path} is corrupted (not valid JSON: {exc})") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise UnlearnKitError(f"{path} is not {what} ({fmt})")
+    return record
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as handle:

@@ -21,7 +21,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._util import atomic_path, sha256_file, versions
+from ._util import atomic_path, read_json_record, sha256_file, versions
 from .data.datasets import Dataset, load_dataset
 from .errors import UnlearnKitError
 from .masks import register_mask_buffers
@@ -116,12 +116,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise UnlearnKitError(f"{path} is not a checkpoint: it has no {MANIFEST}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UnlearnKitError(f"{manifest_path} is corrupted (not valid JSON: {exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UnlearnKitError(f"{manifest_path} is not an unlearnkit checkpoint manifest ({FORMAT})")
+    manifest = read_json_record(manifest_path, FORMAT, "an unlearnkit checkpoint manifest")
     for key in ("model", "dataset", "weights"):
         if key not in manifest:
             raise UnlearnKitError(f"{manifest_path} lacks its '{key}' entry")

@@ -9,6 +9,7 @@ device placement, the cost meter, re-applying pruning masks, validating override
 from __future__ import annotations
 
 import copy
+import functools
 import dataclasses
 import types
 import typing
@@ -172,6 +173,24 @@ class Task:
             return Source(self.x, self.y, retain[:0], batch_size=batch_size, augment=aug,
                           sample_from=retain, sample_size=per_epoch, name="retain")
         return Source(self.x, self.y, retain, batch_size=batch_size, shuffle=shuffle, augment=aug, name="retain")
+
+    def samples(self, ids: torch.Tensor, batch_size: int = 256, *, shuffle: bool = False, corrected: bool = False,
+                name: str = "samples") -> Source:
+        """Training samples by id, as the original saw them or (``corrected``) with D_f corrected; in ``ids``
+        order unless shuffled. Curvature estimates and one-shot updates read data through this."""
+        x, y = self.corrected_data if corrected else (self.x, self.y)
+        return Source(x, y, ids, batch_size=batch_size, shuffle=shuffle, name=name)
+
+    @functools.cached_property
+    def corrected_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training set with the forget samples corrected (relabel/edit requests), built once per task."""
+        return self.request.corrected_data(self.data)
+
+    def random_ids(self, pool: torch.Tensor, count: int | None) -> torch.Tensor:
+        """A seeded random subset of ``pool`` of at most ``count`` ids (all of it when None), in sorted order."""
+        if count is None or count >= pool.numel():
+            return pool
+        return torch.sort(pool[torch.randperm(pool.numel(), generator=self.generator)[:count]]).values
 
     def retain_count(self, per_forget: float | None) -> int | None:
         """How many retain samples a pass uses when a method asks for ``per_forget`` × |D_f| of them."""

@@ -36,10 +36,10 @@ def influence(task: Task, cfg: InfluenceConfig) -> None:
     n = task.data.n_train
     w_f, w_r = task.n_forget / n, task.request.retain.numel() / n
     grad_f = curvature.gradient(model, task.forget_source(256, shuffle=False))
-    retain_sample = task.retain_source(256, per_epoch=cfg.retain_samples)
-    grad_r = curvature.gradient(model, _fixed(retain_sample, task))
+    retain = task.request.retain
+    grad_r = curvature.gradient(model, task.samples(task.random_ids(retain, cfg.retain_samples)))
     direction = {k: w_f * grad_f[k] - w_r * grad_r[k] for k in grad_f}
-    curvature_data = _fixed(task.retain_source(256, per_epoch=cfg.curvature_samples), task)
+    curvature_data = task.samples(task.random_ids(retain, cfg.curvature_samples))
     if cfg.hessian == "woodfisher":
         step = curvature.woodfisher_inverse(model, curvature_data, direction, damping=cfg.damping,
                                             n_samples=cfg.curvature_samples, generator=task.generator)
@@ -53,14 +53,3 @@ def influence(task: Task, cfg: InfluenceConfig) -> None:
         for name, param in model.named_parameters():
             param.add_(cfg.alpha * step[name])
     task.notes["step_norm"] = float(torch.sqrt(sum((cfg.alpha * s).pow(2).sum() for s in step.values())))
-
-
-def _fixed(source, task: Task):
-    """Freeze a sampled source's draw into a fixed, unshuffled source (curvature wants a fixed data set)."""
-    from ..data import Source
-
-    if source.sample_size:
-        pool = source.sample_from
-        ids = torch.sort(pool[torch.randperm(pool.numel(), generator=task.generator)[: source.sample_size]]).values
-        return Source(source.x, source.y, ids, batch_size=source.batch_size, shuffle=False, name=source.name)
-    return source

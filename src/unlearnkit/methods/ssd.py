@@ -18,7 +18,6 @@ from typing import Literal
 import torch
 
 from .. import curvature
-from ..data import Source
 from .base import Task, option, register
 
 
@@ -32,13 +31,13 @@ class SsdConfig:
     forget_samples: int = option(8192, "forget samples used for I_f (at most |D_f|)")
 
 
-def _batch_importance(model, x, y, ids: torch.Tensor, cfg: SsdConfig, generator: torch.Generator) -> dict:
+def _batch_importance(task: Task, ids: torch.Tensor, cfg: SsdConfig) -> dict:
     """Mean over mini-batches of the squared mean-loss gradient of each batch (a seeded shuffle of ``ids``)."""
-    order = ids[torch.randperm(ids.numel(), generator=generator)]
+    order = ids[torch.randperm(ids.numel(), generator=task.generator)]
     batches = [order[i : i + cfg.batch_size] for i in range(0, order.numel(), cfg.batch_size)]
     total = None
     for chunk in batches:
-        g = curvature.gradient(model, Source(x, y, chunk, batch_size=cfg.batch_size, shuffle=False))
+        g = curvature.gradient(task.model, task.samples(chunk, cfg.batch_size))
         total = {k: v.square() for k, v in g.items()} if total is None else {k: total[k] + v.square() for k, v in g.items()}
     return {k: v / len(batches) for k, v in total.items()}
 
@@ -51,13 +50,11 @@ def ssd(task: Task, cfg: SsdConfig) -> None:
     forget = task.request.forget
     forget_ids = forget[torch.randperm(forget.numel(), generator=task.generator)[: cfg.forget_samples]]
     if cfg.importance == "batch":
-        importance_all = _batch_importance(model, task.x, task.y, train_ids, cfg, task.generator)
-        importance_forget = _batch_importance(model, task.x, task.y, forget_ids, cfg, task.generator)
+        importance_all = _batch_importance(task, train_ids, cfg)
+        importance_forget = _batch_importance(task, forget_ids, cfg)
     else:
-        importance_all = curvature.fisher_diagonal(model, Source(task.x, task.y, train_ids, batch_size=256, shuffle=False),
-                                                   kind="empirical")
-        importance_forget = curvature.fisher_diagonal(model, Source(task.x, task.y, forget_ids, batch_size=256,
-                                                                    shuffle=False), kind="empirical")
+        importance_all = curvature.fisher_diagonal(model, task.samples(train_ids), kind="empirical")
+        importance_forget = curvature.fisher_diagonal(model, task.samples(forget_ids), kind="empirical")
     dampened = 0
     with torch.no_grad():
         for name, param in model.named_parameters():

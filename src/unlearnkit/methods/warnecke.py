@@ -88,13 +88,9 @@ class SapsConfig(SGDOptions):
     retain_per_forget: float = option(1.0, "update=sgd: retain samples per pass, as a multiple of |D_f|")
 
 
-def corrected_source(task: Task, batch_size: int = 256, *, ids: torch.Tensor | None = None,
-                     shuffle: bool = False) -> Source:
-    """Training samples with D_f corrected (removed samples are left out)."""
-    x, y = task.request.corrected_data(task.data)
-    if ids is None:
-        ids = task.request.retain if task.request.kind == "remove" else torch.arange(task.data.n_train)
-    return Source(x, y, ids, batch_size=batch_size, shuffle=shuffle, name="corrected")
+def _corrected_pool(task: Task) -> torch.Tensor:
+    """The ids of the corrected training set (removed samples are left out)."""
+    return task.request.retain if task.request.kind == "remove" else torch.arange(task.data.n_train)
 
 
 def correction_gradient(task: Task, mask=None) -> dict[str, torch.Tensor]:
@@ -103,15 +99,12 @@ def correction_gradient(task: Task, mask=None) -> dict[str, torch.Tensor]:
     as_trained = curvature.gradient(task.model, task.forget_source(256, shuffle=False), mask=mask)
     if task.request.kind == "remove":
         return {k: -(n_f / n) * g for k, g in as_trained.items()}
-    fixed = curvature.gradient(task.model, corrected_source(task, ids=task.request.forget), mask=mask)
+    fixed = curvature.gradient(task.model, task.samples(task.request.forget, corrected=True), mask=mask)
     return {k: (n_f / n) * (fixed[k] - as_trained[k]) for k in fixed}
 
 
 def _curvature_data(task: Task, samples: int | None) -> Source:
-    pool = task.request.retain if task.request.kind == "remove" else torch.arange(task.data.n_train)
-    if samples is not None and samples < pool.numel():
-        pool = torch.sort(pool[torch.randperm(pool.numel(), generator=task.generator)[:samples]]).values
-    return corrected_source(task, ids=pool)
+    return task.samples(task.random_ids(_corrected_pool(task), samples), corrected=True, name="corrected")
 
 
 def _scope_mask(task: Task, scope: str):
@@ -190,7 +183,7 @@ def saps(task: Task, cfg: SapsConfig) -> None:
     picked, total = selection.count(mask)
     task.notes["selected_entries"], task.notes["selected_fraction"] = picked, round(picked / total, 6)
     if cfg.update == "sgd":
-        forget = corrected_source(task, cfg.batch_size, ids=task.request.forget, shuffle=True)
+        forget = task.samples(task.request.forget, cfg.batch_size, shuffle=True, corrected=True, name="corrected")
         phases = [Phase(forget, name="corrected")]
         if task.request.kind == "remove":
             phases = []

@@ -34,7 +34,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .._util import atomic_path, sha256_file, write_json_atomic
+from .._util import atomic_path, read_json_record, sha256_file, write_json_atomic
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import UnlearnKitError
 from ..models import build_model
@@ -111,12 +111,7 @@ class SisaStore:
         meta_path = path / META
         if not meta_path.is_file():
             raise UnlearnKitError(f"{path} is not a SISA model: it has no {META}")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UnlearnKitError(f"{meta_path} is corrupted (not valid JSON: {exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise UnlearnKitError(f"{meta_path} is not a SISA model description ({FORMAT})")
+        meta = read_json_record(meta_path, FORMAT, "a SISA model description")
         prov_path = path / PROVENANCE
         if not prov_path.is_file() or sha256_file(prov_path) != meta.get("provenance_sha256"):
             raise UnlearnKitError(f"{prov_path} is missing or does not match its hash in {META}: the model directory is damaged")

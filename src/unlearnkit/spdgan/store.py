@@ -20,7 +20,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .._util import atomic_path, sha256_file, sha256_tensors, versions
+from .._util import atomic_path, read_json_record, sha256_file, sha256_tensors, versions
 from ..data import Dataset
 from ..errors import UnlearnKitError
 from ..requests import Request
@@ -131,12 +131,7 @@ def load_spdgan(path: str | os.PathLike) -> SpdGan:
     if not path.is_dir() or not manifest_path.is_file():
         raise UnlearnKitError(f"{path} is not an SPD-GAN directory (it needs {MANIFEST} and {WEIGHTS}; "
                               f"train one with `unlearnkit spdgan train`)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UnlearnKitError(f"{manifest_path} is corrupted (not valid JSON: {exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UnlearnKitError(f"{manifest_path} is not an SPD-GAN manifest ({FORMAT})")
+    manifest = read_json_record(manifest_path, FORMAT, "an SPD-GAN manifest")
     weights = path / manifest.get("weights", {}).get("file", WEIGHTS)
     if not weights.is_file():
         raise UnlearnKitError(f"{path} has no weights file {weights.name}")
