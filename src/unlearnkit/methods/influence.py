@@ -37,9 +37,9 @@ def influence(task: Task, cfg: InfluenceConfig) -> None:
     w_f, w_r = task.n_forget / n, task.request.retain.numel() / n
     grad_f = curvature.gradient(model, task.forget_source(256, shuffle=False))
     retain = task.request.retain
-    grad_r = curvature.gradient(model, task.samples(task.random_ids(retain, cfg.retain_samples)))
+    grad_r = curvature.gradient(model, task.samples(task.random_ids(retain, cfg.retain_samples), name="retain sample"))
     direction = {k: w_f * grad_f[k] - w_r * grad_r[k] for k in grad_f}
-    curvature_data = task.samples(task.random_ids(retain, cfg.curvature_samples))
+    curvature_data = task.samples(task.random_ids(retain, cfg.curvature_samples), name="curvature sample")
     if cfg.hessian == "woodfisher":
         step = curvature.woodfisher_inverse(model, curvature_data, direction, damping=cfg.damping,
                                             n_samples=cfg.curvature_samples, generator=task.generator)

@@ -7,8 +7,7 @@ Importance. The paper's importance is the mean over mini-batches of the *squared
 Fisher: gradients of a well-fit data set cancel inside a batch, while those of a coherent forget set (one
 class) do not, which is what lets I_f exceed α·I_D. With the per-sample empirical Fisher
 (``importance="per_sample"``) I_D = (|D_r|·I_r + |D_f|·I_f)/n ≥ (|D_f|/n)·I_f, so no entry can be
-selected unless α < n/|D_f| (10 for one Fashion-MNIST class): measured on digits, class 3, α = 10 selects
-nothing."""
+selected once α > n/|D_f| (10 for one Fashion-MNIST class; tested on digits, class 3)."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from typing import Literal
 import torch
 
 from .. import curvature
+from ..errors import UnlearnKitError
 from .base import Task, option, register
 
 
@@ -29,6 +29,12 @@ class SsdConfig:
     batch_size: int = option(64, "mini-batch size for importance='batch'")
     train_samples: int = option(8192, "training samples used for the global importance I_D")
     forget_samples: int = option(8192, "forget samples used for I_f (at most |D_f|)")
+
+    def __post_init__(self) -> None:
+        if not (self.selection > 0 and self.dampening > 0):
+            raise UnlearnKitError(f"ssd needs selection > 0 and dampening > 0, got {self.selection} and {self.dampening}")
+        if min(self.batch_size, self.train_samples, self.forget_samples) < 1:
+            raise UnlearnKitError("ssd needs batch_size, train_samples and forget_samples >= 1")
 
 
 def _batch_importance(task: Task, ids: torch.Tensor, cfg: SsdConfig) -> dict:
