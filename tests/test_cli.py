@@ -125,3 +125,10 @@ def test_bench_methods_keep_commas_inside_variants():
     from unlearnkit.cli import _split_top_level
 
     assert _split_top_level("finetune, salun[lr=0.01,epochs=2],ssd") == ["finetune", "salun[lr=0.01,epochs=2]", "ssd"]
+
+
+def test_bench_requests_must_be_the_suites(capsys):
+    from unlearnkit.cli import main
+
+    code = main(["bench", "--suite", "digits-tiny", "--requests", "class:9", "--out", "/nonexistent/never-written"])
+    assert code == 2 and "not in suite" in capsys.readouterr().err

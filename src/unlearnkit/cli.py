@@ -4,6 +4,7 @@ prints a table (or JSON). Errors that are the user's (``UnlearnKitError``) becom
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any, Callable
@@ -111,6 +112,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", required=True, help="suite name under benchmarks/suites/ or a .toml path")
     p.add_argument("--seeds", default=None, help="N (seeds 0..N-1) or a comma list; one seed k alone: \"k,\" (default: the suite's)")
     p.add_argument("--methods", default=None, help="comma list of methods or variants to run (default: all)")
+    p.add_argument("--requests", default=None, help="comma list of the suite's requests to run (default: all); with "
+                   "--seeds, splits a suite over processes that share --out and --cache")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/SUITE)")
     p.add_argument("--cache", default="runs/bench-cache", help="where originals and retrained models are cached")
     p.add_argument("--data-dir", default=None)
@@ -295,6 +298,13 @@ def _bench(args: argparse.Namespace) -> int:
         suite = with_prune(suite, None if dense else args.prune,
                            finetune_epochs=None if dense else suite.prune_finetune_epochs,
                            finetune_lr=None if dense else suite.prune_finetune_lr)
+    if args.requests:
+        wanted = _split_top_level(args.requests)
+        unknown = [r for r in wanted if r not in suite.requests]
+        if unknown:
+            raise UnlearnKitError(f"--requests: {', '.join(unknown)} not in suite {suite.name!r} "
+                                  f"(its requests: {', '.join(suite.requests)})")
+        suite = dataclasses.replace(suite, requests=wanted)
     seeds = None
     if args.seeds:
         seeds = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",") if s.strip()]
