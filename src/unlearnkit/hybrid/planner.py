@@ -22,7 +22,9 @@ class ApproxSettings:
 
     method: str = "grad_ascent"  # registered method that modifies the affected shards' parameters
     method_options: dict = field(default_factory=dict)  # its options (defaults: the registry's)
-    modify_epochs: int = 3  # passes the method makes over the shard's deleted ids (cost model; GA's default)
+    # passes the method makes over the shard's deleted ids, for the cost model (None: the method's own resolved
+    # `epochs` option, so the estimate follows its registry default instead of a copy of it)
+    modify_epochs: int | None = None
     amend_lr: float = 0.01  # the amend step: constant-LR SGD (momentum 0.9, weight decay 5e-4)
     amend_batch_size: int = 128
     amend_round_size: int = 2048  # samples per amend round (a fresh seeded draw from the affected slices)
@@ -32,6 +34,12 @@ class ApproxSettings:
     amend_min_delta: float = 0.01
 
     def __post_init__(self) -> None:
+        if self.modify_epochs is None:
+            from ..methods import METHODS, make_config
+
+            if self.method not in METHODS:
+                raise UnlearnKitError(f"unknown approximate method {self.method!r}; known: {', '.join(METHODS)}")
+            self.modify_epochs = int(getattr(make_config(METHODS[self.method], self.method_options), "epochs", 1))
         if self.amend_round_size < 1 or self.amend_max_rounds < 1 or self.amend_patience < 1:
             raise UnlearnKitError("amend_round_size, amend_max_rounds and amend_patience must be >= 1")
 
