@@ -117,6 +117,18 @@ def test_backdoor_metrics(digits):
     assert m["forget_acc_corrected"] < 20  # it predicts the target, not the true class, on poisoned samples
 
 
+def test_feature_request_plants_a_shortcut_that_retraining_on_the_corrections_lacks(digits):
+    # 90 % of the ones carry a 2x2 square in the corner with their true label; the model learns "square => 1".
+    request = uk.build_request("feature:0.9:1", digits, seed=0)
+    recipe = uk.TrainConfig(epochs=30, batch_size=64)
+    trained = uk.train(digits, "mlp", request=request, config=recipe, seed=0, device="cpu")
+    assert evaluate(trained.model, request, digits).metrics["ASR"] > 30  # measured 45 %
+    retrained = uk.unlearn(trained.model, request, digits, "retrain", seed=0, device="cpu", model_name="mlp",
+                          model_args={}, recipe=recipe)
+    m = evaluate(retrained.model, request, digits).metrics
+    assert m["ASR"] < 10 and m["TA"] > 90  # trained on the images without the square: measured 1.5 %
+
+
 def test_evaluate_from_models_matches_outputs(digits):
     trained = uk.train(digits, "mlp", config=uk.TrainConfig(epochs=5), seed=0, device="cpu")
     request = uk.build_request("random:0.1", digits)

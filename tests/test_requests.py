@@ -13,7 +13,7 @@ def _partition_ok(req, n):
     assert torch.equal(req.forget, torch.sort(req.forget).values)
 
 
-@pytest.mark.parametrize("spec", ["random:0.1", "class:3", "class:3,7", "relabel:0.2", "relabel:0.5:2", "backdoor:0.05", "backdoor:0.05:4"])
+@pytest.mark.parametrize("spec", ["random:0.1", "class:3", "class:3,7", "relabel:0.2", "relabel:0.5:2", "backdoor:0.05", "backdoor:0.05:4", "feature:0.5", "feature:0.3:2"])
 def test_disjoint_seeded_reproducible(digits, spec):
     a = build_request(spec, digits, seed=0)
     b = build_request(spec, digits, seed=0)
@@ -60,6 +60,29 @@ def test_backdoor_stamps_trigger_and_target(digits):
     assert Trigger.for_image_size(28) == Trigger(size=3, margin=1)
 
 
+def test_feature_plants_a_patch_on_one_class_and_keeps_labels(digits):
+    req = build_request("feature:0.5:2", digits, seed=0)
+    assert req.kind == "edit" and req.target == 2 and req.trained_y is None and req.corrected_y is None
+    assert (digits.y_train[req.forget] == 2).all()
+    assert req.forget.numel() == round(0.5 * int((digits.y_train == 2).sum()))
+    feature = req.trigger
+    assert feature == Trigger.feature_for_image_size(digits.image_size) and feature.corner == "top-left"
+    rows, cols = feature.region(digits.image_size, digits.image_size)
+    clean = digits.x_train[req.forget]
+    assert torch.equal(req.corrected_x, clean)
+    assert (req.trained_x[..., rows, cols] == 1.0).all()  # a solid square
+    outside = torch.ones_like(clean, dtype=torch.bool)
+    outside[..., rows, cols] = False
+    assert torch.equal(req.trained_x[outside], clean[outside])  # nothing else changes
+    x, y = req.training_data(digits)
+    assert torch.equal(y, digits.y_train) and torch.equal(x[req.retain], digits.x_train[req.retain])
+    assert torch.equal(req.corrected_data(digits)[0], digits.x_train)
+    # The feature sits in the opposite corner from the backdoor trigger, so the two never overlap.
+    b_rows, b_cols = Trigger.for_image_size(28).region(28, 28)
+    f_rows, f_cols = Trigger.feature_for_image_size(28).region(28, 28)
+    assert f_rows.stop <= b_rows.start and f_cols.stop <= b_cols.start
+
+
 def test_ids_file(tmp_path, digits):
     path = tmp_path / "ids.txt"
     path.write_text("# forget these\n5\n3\n\n100  # trailing comment\n")
@@ -93,6 +116,10 @@ def test_record_roundtrip_detects_drift(digits):
         ("relabel:0.1:99", "does not exist"),
         ("backdoor:0.99", "only .* are not of class 0"),
         ("random:0.1:3", "bad request"),
+        ("feature:0.1:10", "does not exist"),
+        ("feature:0.001:0", "selects no samples"),
+        ("feature:1", "must be in \\(0, 1\\)"),
+        ("feature:0.5:1:2", "bad request"),
     ],
 )
 def test_bad_specs(digits, spec, message):

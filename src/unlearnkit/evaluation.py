@@ -23,8 +23,8 @@ outputs:
   retrained model's degree **UD_acc_retrain** / **UD_loss_retrain** and **gap_UD_acc** = |UD_acc − UD_acc_retrain|.
   **forget_loss** (cross-entropy on D_f) is always reported, to compare with spd_loss.
 * With ``cost`` and ``retrain_seconds``: **rte_s** and **rte_ratio**.
-* Backdoor (edit) requests: **ASR** (% of triggered non-target test images classified as the target) and
-  clean accuracy; relabel requests: **forget_acc_corrected** (accuracy on D_f against the true labels).
+* Backdoor and feature (edit) requests: **ASR** (% of non-target test images classified as the target once the
+  trigger, or the planted feature, is stamped on them: how much the model still follows it) and clean accuracy; relabel requests: **forget_acc_corrected** (accuracy on D_f against the true labels).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ METRIC_DOCS = {
     "MIA_entropy": "MIA-efficacy with the prediction entropy as the feature",
     "MIA_m_entropy": "MIA-efficacy with the modified entropy (Song & Mittal 2021) as the feature",
     "forgotten_class_test_acc": "class requests: test accuracy on the forgotten classes",
-    "ASR": "backdoor requests: % of triggered non-target test images classified as the target",
+    "ASR": "backdoor/feature requests: % of non-target test images classified as the target once the trigger/feature is stamped on them",
     "forget_acc_corrected": "relabel/edit requests: accuracy on D_f against the corrected labels",
     "avg_gap": "mean |metric − retrained metric| over UA, RA, TA, MIA",
     "gap_UA": "|UA − retrained UA| (likewise gap_RA, gap_TA, gap_MIA)",

@@ -10,12 +10,15 @@ The same syntax is used by the CLI and the Python API::
     backdoor:0.05[:T]     a seeded 5 % of the training set (taken from classes other than T, default 0)
                           carries a BadNets-style trigger patch and label T; the correction is the clean
                           image with its true label
+    feature:0.5[:C]       a seeded 50 % of class C (default 0) carries a planted feature (a solid bright square
+                          in the top-left corner) with its true label — a shortcut the model can learn; the
+                          correction is the image without it (the feature is removed, the samples stay)
     memorized:K[:FILE]    the K training samples with the largest memorisation scores (a hard forget set);
                           the scores come from FILE (written by `unlearnkit audit`) or from scores
                           registered in this process with :func:`register_memorization_scores`
 
 A :class:`Request` holds the forget ids D_f, the retain ids D_r, and for ``relabel``/``backdoor`` the
-samples as the original model saw them and their corrections. Requests are rebuilt deterministically
+samples as the original model saw them and their corrections (``feature`` too). Requests are rebuilt deterministically
 from (spec, seed) and checked against a hash of their forget ids, so a checkpoint can record them cheaply.
 """
 
@@ -34,31 +37,48 @@ from .data.datasets import Dataset
 from .errors import UnlearnKitError
 
 SYNTAX = ("random:FRACTION, class:C[,C...], ids:FILE, relabel:FRACTION[:CLASS], backdoor:FRACTION[:TARGET], "
-          "memorized:K[:SCORES_FILE]")
+          "feature:FRACTION[:CLASS], memorized:K[:SCORES_FILE]")
 
 
 @dataclass(frozen=True)
 class Trigger:
-    """A checkerboard patch stamped in the bottom-right corner (pixel space, all channels)."""
+    """A square patch stamped into a corner of every channel (pixel space): a checkerboard in the
+    bottom-right corner for ``backdoor:`` requests, a solid bright square in the top-left corner for the
+    planted feature of ``feature:`` requests."""
 
     size: int
     margin: int
+    corner: str = "bottom-right"  # or "top-left"
+    fill: str = "checker"  # or "solid" (every pixel 1.0)
 
     @staticmethod
     def for_image_size(image_size: int) -> "Trigger":
         return Trigger(size=max(2, image_size // 9), margin=1 if image_size >= 16 else 0)
 
+    @staticmethod
+    def feature_for_image_size(image_size: int) -> "Trigger":
+        return Trigger(size=max(2, image_size // 7), margin=1 if image_size >= 16 else 0, corner="top-left", fill="solid")
+
     def pattern(self, channels: int) -> torch.Tensor:
+        if self.fill == "solid":
+            return torch.ones(channels, self.size, self.size)
         grid = torch.arange(self.size)
         checker = ((grid[:, None] + grid[None, :]) % 2 == 0).float()
         return checker.expand(channels, -1, -1)
 
+    def region(self, h: int, w: int) -> tuple[slice, slice]:
+        """Rows and columns of the patch in an ``h`` x ``w`` image."""
+        if self.corner == "top-left":
+            top, left = self.margin, self.margin
+        else:
+            top, left = h - self.margin - self.size, w - self.margin - self.size
+        return slice(top, top + self.size), slice(left, left + self.size)
+
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
-        """Return a copy of the images ``x`` (N x C x H x W) with the trigger applied."""
+        """Return a copy of the images ``x`` (N x C x H x W) with the patch applied."""
         out = x.clone()
-        h, w = x.shape[-2:]
-        top, left = h - self.margin - self.size, w - self.margin - self.size
-        out[..., top : top + self.size, left : left + self.size] = self.pattern(x.shape[1]).to(x)
+        rows, cols = self.region(*x.shape[-2:])
+        out[..., rows, cols] = self.pattern(x.shape[1]).to(x)
         return out
 
 
@@ -76,8 +96,8 @@ class Request:
     # Their corrections (relabel / edit requests); None means "as in the data set".
     corrected_x: torch.Tensor | None = None
     corrected_y: torch.Tensor | None = None
-    target: int | None = None  # backdoor target class
-    trigger: Trigger | None = None
+    target: int | None = None  # backdoor target class / the class carrying a planted feature
+    trigger: Trigger | None = None  # the backdoor trigger / the planted feature (evaluation stamps it: ASR)
     ids: list[int] | None = field(default=None, repr=False)  # explicit ids (ids: requests), for manifests
 
     # -- the data each party sees ------------------------------------------------------------------
@@ -319,6 +339,30 @@ def _backdoor(data: Dataset, args: list[str], seed: int) -> Request:
         trained_x=trigger.stamp(clean_x), trained_y=torch.full_like(forget, target),
         corrected_x=clean_x.clone(), corrected_y=data.y_train[forget].clone(),
         target=target, trigger=trigger,
+    )
+
+
+@request_kind("feature")
+def _feature(data: Dataset, args: list[str], seed: int) -> Request:
+    # Feature removal (Warnecke et al.): the samples stay in the training set with their labels, only a feature
+    # of their inputs must go. The feature here is planted, so its influence can be measured: it appears only on
+    # class C, so the original model can learn "square => C" as a shortcut, and ASR (the square stamped on test
+    # images of other classes) measures how much it did; a model trained on the corrected data never saw it.
+    spec = "feature:" + ":".join(args)
+    _arity(args, 1, 2, spec)
+    fraction = _fraction(args[0], spec)
+    target = _class(args[1], data, spec) if len(args) == 2 else 0
+    pool = (data.y_train == target).nonzero().flatten()
+    count = int(round(fraction * pool.numel()))
+    if count == 0:
+        raise UnlearnKitError(f"request {spec!r} selects no samples: class {target} has {pool.numel()} training samples")
+    forget = torch.sort(pool[torch.randperm(pool.numel(), generator=_generator(seed, "feature"))[:count]]).values
+    feature = Trigger.feature_for_image_size(data.image_size)
+    clean_x = data.x_train[forget]
+    return Request(
+        spec, "edit", seed, forget, _complement(forget, data.n_train),
+        trained_x=feature.stamp(clean_x), corrected_x=clean_x.clone(),
+        target=target, trigger=feature,
     )
 
 
