@@ -104,6 +104,16 @@ def test_saps_changes_only_the_selected_entries(poisoned, digits, criterion, upd
         assert all(not c.any() for n, c in changed.items() if not n.startswith("classifier"))
 
 
+def test_saps_phased_sgd_changes_only_the_selected_entries(poisoned, digits):
+    request, model = poisoned
+    result = unlearn(model, request, digits, "saps", criterion="gradient", fraction=0.05, mixed=False, epochs=1, device="cpu")
+    changed = {n: a != b for (n, a), b in zip(result.model.named_parameters(), model.parameters())}
+    assert 0 < selection.count(changed)[0] <= result.notes["selected_entries"]
+    assert {"corrected_loss", "retain_loss"} <= set(result.notes["history"][0])  # two passes per epoch
+    mixed = unlearn(model, request, digits, "saps", criterion="gradient", fraction=0.05, epochs=1, device="cpu")
+    assert "loss" in mixed.notes["history"][0] and "corrected_loss" not in mixed.notes["history"][0]  # one mixed pass
+
+
 def test_saps_largest_and_smallest_select_by_the_hessian_diagonal(poisoned, digits):
     request, model = poisoned
     x_fixed, y_fixed = request.corrected_data(digits)

@@ -86,6 +86,26 @@ class SapsConfig(SGDOptions):
     epochs: int = option(2, "update=sgd: passes over the corrected forget samples")
     lr: float = option(0.01, "update=sgd: learning rate")
     retain_per_forget: float = option(1.0, "update=sgd: retain samples per pass, as a multiple of |D_f|")
+    mixed: bool = option(True, "update=sgd: shuffle the corrected forget samples and the retain samples into the same "
+                               "batches (False: a pass over the corrected samples, then one over the retain samples)")
+
+
+def _sgd_phases(task: Task, cfg: SapsConfig) -> list[Phase]:
+    """Masked SGD's data: the corrected forget samples and a fresh ``retain_per_forget`` × |D_f| retain samples
+    per pass (only the latter for remove requests). Mixed into the same batches by default: when the corrected
+    samples all share one class (a ``feature:`` request), a pass over them alone shifts the model towards that
+    class (measured on feature:0.5:6, ρ = 100 %: test accuracy 89.0 → 72.7 % when phased)."""
+    retain_count = task.retain_count(cfg.retain_per_forget)
+    if task.request.kind == "remove":
+        return [Phase(task.retain_source(cfg.batch_size, per_epoch=retain_count), name="retain")]
+    if cfg.mixed:
+        x, y = task.corrected_data
+        both = Source(x, y, task.request.forget, batch_size=cfg.batch_size, sample_from=task.request.retain,
+                      sample_size=retain_count, name="corrected+retain")
+        return [Phase(both, name="corrected+retain")]
+    forget = task.samples(task.request.forget, cfg.batch_size, shuffle=True, corrected=True, name="corrected")
+    return [Phase(forget, name="corrected"),
+            Phase(task.retain_source(cfg.batch_size, per_epoch=retain_count), name="retain")]
 
 
 def _corrected_pool(task: Task) -> torch.Tensor:
@@ -183,13 +203,7 @@ def saps(task: Task, cfg: SapsConfig) -> None:
     picked, total = selection.count(mask)
     task.notes["selected_entries"], task.notes["selected_fraction"] = picked, round(picked / total, 6)
     if cfg.update == "sgd":
-        forget = task.samples(task.request.forget, cfg.batch_size, shuffle=True, corrected=True, name="corrected")
-        phases = [Phase(forget, name="corrected")]
-        if task.request.kind == "remove":
-            phases = []
-        phases.append(Phase(task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget)),
-                            name="retain"))
-        task.fit(phases, cfg.train_config(), trainable=mask)
+        task.fit(_sgd_phases(task, cfg), cfg.train_config(), trainable=mask)
         return
     masked_g = curvature.apply_mask(g, mask)
     if cfg.update == "first":
