@@ -30,7 +30,11 @@ CRITERION_NAMES = {"largest": "largest |h|", "smallest": "smallest |h|", "newton
                    "gradient": "gradient |G|", "random": "random"}
 REFERENCES = [("retrain", "Retrain (corrected data)"), ("original", "Original"), ("finetune", "FT (retain set)"),
               ("warnecke_first", "first-order θ − τG"), ("warnecke_second", "second-order θ − H⁻¹G"),
-              ("saps[criterion=last_layer]", "masked SGD, last layer"), ("saps[fraction=1.0]", "masked SGD, all entries (ρ = 100 %)")]
+              ("saps[criterion=last_layer]", "masked SGD, last layer"), ("saps[fraction=1.0]", "masked SGD, all entries (ρ = 100 %)"),
+              # diagnostics: 9 retain samples per corrected one (class-balanced batches for a one-class correction)
+              ("saps[fraction=1.0,retain_per_forget=9]", "masked SGD, all entries, 9 retain per corrected"),
+              ("saps[criterion=largest,fraction=0.1,retain_per_forget=9]", "masked SGD, largest |h| 10 %, 9 retain per corrected"),
+              ("saps[criterion=random,fraction=0.1,retain_per_forget=9]", "masked SGD, random 10 %, 9 retain per corrected")]
 
 
 def efficacy_key(request: str) -> tuple[str, str, bool]:
@@ -58,7 +62,9 @@ def reference_kind(record: dict) -> str | None:
     (other variants of the first-round suite, e.g. the diagonal-Newton step)."""
     opts = record.get("options") or {}
     if record["method"] == "saps":
-        if opts.get("update") != "sgd":
+        if opts.get("update") != "sgd" or opts.get("retain_per_forget", 1.0) != 1.0:
+            return record["variant"] if record["variant"] in dict(REFERENCES) else None
+        if opts.get("mixed") is False:
             return None
         if opts.get("criterion") == "last_layer":
             return "saps[criterion=last_layer]"
@@ -196,6 +202,12 @@ def main() -> None:
     records = load_records(out)
     if not records:
         sys.exit(f"no records under {out}/records; run the saps-rho suite first")
+    if any("mixed" in (r.get("options") or {}) for r in records):
+        # records from before saps had `mixed` (phased batches) are stale here; the runner reruns them
+        stale = [r for r in records if r["method"] == "saps" and "mixed" not in (r.get("options") or {})]
+        if stale:
+            print(f"leaving out {len(stale)} stale record(s) made before the `mixed` option", file=sys.stderr)
+        records = [r for r in records if not (r["method"] == "saps" and "mixed" not in (r.get("options") or {}))]
     seeds = len({r["seed"] for r in records})
     summary = summarise(records)
     plots = plot(summary, out)
