@@ -174,11 +174,11 @@ def plot(summary: dict, out: Path) -> list[str]:
                 if everything and everything[2]:
                     rhos, ys, es = rhos + [1.0], ys + [everything[0]], es + [everything[1]]
                 ax.errorbar([r * 100 for r in rhos], ys, yerr=es, marker="o", capsize=3, label=CRITERION_NAMES[c])
-            for variant, name, style in [("retrain", "Retrain", "k-"), ("original", "Original", "k:"),
-                                         ("finetune", "FT", "C7--"), ("saps[criterion=last_layer]", "last layer", "C9-.")]:
+            for variant, name, color, line in [("retrain", "Retrain", "black", "-"), ("original", "Original", "black", ":"),
+                                               ("finetune", "FT", "grey", "--"), ("saps[criterion=last_layer]", "last layer", "C9", "-.")]:
                 m = s["refs"].get(variant, {}).get(key)
                 if m and m[2] and not (key == "avg_gap" and variant == "retrain"):
-                    ax.axhline(m[0], linestyle=style[2:] or "-", color=style[:2] if style[0] == "C" else style[0], label=name, lw=1)
+                    ax.axhline(m[0], linestyle=line, color=color, label=name, lw=1)
             ax.set_xscale("log")
             ax.set_xlabel("ρ: % of parameter entries updated")
             ax.set_ylabel(ylabel)
