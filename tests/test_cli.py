@@ -132,3 +132,17 @@ def test_bench_requests_must_be_the_suites(capsys):
 
     code = main(["bench", "--suite", "digits-tiny", "--requests", "class:9", "--out", "/nonexistent/never-written"])
     assert code == 2 and "not in suite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds, message", [("0", "selects no seed"), ("1,x", "comma list of integers")])
+def test_bench_seeds_are_checked(capsys, seeds, message):
+    from unlearnkit.cli import main
+
+    code = main(["bench", "--suite", "digits-tiny", "--seeds", seeds, "--out", "/nonexistent/never-written"])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_seed_syntax():
+    from unlearnkit.cli import _parse_seeds
+
+    assert _parse_seeds("3") == [0, 1, 2] and _parse_seeds("2,") == [2] and _parse_seeds("0,2") == [0, 2]

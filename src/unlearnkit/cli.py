@@ -305,9 +305,7 @@ def _bench(args: argparse.Namespace) -> int:
             raise UnlearnKitError(f"--requests: {', '.join(unknown)} not in suite {suite.name!r} "
                                   f"(its requests: {', '.join(suite.requests)})")
         suite = dataclasses.replace(suite, requests=wanted)
-    seeds = None
-    if args.seeds:
-        seeds = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = None if not args.seeds else _parse_seeds(args.seeds)
     suffix = "" if args.prune is None else "-" + ("dense" if suite.prune is None else
                                                    "".join(c if c.isalnum() or c in ".=-" else "_" for c in suite.prune))
     out = args.out or f"benchmarks/results/{suite.name}{suffix}"
@@ -329,6 +327,19 @@ def _bench(args: argparse.Namespace) -> int:
         write_report(out)
         print(f"report written to {out}/report.md")
     return 0
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """``N`` means seeds 0..N-1, a comma list the seeds themselves (``k,`` is seed k alone)."""
+    text = text.strip()
+    if text.isdigit():
+        if int(text) == 0:
+            raise UnlearnKitError("--seeds 0 selects no seed (N means seeds 0..N-1); for seed 0 alone write --seeds 0,")
+        return list(range(int(text)))
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UnlearnKitError(f"--seeds {text!r}: use N (seeds 0..N-1) or a comma list of integers, e.g. 1,2 or 2,") from None
 
 
 def _split_top_level(text: str) -> list[str]:
