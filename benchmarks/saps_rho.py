@@ -135,16 +135,20 @@ def markdown(summary: dict, seeds: int) -> list[str]:
 def best_lines(s: dict, request: str, seeds: int) -> list[str]:
     """The best criterion/ρ by Avg. Gap and by efficacy, against all entries and the last layer."""
     metric, _, higher = efficacy_key(request)
+    original = s["refs"].get("original", {})
     points = [(c, rho, m) for c, g in s["grid"].items() for rho, m in g.items() if m.get("avg_gap", (0, 0, 0))[2]]
+    # `smallest` picks entries with h = G = 0 and changes nothing: it "ties" the original, which is not unlearning
+    no_ops = {(c, rho) for c, rho, m in points if original.get("avg_gap") and m["avg_gap"][0] == original["avg_gap"][0]}
+    points = [p for p in points if (p[0], p[1]) not in no_ops]
     if not points:
         return []
     by_gap = min(points, key=lambda p: p[2]["avg_gap"][0])
     by_eff = (max if higher else min)(points, key=lambda p: p[2][metric][0])
-    lines = []
+    lines = [f"- Left out as no-ops (the original's Avg. Gap exactly): {', '.join(f'{c} {r * 100:g} %' for c, r in sorted(no_ops))}."] if no_ops else []
     for label, (c, rho, m) in [("lowest Avg. Gap", by_gap), ("best efficacy", by_eff)]:
         lines.append(f"- Best ρ < 100 % by {label}: {CRITERION_NAMES[c]} at ρ = {rho * 100:g} %: efficacy "
                      f"{cell(m[metric], seeds)}, Avg. Gap {cell(m['avg_gap'], seeds)}, time / Retrain's {cell(m['rte_ratio'], seeds)}.")
-    for variant, name in [("saps[fraction=1.0]", "all entries"), ("saps[criterion=last_layer]", "last layer")]:
+    for variant, name in [("saps[fraction=1.0]", "all entries"), ("saps[criterion=last_layer]", "last layer"), ("original", "original")]:
         m = s["refs"].get(variant)
         if m:
             lines.append(f"- {name}: efficacy {cell(m[metric], seeds)}, Avg. Gap {cell(m['avg_gap'], seeds)}, time / Retrain's "
