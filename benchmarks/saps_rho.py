@@ -34,7 +34,10 @@ REFERENCES = [("retrain", "Retrain (corrected data)"), ("original", "Original"),
               # diagnostics: 9 retain samples per corrected one (class-balanced batches for a one-class correction)
               ("saps[fraction=1.0,retain_per_forget=9]", "masked SGD, all entries, 9 retain per corrected"),
               ("saps[criterion=largest,fraction=0.1,retain_per_forget=9]", "masked SGD, largest |h| 10 %, 9 retain per corrected"),
-              ("saps[criterion=random,fraction=0.1,retain_per_forget=9]", "masked SGD, random 10 %, 9 retain per corrected")]
+              ("saps[criterion=random,fraction=0.1,retain_per_forget=9]", "masked SGD, random 10 %, 9 retain per corrected"),
+              # the earlier phased batches: corrected samples first, then retain samples
+              ("saps[fraction=1.0,mixed=false]", "masked SGD, all entries, phased"),
+              ("saps[criterion=largest,fraction=0.1,mixed=false]", "masked SGD, largest |h| 10 %, phased")]
 
 
 def efficacy_key(request: str) -> tuple[str, str, bool]:
@@ -62,10 +65,10 @@ def reference_kind(record: dict) -> str | None:
     (other variants of the first-round suite, e.g. the diagonal-Newton step)."""
     opts = record.get("options") or {}
     if record["method"] == "saps":
-        if opts.get("update") != "sgd" or opts.get("retain_per_forget", 1.0) != 1.0:
-            return record["variant"] if record["variant"] in dict(REFERENCES) else None
-        if opts.get("mixed") is False:
+        if opts.get("update") != "sgd":
             return None
+        if opts.get("retain_per_forget", 1.0) != 1.0 or opts.get("mixed") is False:
+            return record["variant"] if record["variant"] in dict(REFERENCES) else None
         if opts.get("criterion") == "last_layer":
             return "saps[criterion=last_layer]"
         return "grid" if opts.get("fraction", 1.0) < 1.0 else "saps[fraction=1.0]"
