@@ -104,6 +104,20 @@ def test_saps_changes_only_the_selected_entries(poisoned, digits, criterion, upd
         assert all(not c.any() for n, c in changed.items() if not n.startswith("classifier"))
 
 
+def test_saps_at_rho_one_selects_everything_without_a_curvature_pass(poisoned, digits):
+    request, model = poisoned
+    from unlearnkit.training import metered
+
+    with metered() as every:
+        unlearn(model, request, digits, "saps", criterion="largest", fraction=1.0, epochs=1, device="cpu")
+    with metered() as random_all:
+        unlearn(model, request, digits, "saps", criterion="random", fraction=1.0, epochs=1, device="cpu")
+    # same passes: no diag(H) estimate when everything is selected anyway
+    assert (every.forward, every.backward) == (random_all.forward, random_all.backward)
+    result = unlearn(model, request, digits, "saps", fraction=1.0, epochs=1, device="cpu")
+    assert result.notes["selected_fraction"] == 1.0
+
+
 def test_saps_phased_sgd_changes_only_the_selected_entries(poisoned, digits):
     request, model = poisoned
     result = unlearn(model, request, digits, "saps", criterion="gradient", fraction=0.05, mixed=False, epochs=1, device="cpu")

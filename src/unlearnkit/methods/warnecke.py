@@ -27,8 +27,10 @@ means, so their τ is ours divided by n.
   means; both ship and the benchmark decides), ``newton_gain`` G²/(|h| + λ) (the first-order decrease a
   diagonal Newton step buys), ``gradient`` |G|, ``random`` (seeded), ``last_layer``. Updates: ``first``,
   ``second`` (CG restricted to the selected subspace), ``diagonal`` (G/(|h| + λ) entry-wise, no solve), or
-  ``sgd`` (a few epochs of the project's loop on the corrected forget samples plus retain samples, only the
-  selected entries trainable).
+  ``sgd`` (a few epochs of the project's loop on the corrected forget samples plus ``retain_per_forget`` ×
+  |D_f| retain samples, shuffled into the same batches unless ``mixed=False``, only the selected entries
+  trainable). The issue's "masked SGD on the corrected data only" would, for a one-class correction, train on
+  one class alone; the retain samples are there to keep the class balance (see ``benchmarks/results/saps-rho``).
 
 Defaults (``benchmarks/results/saps``, Fashion-MNIST 10k subset, relabel:0.1 and backdoor:0.05:0): masked SGD on
 the 10 % of entries with the largest |h|. The closed-form diagonal step collapsed the CNN (RA ≈ 10 %) at every ρ
@@ -180,6 +182,8 @@ def saps_mask(task: Task, cfg: SapsConfig, diag, g) -> dict[str, torch.Tensor]:
     model = task.model
     if cfg.criterion == "last_layer":
         return selection.last_layer(model)
+    if cfg.fraction >= 1.0:
+        return selection.everything(model)
     if cfg.criterion == "random":
         return selection.random_fraction(model, cfg.fraction, task.generator)
     if cfg.criterion in ("largest", "smallest"):
@@ -196,7 +200,8 @@ def saps_mask(task: Task, cfg: SapsConfig, diag, g) -> dict[str, torch.Tensor]:
 def saps(task: Task, cfg: SapsConfig) -> None:
     if not 0.0 < cfg.fraction <= 1.0:
         raise UnlearnKitError(f"saps fraction must be in (0, 1], got {cfg.fraction}")
-    needs_diag = cfg.criterion in ("largest", "smallest", "newton_gain") or cfg.update == "diagonal"
+    # At ρ = 1 every criterion selects everything: no diag(H) pass unless the update itself needs it.
+    needs_diag = (cfg.criterion in ("largest", "smallest", "newton_gain") and cfg.fraction < 1.0) or cfg.update == "diagonal"
     diag = hessian_diagonal(task, cfg) if needs_diag else None
     g = correction_gradient(task)
     mask = saps_mask(task, cfg, diag, g)
