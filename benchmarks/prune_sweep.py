@@ -32,12 +32,15 @@ from unlearnkit._util import machine, versions, write_json_atomic, write_text_at
 from unlearnkit.bench import load_records, load_suite, run_suite, with_prune, write_report
 
 TITLES = {"UA": "UA", "MIA": "MIA-efficacy", "RA": "RA", "TA": "TA", "avg_gap": "Avg. Gap", "TA_all": "clean test accuracy",
-          "ASR": "attack success rate (ASR)", "forget_acc_corrected": "accuracy on D_f (true labels, clean images)",
+          "ASR": "attack success rate (ASR)", "forget_acc_corrected": "accuracy on D_f as trained (triggered images) against the true labels",
           "MIA_entropy": "MIA-efficacy (entropy)"}
 METRICS = [(k, TITLES[k]) for k in ("UA", "MIA", "RA", "TA", "avg_gap")]
 NAMES = {"retrain": "Retrain (same sparsity)", "original": "Original (no unlearning)", "finetune": "FT",
-         "finetune[lr=0.01]": "FT (lr 0.01)", "grad_ascent": "GA", "fisher": "FF", "influence": "IU", "l1_sparse": "ℓ1-sparse"}
-ORDER = ["retrain", "original", "finetune", "finetune[lr=0.01]", "grad_ascent", "fisher", "influence", "l1_sparse"]
+         "finetune[lr=0.01]": "FT (lr 0.01)", "grad_ascent": "GA", "fisher": "FF", "influence": "IU", "l1_sparse": "ℓ1-sparse",
+         "grad_ascent[target_forget_acc=0]": "GA (no early stop)", "random_label": "RL", "salun": "SalUn", "scrub": "SCRUB",
+         "boundary_shrink": "Boundary Shrink"}
+ORDER = ["retrain", "original", "finetune", "finetune[lr=0.01]", "grad_ascent", "grad_ascent[target_forget_acc=0]", "fisher",
+         "influence", "l1_sparse", "random_label", "salun", "scrub", "boundary_shrink"]
 
 
 def folder(sparsity: float) -> str:
