@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean, stdev
 
 import torch
 
-from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic
-from unlearnkit.bench import load_records, load_suite, run_suite, with_prune, write_report
+from unlearnkit._util import machine, save_figure, versions, write_json_atomic, write_text_atomic
+from unlearnkit.bench import load_records, load_suite, provenance, run_suite, stats, with_prune, write_report
 
 TITLES = {"UA": "UA", "MIA": "MIA-efficacy", "RA": "RA", "TA": "TA", "avg_gap": "Avg. Gap", "TA_all": "clean test accuracy",
           "ASR": "attack success rate (ASR)", "forget_acc_corrected": "accuracy on D_f as trained (triggered images) against the true labels",
@@ -49,13 +47,6 @@ def folder(sparsity: float) -> str:
 
 def spec(sparsity: float) -> str | None:
     return None if sparsity == 0 else f"omp:{sparsity:g}"
-
-
-def stats(values: list[float]) -> tuple[float, float, int]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return float("nan"), float("nan"), 0
-    return mean(values), (stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
 def collect(out: Path) -> list[dict]:
@@ -166,11 +157,7 @@ def plot(summary: dict, sparsities: list[float], out: Path, metrics=METRICS) -> 
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"{request}: metrics against sparsity (mean ± std over seeds)")
         fig.tight_layout()
-        path = out / "plots" / f"metrics_vs_sparsity_{request.replace(':', '_')}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out / "plots" / f"metrics_vs_sparsity_{request.replace(':', '_')}.png"))
     return paths
 
 
@@ -188,12 +175,9 @@ def write_sweep_report(out: Path, command: str, suite_path: str | None, metrics=
             info = json.loads(run.read_text())
             if info.get("command"):
                 runs.append(info["command"])
-    m = first.get("machine", {})
     header = [
         f"# {title or 'Sparsity sweep: prune first, then unlearn'} ({first['dataset']}, {first['model']})", "",
-        f"Records: {len(records)} (from `{out}/*/records`). Machine: {m.get('processor', '?')}, {m.get('cpu_count', '?')} CPUs "
-        f"(shared), torch threads {m.get('torch_threads', '?')}. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items()) + ".",
+        f"Records: {len(records)} (from `{out}/*/records`). " + provenance(first, shared_cpu=True),
         f"Suite: `{suite_path}`. Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(runs)) + f"; report: `{command}`.", "",
         "Originals: the dense 10-epoch original of each seed; at sparsity S > 0, that model pruned by global one-shot "
         "magnitude pruning (conv and linear weights, classifier included) and fine-tuned 2 epochs at lr 0.01 on the "

@@ -16,14 +16,12 @@ Writes OUT/rho-report.md, OUT/rho-summary.json and OUT/plots/efficacy_vs_rho_<re
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean, stdev
 
-from unlearnkit._util import write_json_atomic, write_text_atomic
-from unlearnkit.bench import load_records
+from unlearnkit._util import save_figure, write_json_atomic, write_text_atomic
+from unlearnkit.bench import load_records, provenance, stats
 
 CRITERIA = ["largest", "newton_gain", "gradient", "random", "smallest"]
 CRITERION_NAMES = {"largest": "largest |h|", "smallest": "smallest |h|", "newton_gain": "Newton gain G²/(|h|+λ)",
@@ -45,13 +43,6 @@ def efficacy_key(request: str) -> tuple[str, str, bool]:
     if request.startswith("relabel"):
         return "forget_acc_corrected", "accuracy on D_f, true labels (%)", True
     return "ASR", "attack success rate of the feature/trigger (%)", False
-
-
-def stats(values: list[float]) -> tuple[float, float, int]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return float("nan"), float("nan"), 0
-    return mean(values), (stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
 def cell(s: tuple[float, float, int] | None, seeds: int) -> str:
@@ -194,12 +185,21 @@ def plot(summary: dict, out: Path) -> list[str]:
         axes[0].legend(fontsize=7)
         fig.suptitle(f"SAPS (masked SGD on the corrected data) against ρ: {request}")
         fig.tight_layout()
-        path = out / "plots" / f"efficacy_vs_rho_{request.replace(':', '_')}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(str(save_figure(fig, out / "plots" / f"efficacy_vs_rho_{request.replace(':', '_')}.png")))
     return written
+
+
+def grid_options(records: list[dict]) -> str:
+    """The SGD and curvature options the grid rows share, read from their records (not restated by hand)."""
+    keys = ("epochs", "lr", "schedule", "retain_per_forget", "mixed", "curvature", "curvature_samples")
+    shared = {}
+    for r in records:
+        if reference_kind(r) == "grid":
+            for k in keys:
+                value = (r.get("options") or {}).get(k)
+                if value is not None:  # an option the records predate (first round: `mixed`) is not shown
+                    shared.setdefault(k, set()).add(str(value))
+    return ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in shared.items())
 
 
 def main() -> None:
@@ -223,16 +223,13 @@ def main() -> None:
     header = [
         f"# SAPS against ρ (feature and label unlearning, {seeds} seed{'s' if seeds > 1 else ''})", "",
         f"Records: {len(records)} from `{out}/records` (suite `{first['suite']}`, {first['dataset']}, "
-        f"{first['model']}, seeds {sorted({r['seed'] for r in records})}). Machine: {first['machine']['processor']}, "
-        f"{first['machine']['cpu_count']} CPUs (shared), torch threads {first['machine']['torch_threads']}. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in first["versions"].items()) + ".",
+        f"{first['model']}, seeds {sorted({r['seed'] for r in records})}). " + provenance(first, shared_cpu=True),
         f"Commands: `unlearnkit --threads 1 bench --suite benchmarks/suites/{first['suite']}.toml --out {out} "
         "--cache runs/saps-cache` (the suite file says how it was split over processes); this report: "
         f"`python benchmarks/saps_rho.py --out {out}`.", "",
-        "Every SAPS row is masked SGD (2 epochs, lr 0.01, on the corrected D_f plus as many retain samples) on the "
-        "entries its criterion picks; h is the sampled Gauss–Newton diagonal from 1,024 corrected training samples. "
+        f"Every SAPS grid row is masked SGD ({grid_options(records)}) on the entries its criterion picks. "
         "The ρ = 100 % column is one variant (every criterion selects everything). Cells: mean ± std over seeds "
-        f"(n = {seeds} unless marked). Run times were measured with up to four benchmark processes sharing 2 cores; "
+        f"(n = {seeds} unless marked). Run times were measured with several benchmark processes sharing the CPU; "
         "compare them within this table only.", "",
     ]
     body = markdown(summary, seeds)

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unlearnkit._util import machine, seed_everything, versions, write_json_atomic, write_text_atomic
+from unlearnkit._util import machine, save_figure, seed_everything, versions, write_json_atomic, write_text_atomic
 from unlearnkit.api import new_model
 from unlearnkit.bench import load_suite, with_prune
 from unlearnkit.bench.runner import ModelCache
@@ -159,7 +159,12 @@ def main() -> None:
                                  "unlearn_cost": cost, "downstream_seconds": round(spent.seconds, 2)})
                     log(f"seed {seed} sparsity {sparsity:g} {name:<12} probe {probe:6.2f} fine-tune {tuned:6.2f}")
                     write_json_atomic(path, {**saved, "rows": rows})
-    report(out, rows, args, command, time.time() - started)
+    if args.report_only and "command" in saved:  # a report rewrite keeps the provenance of the run that measured
+        run = {k: saved[k] for k in ("machine", "versions", "command", "seconds", "settings") if k in saved}
+    else:
+        run = {"machine": machine(), "versions": versions(), "command": command,
+               "seconds": round(time.time() - started, 1), "settings": dict(vars(args))}
+    report(out, rows, run)
 
 
 def _unlearned(original, request, data, method, seed):
@@ -172,7 +177,8 @@ def _class_acc(model, data, cls: int) -> float:
     return accuracy(predict_logits(model, data.x_test[keep], device="cpu"), data.y_test[keep])
 
 
-def report(out: Path, rows: list[dict], args, command: str, seconds: float) -> None:
+def report(out: Path, rows: list[dict], run: dict) -> None:
+    args = argparse.Namespace(**run["settings"])  # the settings the rows were measured with
     grouped = defaultdict(lambda: defaultdict(list))
     for r in rows:
         grouped[(r["sparsity"], r["source"])]["probe"].append(r["probe"])
@@ -191,8 +197,9 @@ def report(out: Path, rows: list[dict], args, command: str, seconds: float) -> N
     sources = [s for s in order if any(r["source"] == s for r in rows)]
     lines = [
         "# Transfer after unlearning: Fashion-MNIST source (class 0 unlearned) → digits", "",
-        f"Machine: {machine()['processor']}, {machine()['cpu_count']} CPUs (shared), torch threads 1. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", f"Command: `{command}`.", "",
+        f"Machine: {run['machine']['processor']}, {run['machine']['cpu_count']} CPUs (shared), torch threads "
+        f"{run['settings'].get('threads', '?')}. Versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items())
+        + ".", f"Command: `{run['command']}`.", "",
         f"Source models: suite `{args.suite}` (fashion-mnist[10000,5000], small CNN), request `{args.request}`; "
         "dense and OMP-pruned originals, Retrain (same mask), and each method at its default. Downstream: "
         f"scikit-learn digits upsampled to 28x28, {args.shots} training images per class (seeded per seed), the "
@@ -229,9 +236,7 @@ def report(out: Path, rows: list[dict], args, command: str, seconds: float) -> N
                 lines.append(f"| {NAMES.get(source, source)} | {sparsity:g} | {cell(deltas['probe'])} | {cell(deltas['finetune'])} |")
     lines += ["", "![transfer](plots/transfer.png)", ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
-    saved = {"machine": machine(), "versions": versions(), "command": command, "seconds": round(seconds, 1),
-             "settings": {k: v for k, v in vars(args).items()}, "rows": rows}
-    write_json_atomic(out / "results.json", saved)
+    write_json_atomic(out / "results.json", {**run, "rows": rows})
     _plot(grouped, sparsities, sources, out / "plots" / "transfer.png")
     print("\n".join(lines))
 
@@ -261,9 +266,7 @@ def _plot(grouped, sparsities, sources, path: Path) -> None:
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -100,3 +100,12 @@ def test_run_resume_and_report(tmp_path, monkeypatch):
 def test_report_without_records(tmp_path):
     with pytest.raises(UnlearnKitError, match="no benchmark records"):
         write_report(tmp_path)
+
+
+def test_report_stats_and_provenance():
+    from unlearnkit.bench import provenance, stats
+
+    assert stats([1.0, None, 3.0, float("nan")]) == (2.0, pytest.approx(2 ** 0.5), 2)
+    assert stats([None])[2] == 0 and stats([5.0]) == (5.0, 0.0, 1)
+    record = {"machine": {"processor": "X", "cpu_count": 2, "torch_threads": 1}, "versions": {"torch": "9"}}
+    assert provenance(record, shared_cpu=True) == "Machine: X, 2 CPUs (shared), torch threads 1. Versions: torch 9."

@@ -236,6 +236,28 @@ def _generator(seed: int, salt: str) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + offset) % (2**63))
 
 
+def _seeded_subset(pool: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` ids drawn from ``pool`` by a seeded permutation, sorted."""
+    return torch.sort(pool[torch.randperm(pool.numel(), generator=generator)[:count]]).values
+
+
+def _fraction_and_class(args: list[str], data: Dataset, spec: str) -> tuple[float, int | None]:
+    """FRACTION[:CLASS] (relabel, backdoor, feature); the class is None when not given."""
+    _arity(args, 1, 2, spec)
+    return _fraction(args[0], spec), (_class(args[1], data, spec) if len(args) == 2 else None)
+
+
+def _stamped(spec: str, data: Dataset, seed: int, forget: torch.Tensor, patch: Trigger, target: int,
+             trained_y: torch.Tensor | None = None) -> Request:
+    """An edit request: the forget samples were trained with ``patch`` stamped on (and with ``trained_y`` if given);
+    the correction is the clean image with its true label."""
+    clean_x = data.x_train[forget]
+    return Request(spec, "edit", seed, forget, _complement(forget, data.n_train),
+                   trained_x=patch.stamp(clean_x), trained_y=trained_y,
+                   corrected_x=clean_x.clone(), corrected_y=None if trained_y is None else data.y_train[forget].clone(),
+                   target=target, trigger=patch)
+
+
 def _arity(args: list[str], lo: int, hi: int, spec: str) -> None:
     if not lo <= len(args) <= hi or any(a == "" for a in args):
         raise UnlearnKitError(f"bad request {spec!r}; use one of {SYNTAX}")
@@ -247,9 +269,7 @@ def _random(data: Dataset, args: list[str], seed: int) -> Request:
     _arity(args, 1, 1, spec)
     fraction = _fraction(args[0], spec)
     n = data.n_train
-    count = int(round(fraction * n))
-    perm = torch.randperm(n, generator=_generator(seed, "random"))
-    forget = torch.sort(perm[:count]).values
+    forget = _seeded_subset(torch.arange(n), int(round(fraction * n)), _generator(seed, "random"))
     return Request(spec, "remove", seed, forget, _complement(forget, n))
 
 
@@ -304,15 +324,10 @@ def _from_ids(data: Dataset, ids: list[int], seed: int, spec: str) -> Request:
 @request_kind("relabel")
 def _relabel(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "relabel:" + ":".join(args)
-    _arity(args, 1, 2, spec)
-    fraction = _fraction(args[0], spec)
+    fraction, cls = _fraction_and_class(args, data, spec)
     gen = _generator(seed, "relabel")
-    if len(args) == 2:
-        pool = (data.y_train == _class(args[1], data, spec)).nonzero().flatten()
-    else:
-        pool = torch.arange(data.n_train)
-    count = int(round(fraction * pool.numel()))
-    forget = torch.sort(pool[torch.randperm(pool.numel(), generator=gen)[:count]]).values
+    pool = torch.arange(data.n_train) if cls is None else (data.y_train == cls).nonzero().flatten()
+    forget = _seeded_subset(pool, int(round(fraction * pool.numel())), gen)
     true = data.y_train[forget]
     # A shift in 1..K-1 never maps a label onto itself.
     shift = torch.randint(1, data.num_classes, (forget.numel(),), generator=gen)
@@ -324,22 +339,15 @@ def _relabel(data: Dataset, args: list[str], seed: int) -> Request:
 @request_kind("backdoor")
 def _backdoor(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "backdoor:" + ":".join(args)
-    _arity(args, 1, 2, spec)
-    fraction = _fraction(args[0], spec)
-    target = _class(args[1], data, spec) if len(args) == 2 else 0
+    fraction, target = _fraction_and_class(args, data, spec)
+    target = 0 if target is None else target
     pool = (data.y_train != target).nonzero().flatten()
     count = int(round(fraction * data.n_train))
     if count > pool.numel():
         raise UnlearnKitError(f"request {spec!r} asks for {count} poisoned samples; only {pool.numel()} are not of class {target}")
-    forget = torch.sort(pool[torch.randperm(pool.numel(), generator=_generator(seed, "backdoor"))[:count]]).values
-    trigger = Trigger.for_image_size(data.image_size)
-    clean_x = data.x_train[forget]
-    return Request(
-        spec, "edit", seed, forget, _complement(forget, data.n_train),
-        trained_x=trigger.stamp(clean_x), trained_y=torch.full_like(forget, target),
-        corrected_x=clean_x.clone(), corrected_y=data.y_train[forget].clone(),
-        target=target, trigger=trigger,
-    )
+    forget = _seeded_subset(pool, count, _generator(seed, "backdoor"))
+    return _stamped(spec, data, seed, forget, Trigger.for_image_size(data.image_size), target,
+                    trained_y=torch.full_like(forget, target))
 
 
 @request_kind("feature")
@@ -349,21 +357,14 @@ def _feature(data: Dataset, args: list[str], seed: int) -> Request:
     # class C, so the original model can learn "square => C" as a shortcut, and ASR (the square stamped on test
     # images of other classes) measures how much it did; a model trained on the corrected data never saw it.
     spec = "feature:" + ":".join(args)
-    _arity(args, 1, 2, spec)
-    fraction = _fraction(args[0], spec)
-    target = _class(args[1], data, spec) if len(args) == 2 else 0
+    fraction, target = _fraction_and_class(args, data, spec)
+    target = 0 if target is None else target
     pool = (data.y_train == target).nonzero().flatten()
     count = int(round(fraction * pool.numel()))
     if count == 0:
         raise UnlearnKitError(f"request {spec!r} selects no samples: class {target} has {pool.numel()} training samples")
-    forget = torch.sort(pool[torch.randperm(pool.numel(), generator=_generator(seed, "feature"))[:count]]).values
-    feature = Trigger.feature_for_image_size(data.image_size)
-    clean_x = data.x_train[forget]
-    return Request(
-        spec, "edit", seed, forget, _complement(forget, data.n_train),
-        trained_x=feature.stamp(clean_x), corrected_x=clean_x.clone(),
-        target=target, trigger=feature,
-    )
+    forget = _seeded_subset(pool, count, _generator(seed, "feature"))
+    return _stamped(spec, data, seed, forget, Trigger.feature_for_image_size(data.image_size), target)
 
 
 # -- hard forget sets ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-from .._util import write_text_atomic
+from .._util import save_figure, write_text_atomic
 from .runner import load_records
 
 COLUMNS = [("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA-Eff."), ("avg_gap", "Avg. Gap"),
@@ -28,11 +28,24 @@ EXTRA = [("FR", "FR"), ("MRR", "MRR"), ("UD_acc", "UD acc"), ("UD_loss", "UD los
 GAPPED = {"UA", "RA", "TA", "MIA"}
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
+def stats(values: list[float | None]) -> tuple[float, float, int]:
+    """(mean, std, n) over the values that are present (None and NaN are left out); NaNs when none is."""
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not values:
-        return float("nan"), float("nan")
-    return mean(values), (stdev(values) if len(values) > 1 else 0.0)
+        return float("nan"), float("nan"), 0
+    return mean(values), (stdev(values) if len(values) > 1 else 0.0), len(values)
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return stats(values)[:2]
+
+
+def provenance(record: dict, shared_cpu: bool = False) -> str:
+    """"Machine: …, N CPUs, torch threads T. Versions: …." from a benchmark record."""
+    machine, versions = record.get("machine", {}), record.get("versions", {})
+    return (f"Machine: {machine.get('processor', '?')}, {machine.get('cpu_count', '?')} CPUs{' (shared)' if shared_cpu else ''}, "
+            f"torch threads {machine.get('torch_threads', '?')}{', ' + machine['cuda_device'] if 'cuda_device' in machine else ''}. "
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
 
 
 def _passes(cost: dict | None) -> int:
@@ -200,9 +213,7 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_title(request)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(out_dir: str | Path, *, budget: float = 0.05) -> str:
@@ -214,8 +225,6 @@ def write_report(out_dir: str | Path, *, budget: float = 0.05) -> str:
         raise UnlearnKitError(f"no benchmark records under {out_dir}/records; run `unlearnkit bench` first")
     summary = summarise(records)
     first = records[0]
-    machine = first.get("machine", {})
-    versions = first.get("versions", {})
     runs = sorted((out_dir / "runs").glob("*.json")) if (out_dir / "runs").is_dir() else []
     commands = []
     for run in runs:
@@ -226,9 +235,7 @@ def write_report(out_dir: str | Path, *, budget: float = 0.05) -> str:
             commands.append(info["command"])
     header = "\n".join([
         f"# {first.get('suite', 'benchmark')}: {first['dataset']}, {first['model']}", "",
-        f"Records: {len(records)}. Machine: {machine.get('processor', '?')}, {machine.get('cpu_count', '?')} CPUs, "
-        f"torch threads {machine.get('torch_threads', '?')}{', ' + machine['cuda_device'] if 'cuda_device' in machine else ''}. "
-        f"Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        f"Records: {len(records)}. " + provenance(first),
         "Command(s): " + ("; ".join(f"`{c}`" for c in dict.fromkeys(commands)) if commands else "not recorded") + ".", "",
         "Cells are mean ± std over seeds; for UA/RA/TA/MIA-Eff. the gap to Retrain is in parentheses; the best "
         "cell per column (excluding Retrain and the original) is bold. RTE is the wall-clock time of the unlearning "
