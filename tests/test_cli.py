@@ -134,11 +134,13 @@ def test_bench_requests_must_be_the_suites(capsys):
     assert code == 2 and "not in suite" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("seeds, message", [("0", "selects no seed"), ("1,x", "comma list of integers")])
+@pytest.mark.parametrize("seeds, message", [("0", "selects no seed"), ("1,x", "comma list of integers"),
+                                            ("-1", "distinct integers >= 0"), ("1,1", "distinct integers >= 0"),
+                                            (",", "distinct integers >= 0")])
 def test_bench_seeds_are_checked(capsys, seeds, message):
     from unlearnkit.cli import main
 
-    code = main(["bench", "--suite", "digits-tiny", "--seeds", seeds, "--out", "/nonexistent/never-written"])
+    code = main(["bench", "--suite", "digits-tiny", f"--seeds={seeds}", "--out", "/nonexistent/never-written"])
     assert code == 2 and message in capsys.readouterr().err
 
 

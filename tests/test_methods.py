@@ -128,6 +128,9 @@ def test_unknown_method_and_bad_options(setup, digits):
         unlearn(setup.model, request, digits, "finetune", lr="fast")
     with pytest.raises(UnlearnKitError, match="needs the architecture"):
         unlearn(setup.model, request, digits, "retrain")
+    for method in ("finetune", "random_label", "saps"):  # used to be read as "one retain sample"
+        with pytest.raises(UnlearnKitError, match="retain_per_forget must be > 0"):
+            unlearn(setup.model, request, digits, method, retain_per_forget=-1.0, device="cpu")
 
 
 def test_every_method_is_documented():

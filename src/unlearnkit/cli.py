@@ -337,9 +337,12 @@ def _parse_seeds(text: str) -> list[int]:
             raise UnlearnKitError("--seeds 0 selects no seed (N means seeds 0..N-1); for seed 0 alone write --seeds 0,")
         return list(range(int(text)))
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UnlearnKitError(f"--seeds {text!r}: use N (seeds 0..N-1) or a comma list of integers, e.g. 1,2 or 2,") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UnlearnKitError(f"--seeds {text!r}: seeds are distinct integers >= 0")
+    return seeds
 
 
 def _split_top_level(text: str) -> list[str]:

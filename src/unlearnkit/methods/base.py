@@ -194,6 +194,8 @@ class Task:
 
     def retain_count(self, per_forget: float | None) -> int | None:
         """How many retain samples a pass uses when a method asks for ``per_forget`` × |D_f| of them."""
+        if per_forget is not None and not per_forget > 0:
+            raise UnlearnKitError(f"retain_per_forget must be > 0 (or null for all of D_r), got {per_forget}")
         return None if per_forget is None else max(1, int(round(per_forget * self.n_forget)))
 
     def fit(self, phases: list[Phase] | Phase, config: TrainConfig, **kwargs) -> FitReport:
