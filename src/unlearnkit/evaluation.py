@@ -24,7 +24,8 @@ outputs:
   **forget_loss** (cross-entropy on D_f) is always reported, to compare with spd_loss.
 * With ``cost`` and ``retrain_seconds``: **rte_s** and **rte_ratio**.
 * Backdoor and feature (edit) requests: **ASR** (% of non-target test images classified as the target once the
-  trigger, or the planted feature, is stamped on them: how much the model still follows it) and clean accuracy; relabel requests: **forget_acc_corrected** (accuracy on D_f against the true labels).
+  trigger, or the planted feature, is stamped on them: how much the model still follows it) and clean accuracy;
+  relabel/backdoor requests: **forget_acc_corrected** (accuracy on D_f as trained against the true labels).
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ means, so their τ is ours divided by n.
   trainable). The issue's "masked SGD on the corrected data only" would, for a one-class correction, train on
   one class alone; the retain samples are there to keep the class balance (see ``benchmarks/results/saps-rho``).
 
-Defaults (``benchmarks/results/saps``, Fashion-MNIST 10k subset, relabel:0.1 and backdoor:0.05:0): masked SGD on
-the 10 % of entries with the largest |h|. The closed-form diagonal step collapsed the CNN (RA ≈ 10 %) at every ρ
+Defaults (chosen on ``benchmarks/results/saps``, Fashion-MNIST 10k subset, relabel:0.1 and backdoor:0.05:0, one
+seed; kept after ``benchmarks/results/saps-rho``, 3 seeds, where |G| and largest |h| tie within noise and |G| needs
+no curvature pass): masked SGD on the 10 % of entries with the largest |h|. The closed-form diagonal step collapsed the CNN (RA ≈ 10 %) at every ρ
 ≥ 1 % for every criterion but ``smallest``, which picks entries with h = 0 = G (dead units) and changes nothing.
 """
 
