@@ -41,13 +41,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
     Works for files and directories. An exception (or a kill) leaves ``path`` untouched and only a
-    ``.tmp-*`` sibling behind, which the next write removes nothing of and readers never look at.
+    ``.tmp-NAME-*`` sibling behind, holding an ``.owner`` file with the writer's pid; the next write of ``path``
+    (or ``unlearnkit gc``) removes such folders once their writer is gone. Every OS error (no permission, a
+    full device, a read-only file system, ...) becomes one :class:`UnlearnKitError` naming ``path``.
     """
+    from .outputs import OWNER, TMP_PREFIX, owner_record, remove_stale_temps
+
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
+    except OSError as exc:
+        raise UnlearnKitError(f"cannot write {target}: {_reason(exc)}") from None
     staged = tmp / target.name
     try:
+        (tmp / OWNER).write_text(owner_record())
         yield staged
         if not staged.exists():
             raise RuntimeError(f"nothing was written to {staged}")
@@ -60,8 +69,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         else:
             os.replace(staged, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        raise UnlearnKitError(f"cannot write {target}: {_reason(exc)}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reason(exc: OSError) -> str:
+    import errno
+
+    if exc.errno == errno.ENAMETOOLONG:
+        return "the name is too long"
+    return exc.strerror or str(exc)
 
 
 def _fsync_dir(directory: Path) -> None:

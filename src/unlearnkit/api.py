@@ -79,12 +79,15 @@ def train(
     progress: bool = False,
     echo: bool = False,
     prune: str | PruneSpec | None = None,
+    keep_diverged: bool = False,
 ) -> Trained:
     """Train a model on ``data`` (on the poisoned/relabelled data if ``request`` changes it).
 
     With ``out``, the checkpoint is written there atomically, with the request recorded so that it can
     be unlearned later. ``prune`` (e.g. ``omp:0.95``, ``imp:0.9``, ``synflow:0.95``) trains a sparse
-    model instead; see :func:`unlearnkit.sparsity.train_sparse`.
+    model instead; see :func:`unlearnkit.sparsity.train_sparse`. A run whose loss became non-finite (the loop
+    rolled back to the start of that epoch and stopped) is an :class:`UnlearnKitError` and writes nothing, unless
+    ``keep_diverged``: then the rolled-back model is kept and its manifest says ``stopped_early``.
     """
     if prune is not None:  # a bad spec fails before any data is read
         from .sparsity import parse_prune_spec
@@ -135,6 +138,9 @@ def train(
         round(accuracy(predict_logits(net, data.x_test, device=device), data.y_test), 3),
         "train_seconds": round(report.cost.seconds, 3),
     }
+    if report.diverged and not keep_diverged:
+        raise UnlearnKitError(f"training diverged ({report.stopped_early}); nothing was written: lower the learning "
+                              "rate, or pass --keep-diverged to keep the rolled-back model")
     trained = Trained(net, model_name, args, data, request, config, seed, report, metrics, pruning=pruning)
     if out is not None:
         trained.path = save_trained(trained, out, data_dir=data_dir)
@@ -153,6 +159,8 @@ def save_trained(trained: Trained, out: str | os.PathLike, *, data_dir=None, kin
             "metrics": trained.metrics,
             "cost": trained.report.cost.to_dict(),
             **({"pruning": trained.pruning} if trained.pruning is not None else {}),
+            **({"stopped_early": {"reason": trained.report.stopped_early, "diverged": trained.report.diverged}}
+               if trained.report.stopped_early else {}),
             **(extra or {}),
         },
         files={"train_log.jsonl": log},

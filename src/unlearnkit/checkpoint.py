@@ -117,36 +117,143 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not manifest_path.is_file():
         raise UnlearnKitError(f"{path} is not a checkpoint: it has no {MANIFEST}")
     manifest = read_json_record(manifest_path, FORMAT, "an unlearnkit checkpoint manifest")
-    for key in ("model", "dataset", "weights"):
-        if key not in manifest:
-            raise UnlearnKitError(f"{manifest_path} lacks its '{key}' entry")
+    validate_manifest(manifest, manifest_path)
     return manifest
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load and verify a checkpoint; every problem is an :class:`UnlearnKitError` naming the file."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    weights_info = manifest["weights"]
-    weights = path / weights_info.get("file", WEIGHTS)
-    if not weights.is_file():
-        raise UnlearnKitError(f"checkpoint {path} has no weights file {weights.name}")
-    size = weights.stat().st_size
-    if "bytes" in weights_info and size != weights_info["bytes"]:
-        raise UnlearnKitError(f"{weights} has {size} bytes but the manifest says {weights_info['bytes']}: the file is truncated or replaced")
-    if sha256_file(weights) != weights_info.get("sha256"):
-        raise UnlearnKitError(f"{weights} does not match the SHA-256 in its manifest: the file is corrupted or was changed")
-    spec = manifest["model"]
-    model = build_model(spec["name"], **spec.get("args", {}))
+# Checkpoints larger than this are refused before anything is built (4 GB of float32 weights); the models
+# unlearnkit registers are far below it (VGG-16-BN on CIFAR: 15 M).
+MAX_PARAMETERS = 1_000_000_000
+# The shape arguments every model takes, and what is plausible for them.
+_SHAPE_LIMITS = {"in_channels": 64, "image_size": 4096, "num_classes": 100_000}
+
+
+def _damaged(where: Path, why: str) -> UnlearnKitError:
+    return UnlearnKitError(f"damaged model directory: {where} {why}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_manifest(manifest: dict, where: Path) -> None:
+    """Check the types and ranges of a manifest's fields before anything is built from them."""
+    for key in ("model", "dataset", "weights"):
+        if key not in manifest:
+            raise UnlearnKitError(f"{where} lacks its '{key}' entry")
+    validate_model_spec(manifest["model"], where)
+    dataset = manifest["dataset"]
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str) or not isinstance(dataset.get("fingerprint"), str):
+        raise _damaged(where, "has a 'dataset' entry without a name and fingerprint")
+    if dataset.get("data_dir") is not None and not isinstance(dataset["data_dir"], str):
+        raise _damaged(where, "has a 'dataset.data_dir' that is not a path")
+    weights = manifest["weights"]
+    if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str):
+        raise _damaged(where, "has a 'weights' entry without its SHA-256")
+    if "file" in weights and not isinstance(weights["file"], str):
+        raise _damaged(where, "has a 'weights.file' that is not a file name")
+    if "bytes" in weights and not (_is_int(weights["bytes"]) and weights["bytes"] >= 0):
+        raise _damaged(where, "has a 'weights.bytes' that is not a size")
+    request = manifest.get("request")
+    if request is not None:
+        if not isinstance(request, dict) or not isinstance(request.get("spec"), str):
+            raise _damaged(where, "has a 'request' entry without a spec")
+        if "seed" in request and not _is_int(request["seed"]):
+            raise _damaged(where, "has a 'request.seed' that is not an integer")
+        ids = request.get("ids")
+        if ids is not None and not (isinstance(ids, list) and all(_is_int(i) for i in ids)):
+            raise _damaged(where, "has 'request.ids' that are not a list of integers")
+    if "seed" in manifest and manifest["seed"] is not None and not _is_int(manifest["seed"]):
+        raise _damaged(where, "has a 'seed' that is not an integer")
+    cost = manifest.get("cost")
+    if cost is not None and not (isinstance(cost, dict) and all(_is_number(v) for v in cost.values() if v is not None)):
+        raise _damaged(where, "has a 'cost' entry that is not a record of numbers")
+    parent = manifest.get("parent")
+    if parent is not None and not (isinstance(parent, dict) and isinstance(parent.get("path", ""), str)):
+        raise _damaged(where, "has a 'parent' entry without a path")
+
+
+def validate_model_spec(spec: Any, where: Path) -> None:
+    """A manifest's ``model`` entry: a registered name and arguments of the right types and plausible sizes."""
+    from .models import MODELS
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise _damaged(where, "has a 'model' entry without a model name")
+    if spec["name"] not in MODELS:
+        raise _damaged(where, f"names an unknown model {spec['name'][:40]!r}; known: {', '.join(MODELS)}")
+    args = spec.get("args", {})
+    if not isinstance(args, dict):
+        raise _damaged(where, "has 'model.args' that are not a record")
+    for key, limit in _SHAPE_LIMITS.items():
+        value = args.get(key)
+        if not _is_int(value) or not 1 <= value <= limit:
+            raise _damaged(where, f"has model argument {key}={str(value)[:40]}; it must be an integer in 1..{limit}")
+    for key in ("mean", "std"):
+        value = args.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == args["in_channels"]
+                                      and all(_is_number(v) for v in value)):
+            raise _damaged(where, f"has model argument {key} that is not {args['in_channels']} finite numbers")
+    for key, value in args.items():
+        if key in _SHAPE_LIMITS or key in ("mean", "std"):
+            continue
+        if _is_int(value) and not 0 <= value <= 1_000_000:
+            raise _damaged(where, f"has model argument {key}={value}; it must be in 0..1000000")
+        if not (_is_number(value) or isinstance(value, (bool, str)) or value is None):
+            raise _damaged(where, f"has model argument {key} of type {type(value).__name__}")
+
+
+def weights_file(path: Path, manifest: dict) -> Path:
+    """The weights file a manifest names, which must be a plain file inside the checkpoint folder."""
+    name = manifest["weights"].get("file", WEIGHTS)
+    return confined(path, name, f"{path / MANIFEST}'s weights.file")
+
+
+def confined(folder: Path, name: str, what: str) -> Path:
+    """``folder / name`` when ``name`` is a plain name that resolves inside ``folder``; else a damaged-directory error."""
+    if not isinstance(name, str) or not name or "\x00" in name or Path(name).is_absolute() or len(Path(name).parts) != 1 \
+            or name in (".", ".."):
+        raise UnlearnKitError(f"damaged model directory: {what} {str(name)[:80]!r} is not a file name inside {folder}")
+    candidate = folder / name
     try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UnlearnKitError(f"{weights} cannot be read as safetensors: {exc}") from None
-    register_mask_buffers(model, set(state))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+        inside = os.path.realpath(candidate).startswith(os.path.realpath(folder) + os.sep)
+    except (OSError, ValueError):
+        inside = False
+    if not inside:
+        raise UnlearnKitError(f"damaged model directory: {what} {name[:80]!r} leads outside {folder}")
+    return candidate
+
+
+def _checked_model(path: Path, spec: dict, weights: Path) -> tuple[nn.Module, set[str]]:
+    """Compare the architecture (built on the meta device: no memory) with the weights file's header, then build it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UnlearnKitError(f"{weights} cannot be read as safetensors: {str(exc)[:200]}") from None
+    args = spec.get("args", {})
+    try:
+        with torch.device("meta"):
+            meta = build_model(spec["name"], **args)
+    except UnlearnKitError as exc:
+        raise _damaged(path / MANIFEST, f"has model arguments that build no model: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError) as exc:
+        raise _damaged(path / MANIFEST, f"has model arguments that build no model: {type(exc).__name__}: {str(exc)[:120]}") from None
+    n_params = sum(p.numel() for p in meta.parameters())
+    if n_params > MAX_PARAMETERS:
+        raise _damaged(path / MANIFEST, f"asks for a {spec['name']} of {n_params:,} parameters (more than {MAX_PARAMETERS:,})")
+    register_mask_buffers(meta, set(shapes))
+    expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
     if missing or unexpected or wrong_shape:
         details = []
         if missing:
@@ -155,8 +262,36 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             details.append(f"unexpected {unexpected[:3]}")
         if wrong_shape:
             k = wrong_shape[0]
-            details.append(f"{k} is {tuple(state[k].shape)}, model wants {tuple(expected[k].shape)}")
+            details.append(f"{k} is {shapes[k]}, model wants {expected[k]}")
         raise UnlearnKitError(f"weights in {path} do not fit a {spec['name']} with the recorded arguments: {'; '.join(details)}")
+    model = build_model(spec["name"], **args)
+    return model, set(shapes)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load and verify a checkpoint; every problem is an :class:`UnlearnKitError` naming the file."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    weights_info = manifest["weights"]
+    weights = weights_file(path, manifest)
+    if not weights.is_file():
+        raise UnlearnKitError(f"checkpoint {path} has no weights file {weights.name}")
+    size = weights.stat().st_size
+    if "bytes" in weights_info and size != weights_info["bytes"]:
+        raise UnlearnKitError(f"{weights} has {size} bytes but the manifest says {weights_info['bytes']}: the file is truncated or replaced")
+    try:
+        digest = sha256_file(weights)
+    except OSError as exc:
+        raise UnlearnKitError(f"cannot read {weights}: {exc.strerror or exc}") from None
+    if digest != weights_info.get("sha256"):
+        raise UnlearnKitError(f"{weights} does not match the SHA-256 in its manifest: the file is corrupted or was changed")
+    spec = manifest["model"]
+    model, names = _checked_model(path, spec, weights)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UnlearnKitError(f"{weights} cannot be read as safetensors: {exc}") from None
+    register_mask_buffers(model, names)
     model.load_state_dict(state, strict=True)
     model.to(device)
     model.eval()

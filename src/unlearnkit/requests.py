@@ -284,35 +284,62 @@ def _classes(data: Dataset, args: list[str], seed: int) -> Request:
     return Request(spec, "remove", seed, forget, _complement(forget, data.n_train), classes=classes)
 
 
+# An ids file holds at most one line per training sample; a line is an id (up to 20 digits) and maybe a comment.
+# Files larger than this bound (per training sample, plus slack for comments) are refused unread.
+IDS_BYTES_PER_SAMPLE = 32
+IDS_SLACK_BYTES = 1 << 20
+
+
+def read_ids_file(path: str | Path, n_train: int) -> list[int]:
+    """Sample ids from a text file, one per line ('#' starts a comment), read with a size bound.
+
+    Errors name the file and the line number but never echo the line (an ids file may sit next to secrets).
+    """
+    path = Path(path)
+    limit = IDS_BYTES_PER_SAMPLE * max(n_train, 1) + IDS_SLACK_BYTES
+    try:
+        if path.is_dir():
+            raise UnlearnKitError(f"ids file {path} is a directory")
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
+    except OSError as exc:
+        raise UnlearnKitError(f"cannot read ids file {path}: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise UnlearnKitError(f"ids file {path} is larger than {limit} bytes, more than {n_train} ids and comments "
+                              "can take; is it the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UnlearnKitError(f"{path}:{line}: not UTF-8 text; an ids file holds one integer sample id per line") from None
+    ids = []
+    for number, line in enumerate(text.splitlines(), 1):
+        item = line.split("#", 1)[0].strip()
+        if not item:
+            continue
+        digits = item[1:] if item[:1] in "+-" else item
+        if not (digits.isascii() and digits.isdigit()):
+            raise UnlearnKitError(f"{path}:{number}: not an integer sample id (one per line, '#' starts a comment)")
+        if item.startswith("-") or len(digits) > 19 or int(digits) >= n_train:
+            raise UnlearnKitError(f"{path}:{number}: sample id outside 0..{n_train - 1}")
+        ids.append(int(digits))
+    return ids
+
+
 @request_kind("ids")
 def _ids_file(data: Dataset, args: list[str], seed: int) -> Request:
     path = Path(args[0])
     spec = f"ids:{path}"
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise UnlearnKitError(f"cannot read ids file {path}: {exc.strerror or exc}") from None
-    ids = []
-    for number, line in enumerate(lines, 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            ids.append(int(text))
-        except ValueError:
-            raise UnlearnKitError(f"{path}:{number}: {text!r} is not an integer sample id") from None
-    return _from_ids(data, ids, seed, spec)
+    return _from_ids(data, read_ids_file(path, data.n_train), seed, spec)
 
 
 def _from_ids(data: Dataset, ids: list[int], seed: int, spec: str) -> Request:
     if not ids:
         raise UnlearnKitError(f"request {spec!r} lists no ids: the forget set would be empty")
+    bad = [i for i in ids if not 0 <= i < data.n_train]
+    if bad:
+        raise UnlearnKitError(f"request {spec!r}: {len(bad)} id(s) outside 0..{data.n_train - 1}")
     tensor = torch.tensor(ids, dtype=torch.long)
-    bad = tensor[(tensor < 0) | (tensor >= data.n_train)]
-    if bad.numel():
-        raise UnlearnKitError(
-            f"request {spec!r}: {bad.numel()} id(s) outside 0..{data.n_train - 1} (first: {int(bad[0])})"
-        )
     unique, counts = torch.unique(tensor, return_counts=True)
     if (counts > 1).any():
         dupes = unique[counts > 1]

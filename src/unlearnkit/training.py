@@ -112,6 +112,10 @@ class StopTraining(Exception):
     """Raised by a loss, regulariser or hook to end :func:`fit` early (e.g. a divergence guard)."""
 
 
+class Diverged(StopTraining):
+    """The loss became non-finite: :func:`fit` rolled the weights back to the start of the epoch and stopped."""
+
+
 @dataclass
 class Context:
     """What a loss or hook may want to know about where training is."""
@@ -151,6 +155,7 @@ class FitReport:
     history: list[dict]
     cost: Cost
     stopped_early: str | None = None
+    diverged: bool = False  # stopped because the loss became non-finite (weights rolled back)
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -229,6 +234,7 @@ def fit(
     use_amp = device.type == "cuda"
     history: list[dict] = []
     stopped: str | None = None
+    diverged = False
     log = open(log_path, "a") if log_path else None
     bar = _progress_bar(total_steps, desc) if progress else None
     ctx = Context(0, config.epochs, 0, total_steps, "", model, state if state is not None else {})
@@ -261,7 +267,7 @@ def fit(
                                 loss = loss + regularizer(model, ctx)
                         if not torch.isfinite(loss):
                             model.load_state_dict(snapshot)
-                            raise StopTraining(f"non-finite loss in {phase.name} at epoch {epoch + 1}; "
+                            raise Diverged(f"non-finite loss in {phase.name} at epoch {epoch + 1}; "
                                                f"weights rolled back to the start of that epoch")
                         if optimizer is not None:
                             optimizer.zero_grad(set_to_none=True)
@@ -302,6 +308,7 @@ def fit(
                     break
         except StopTraining as reason:
             stopped = str(reason) or "stopped"
+            diverged = isinstance(reason, Diverged)
             _restore(named, frozen)
             if has_prune_masks:
                 enforce_prune_masks(model)
@@ -311,7 +318,7 @@ def fit(
             if log is not None:
                 log.close()
     model.eval()
-    return FitReport(history=history, cost=cost, stopped_early=stopped)
+    return FitReport(history=history, cost=cost, stopped_early=stopped, diverged=diverged)
 
 
 @torch.no_grad()

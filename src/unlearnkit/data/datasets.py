@@ -45,6 +45,11 @@ class Dataset:
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.x_train.ndim == 4 and self.x_train.shape[0] == 0:
+            raise UnlearnKitError(f"{self.name} has no training images")
+        if self.x_train.ndim == 4 and self.x_test.ndim == 4 and self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise UnlearnKitError(f"{self.name}: test images are {tuple(self.x_test.shape[1:])}, training images "
+                                  f"{tuple(self.x_train.shape[1:])}; both splits must have one shape")
         for split, (x, y) in {"train": (self.x_train, self.y_train), "test": (self.x_test, self.y_test)}.items():
             if x.ndim != 4 or x.dtype != torch.float32:
                 raise UnlearnKitError(f"{self.name} {split}: images must be float32 N x C x H x W, got {x.dtype} {tuple(x.shape)}")
@@ -138,6 +143,8 @@ def _labels(array: np.ndarray) -> torch.Tensor:
 
 def _need_files(root: Path, names: dict[str, list[str]], how_to_get: str) -> dict[str, Path]:
     """Find each wanted file (any of its accepted names) in ``root`` or say exactly what is missing."""
+    if root.exists() and not root.is_dir():
+        raise UnlearnKitError(f"data directory {root} is not a directory; {how_to_get}")
     if not root.is_dir():
         raise UnlearnKitError(f"data directory {root} does not exist; {how_to_get}")
     found, missing = {}, []
@@ -247,6 +254,8 @@ def load_svhn(root: str | Path | None = None) -> Dataset:
 
 def load_digits(root: str | Path | None = None, test_fraction: float = 0.2) -> Dataset:
     """scikit-learn's 1,797 8x8 digits, split into train/test by a fixed stratified split (seed 0)."""
+    if root is not None:
+        raise UnlearnKitError("digits is built into scikit-learn; it reads no --data-dir")
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 

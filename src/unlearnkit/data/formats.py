@@ -63,12 +63,18 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),
+        # Protocol 5 (pickle.dumps(..., protocol=5), the default of some writers) rebuilds an array from its
+        # in-band buffer with numpy's _frombuffer(buffer, dtype, shape, order); numpy refuses object dtypes there.
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
         if (module, name) in self._ALLOWED:
+            if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 1.x names on numpy 2
+                module = "numpy._core." + module[len("numpy.core."):]
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        raise pickle.UnpicklingError(f"refusing to load {module[:60]}.{name[:60]} from a data file")
 
 
 def read_cifar_batch(path: str | Path) -> dict:
@@ -77,24 +83,34 @@ def read_cifar_batch(path: str | Path) -> dict:
     try:
         with open(path, "rb") as handle:
             batch = _ArraysOnlyUnpickler(io.BufferedReader(handle), encoding="bytes").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
-        raise UnlearnKitError(f"cannot read CIFAR batch {path}: {exc}") from exc
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
+        raise UnlearnKitError(f"cannot read CIFAR batch {path}: {type(exc).__name__}: {str(exc)[:160]}") from None
     if not isinstance(batch, dict):
         raise UnlearnKitError(f"{path}: not a CIFAR batch (expected a dict)")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in batch.items()}
 
 
 def cifar_images(batch: dict, path: Path) -> np.ndarray:
-    data = np.asarray(batch.get("data"))
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise UnlearnKitError(f"{path}: CIFAR 'data' must be N x 3072, got {data.shape}")
-    return data.astype(np.uint8).reshape(-1, 3, 32, 32)
+    data = batch.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        shape = data.shape if isinstance(data, np.ndarray) else type(data).__name__
+        raise UnlearnKitError(f"{path}: CIFAR 'data' must be a uint8 array of N x 3072, got {shape}")
+    return data.reshape(-1, 3, 32, 32)
 
 
 def cifar_labels(batch: dict, key: str, path: Path) -> np.ndarray:
     if key not in batch:
         raise UnlearnKitError(f"{path}: CIFAR batch has no '{key}' entry")
-    return np.asarray(batch[key], dtype=np.int64)
+    labels = batch[key]
+    if isinstance(labels, np.ndarray):
+        ok = labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)
+    else:
+        ok = isinstance(labels, list) and all(isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
+                                              for v in labels)
+    if not ok:
+        raise UnlearnKitError(f"{path}: CIFAR '{key}' must be a list of integer labels")
+    return np.asarray(labels, dtype=np.int64)
 
 
 def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -204,6 +204,8 @@ class Task:
         self.notes.setdefault("history", []).extend(report.history)
         if report.stopped_early:
             self.notes["stopped_early"] = report.stopped_early
+        if report.diverged:
+            self.notes["diverged"] = True
         return report
 
     def forget_accuracy(self, model: nn.Module, limit: int | None = None) -> float:

@@ -124,6 +124,24 @@ def save_spdgan(path: str | os.PathLike, gan: SpdGan) -> Path:
     return path
 
 
+# What a saved generator's architecture may ask for (checked before anything is built).
+_ARCHITECTURE_LIMITS = {"channels": 64, "width": 4096, "noise_channels": 1024}
+
+
+def _check_architecture(manifest: dict, where: Path) -> None:
+    import math
+
+    args = manifest["architecture"]
+    for key, limit in _ARCHITECTURE_LIMITS.items():
+        value = args.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit or (key != "noise_channels" and value == 0):
+            raise UnlearnKitError(f"damaged model directory: {where} has architecture {key}={str(value)[:40]}; "
+                                  f"it must be an integer in {0 if key == 'noise_channels' else 1}..{limit}")
+    for value in (args.get("epsilon"), manifest.get("epsilon")):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not 0 < value <= 1:
+            raise UnlearnKitError(f"damaged model directory: {where} has an ε that is not a number in (0, 1]")
+
+
 def load_spdgan(path: str | os.PathLike) -> SpdGan:
     """Load and verify a saved generator; every problem is one :class:`UnlearnKitError` naming the file."""
     path = Path(path)
@@ -132,7 +150,12 @@ def load_spdgan(path: str | os.PathLike) -> SpdGan:
         raise UnlearnKitError(f"{path} is not an SPD-GAN directory (it needs {MANIFEST} and {WEIGHTS}; "
                               f"train one with `unlearnkit spdgan train`)")
     manifest = read_json_record(manifest_path, FORMAT, "an SPD-GAN manifest")
-    weights = path / manifest.get("weights", {}).get("file", WEIGHTS)
+    from ..checkpoint import confined
+
+    if not isinstance(manifest.get("weights"), dict) or not isinstance(manifest.get("architecture"), dict):
+        raise UnlearnKitError(f"damaged model directory: {manifest_path} lacks its 'weights' or 'architecture' record")
+    weights = confined(path, manifest["weights"].get("file", WEIGHTS), f"{manifest_path}'s weights.file")
+    _check_architecture(manifest, manifest_path)
     if not weights.is_file():
         raise UnlearnKitError(f"{path} has no weights file {weights.name}")
     if sha256_file(weights) != manifest["weights"].get("sha256"):
