@@ -202,10 +202,12 @@ def validate_model_spec(spec: Any, where: Path) -> None:
     for key, value in args.items():
         if key in _SHAPE_LIMITS or key in ("mean", "std"):
             continue
-        if _is_int(value) and not 0 <= value <= 1_000_000:
-            raise _damaged(where, f"has model argument {key}={value}; it must be in 0..1000000")
-        if not (_is_number(value) or isinstance(value, (bool, str)) or value is None):
-            raise _damaged(where, f"has model argument {key} of type {type(value).__name__}")
+        items = value if isinstance(value, list) and len(value) <= 64 else [value]
+        for item in items:
+            if _is_int(item) and not 0 <= item <= 1_000_000:
+                raise _damaged(where, f"has model argument {key}={str(value)[:40]}; integers must be in 0..1000000")
+            if not (_is_number(item) or isinstance(item, (bool, str)) or item is None):
+                raise _damaged(where, f"has model argument {key} of type {type(item).__name__}")
 
 
 def weights_file(path: Path, manifest: dict) -> Path:
