@@ -62,7 +62,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
 
 
 def test_console_script_entry_point():
-    result = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "info", "--json"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "unlearnkit", "info", "--json"], capture_output=True, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0 and "small-cnn" in result.stdout
 
@@ -122,9 +122,9 @@ def test_demo_runs_the_whole_job_and_reuses_checkpoints(tmp_path, capsys):
 
 
 def test_bench_methods_keep_commas_inside_variants():
-    from unlearnkit.cli import _split_top_level
+    from unlearnkit.cli.common import split_top_level
 
-    assert _split_top_level("finetune, salun[lr=0.01,epochs=2],ssd") == ["finetune", "salun[lr=0.01,epochs=2]", "ssd"]
+    assert split_top_level("finetune, salun[lr=0.01,epochs=2],ssd") == ["finetune", "salun[lr=0.01,epochs=2]", "ssd"]
 
 
 def test_bench_requests_must_be_the_suites(capsys):
@@ -145,6 +145,6 @@ def test_bench_seeds_are_checked(capsys, seeds, message):
 
 
 def test_bench_seed_syntax():
-    from unlearnkit.cli import _parse_seeds
+    from unlearnkit.cli.bench import parse_seeds
 
-    assert _parse_seeds("3") == [0, 1, 2] and _parse_seeds("2,") == [2] and _parse_seeds("0,2") == [0, 2]
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("2,") == [2] and parse_seeds("0,2") == [0, 2]

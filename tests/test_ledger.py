@@ -122,7 +122,7 @@ def test_failed_request_is_recorded_and_retried_on_resubmission(model, tmp_path)
 
 def _cli(*args: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", "--threads", "1", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "unlearnkit", "--threads", "1", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,10 @@ from .data.datasets import Dataset, load_dataset
 from .errors import UnlearnKitError
 from .masks import register_mask_buffers
 from .models import build_model
-from .requests import Request, request_from_record
+from .requests import Request, build_request, request_from_record
+
+if TYPE_CHECKING:
+    from .methods.base import Unlearned
 
 FORMAT = "unlearnkit-checkpoint/1"
 WEIGHTS = "model.safetensors"
@@ -55,8 +58,30 @@ class Checkpoint:
         return data
 
     def request(self, data: Dataset) -> Request | None:
+        """The request this checkpoint records (None when it records none)."""
         record = self.manifest.get("request")
         return None if record is None else request_from_record(record, data)
+
+    def resolve_request(self, data: Dataset, spec: str | None = None, seed: int = 0, *,
+                        required: bool = False) -> Request | None:
+        """The request ``spec`` (built with ``seed``) when given, else the one this checkpoint records;
+        with ``required``, a checkpoint that records none is an error."""
+        request = build_request(spec, data, seed) if spec else self.request(data)
+        if request is None and required:
+            raise UnlearnKitError(f"{self.path} records no request; pass --request (e.g. random:0.1 or class:0)")
+        return request
+
+    def parent_path(self) -> Path | None:
+        """The checkpoint on disk this model was made from (None when it records none, or when it was unlearned
+        from an in-memory pruned copy: its recorded parent is then the dense model, not what it was made from)."""
+        parent = self.manifest.get("parent") or {}
+        if parent.get("pruned_first") or not parent.get("path"):
+            return None
+        return Path(parent["path"])
+
+    def lineage(self) -> dict:
+        """What a model made from this checkpoint records as its ``parent``: path and weights hash."""
+        return {"path": str(self.path), "sha256": self.manifest["weights"]["sha256"]}
 
 
 def save_checkpoint(
@@ -298,3 +323,30 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model.to(device)
     model.eval()
     return Checkpoint(path=path, model=model, manifest=manifest)
+
+
+def save_unlearned(path: str | os.PathLike, result: Unlearned, source: Checkpoint, request: Request, data: Dataset, *,
+                   seed: int, data_dir: str | os.PathLike | None = None, kind: str = "unlearned",
+                   pruned_from: Checkpoint | None = None) -> Path:
+    """Write the result of :func:`unlearnkit.unlearn` on ``source`` as a checkpoint (``kind`` "unlearned", or
+    "retrained" for Retrain's reference) recording its method, options, cost, request and lineage.
+
+    ``pruned_from`` is the dense checkpoint when ``source`` was pruned from it just before unlearning
+    (:func:`unlearnkit.sparsity.prune_first`): the manifest then carries the pruning record, and its ``parent``
+    is the pruned checkpoint with ``pruned_from`` the dense one, or -- when the pruned model lived in memory
+    only -- the dense checkpoint marked ``pruned_first``.
+    """
+    manifest = source.manifest
+    parent = source.lineage() if pruned_from is None or not manifest["weights"].get("in_memory") else None
+    pruning = None
+    if pruned_from is not None:
+        pruning = manifest["pruning"]
+        parent = ({**parent, "pruned_from": pruned_from.lineage()} if parent is not None
+                  else {**pruned_from.lineage(), "pruned_first": pruning["spec"]})
+    return save_checkpoint(
+        path, result.model, model_name=manifest["model"]["name"], model_args=manifest["model"]["args"],
+        dataset=data, data_dir=data_dir, request=request, kind=kind,
+        extra={"seed": seed, "train": manifest.get("train"), "method": {"name": result.method, "config": result.config},
+               "cost": result.cost.to_dict(), "notes": {k: v for k, v in result.notes.items() if k != "history"},
+               "parent": parent, **({"pruning": pruning} if pruning is not None else {})},
+    )

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import api
-from .checkpoint import load_checkpoint, read_manifest, save_checkpoint
+from .checkpoint import load_checkpoint, read_manifest, save_unlearned
 from .evaluation import evaluate, model_outputs
 from .methods import unlearn
 from .recipes import default_recipe
@@ -57,9 +57,7 @@ def run_demo(out: str | Path = "runs/demo", *, request_spec: str = "random:0.1",
     else:
         log(f"retraining from scratch without {request_spec} ({request.forget.numel()} samples), the exact reference")
         result = unlearn(original, request, data, "retrain", seed=seed, device=device)
-        save_checkpoint(retrained_path, result.model, model_name=model, model_args=original.manifest["model"]["args"],
-                        dataset=data, request=request, kind="retrained",
-                        extra={"seed": seed, "train": config.to_dict(), "cost": result.cost.to_dict()})
+        save_unlearned(retrained_path, result, original, request, data, seed=seed, kind="retrained")
     retrained = load_checkpoint(retrained_path)
     retrain_s = retrained.manifest["cost"]["seconds"]
     reference = evaluate(model_outputs(retrained.model, data, request, device), request, data, seed=seed)

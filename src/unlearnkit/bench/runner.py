@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from .. import api
 from .._util import machine, resolve_device, versions, write_json_atomic
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_unlearned
 from ..data import Dataset, load_dataset
 from ..evaluation import evaluate, model_outputs
 from ..methods import METHODS, make_config, unlearn
@@ -96,11 +96,7 @@ class ModelCache:
             log(f"retraining without {request.spec} (seed {seed}) -> {path}")
             checkpoint = load_checkpoint(original_path)
             result = unlearn(checkpoint, request, data, "retrain", seed=seed, device=device, **(options or {}))
-            manifest = checkpoint.manifest
-            save_checkpoint(path, result.model, model_name=manifest["model"]["name"], model_args=manifest["model"]["args"],
-                            dataset=data, request=request, kind="retrained",
-                            extra={"seed": seed, "train": manifest["train"], "cost": result.cost.to_dict(),
-                                   "parent": {"path": str(original_path), "sha256": manifest["weights"]["sha256"]}})
+            save_unlearned(path, result, checkpoint, request, data, seed=seed, kind="retrained")
         return path
 
     def spdgan(self, original_path: Path, original_key: dict, request: Request, data: Dataset, options: dict,

@@ -1,16 +1,13 @@
-"""``unlearnkit prune``: prune a trained checkpoint into a new one (kind "pruned") that keeps its masks.
-
-Registered when imported; the CLI imports it through ``cli.COMMAND_MODULES``.
-"""
+"""``unlearnkit prune``: prune a trained checkpoint into a new one (kind "pruned") that keeps its masks."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from ..cli import command, parse_sets
 from ..errors import UnlearnKitError
-from .spec import OPTIONS, PRUNE_METHODS, PruneSpec
+from ..sparsity.spec import OPTIONS, PRUNE_METHODS, PruneSpec
+from .common import Command, parse_sets
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -34,11 +31,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the pruning record as JSON")
 
 
-@command("prune", "prune a trained checkpoint (OMP, IMP with rewinding, SynFlow) into a new checkpoint that keeps its masks",
-         _arguments)
 def _prune(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
-    from .workflow import prune_checkpoint, save_pruned
+    from ..sparsity import prune_checkpoint, save_pruned
 
     options = parse_sets(args.set)
     for key in ("scope", "layers", "classifier"):
@@ -67,3 +62,9 @@ def _prune(args: argparse.Namespace) -> int:
     print(f"test accuracy {metrics['test_acc']:.2f} % (parent {metrics['parent_test_acc']:.2f}{after})")
     print(f"checkpoint written to {path}")
     return 0
+
+
+COMMANDS = [
+    Command("prune", "prune a trained checkpoint (OMP, IMP with rewinding, SynFlow) into a new checkpoint that keeps "
+            "its masks", _arguments, _prune),
+]

@@ -1,15 +1,11 @@
-"""Command line for SISA models and deletion requests::
+"""``unlearnkit forget`` and ``unlearnkit requests list | show | resume``: deletion requests of a SISA model,
+run by the hybrid planner and recorded in its ledger (docs/sisa.md)::
 
-    unlearnkit sisa train --dataset fashion-mnist --shards 5 --slices 5 --out runs/sisa
-    unlearnkit sisa calibrate --model runs/sisa
-    unlearnkit sisa info --model runs/sisa
     unlearnkit forget --model runs/sisa --ids ids.txt [--mode auto|exact|approx] [--request-id ID]
     unlearnkit forget --model runs/sisa --request random:0.001 --plan-only
     unlearnkit requests list --model runs/sisa
     unlearnkit requests show ID --model runs/sisa
     unlearnkit requests resume --model runs/sisa
-
-Registered with :func:`unlearnkit.cli.register` when this module is imported (``cli.COMMAND_MODULES``).
 """
 
 from __future__ import annotations
@@ -17,11 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import _add_data_args, command, parse_sets
-from ..errors import UnlearnKitError
+from .common import Command
 
 
-def _policy_args(p: argparse.ArgumentParser) -> None:
+def policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=None,
                    help="exact when it costs at most BETA x the approximate path (default 1)")
     p.add_argument("--budget-seconds", type=float, default=None, help="exact whenever it is estimated within this many seconds")
@@ -29,7 +24,7 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
                    help="the same budget in units of one shard's last stage (default 1; 0 turns it off)")
 
 
-def _policy(args: argparse.Namespace, stored: dict | None = None):
+def policy_from_args(args: argparse.Namespace, stored: dict | None = None):
     from ..hybrid import Policy
 
     values = dict(stored or {})
@@ -39,111 +34,6 @@ def _policy(args: argparse.Namespace, stored: dict | None = None):
     return Policy(**values)
 
 
-# -- unlearnkit sisa ... ------------------------------------------------------------------------------
-def _sisa_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="sisa_command", metavar="ACTION", required=True)
-    train = sub.add_parser("train", help="train a SISA ensemble (S shards x R slices, a checkpoint after every stage)")
-    _add_data_args(train)
-    train.add_argument("--model", default=None, help="model name (default: the data set's default)")
-    train.add_argument("--shards", type=int, default=5)
-    train.add_argument("--slices", type=int, default=5)
-    train.add_argument("--epochs", type=int, default=None, help="epochs per stage (default: the recipe's epochs / slices)")
-    train.add_argument("--lr", type=float, default=None)
-    train.add_argument("--batch-size", type=int, default=None)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--workers", type=int, default=2, help="shard training processes (default 2)")
-    train.add_argument("--shard-threads", type=int, default=None,
-                       help="torch threads per shard, now and in every retrain (default: cores / workers)")
-    train.add_argument("--device", default="cpu", help="cpu (bitwise-reproducible retraining) or cuda")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="other training options")
-    train.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model options (e.g. width=128)")
-    train.add_argument("--no-calibrate", action="store_true", help="skip timing the cost model on this machine")
-    _policy_args(train)
-    train.add_argument("--out", required=True, help="model directory to create")
-    cal = sub.add_parser("calibrate", help="re-measure the cost model on this machine")
-    cal.add_argument("--model", required=True, help="SISA model directory")
-    cal.add_argument("--data-dir", default=None)
-    cal.add_argument("--device", default="cpu")
-    info = sub.add_parser("info", help="describe a SISA model and its current version")
-    info.add_argument("--model", required=True, help="SISA model directory")
-    info.add_argument("--data-dir", default=None)
-    info.add_argument("--json", action="store_true")
-
-
-@command("sisa", "SISA models: train, calibrate, info", _sisa_arguments)
-def _sisa(args: argparse.Namespace) -> int:
-    return {"train": _sisa_train, "calibrate": _sisa_calibrate, "info": _sisa_info}[args.sisa_command](args)
-
-
-def _sisa_train(args: argparse.Namespace) -> int:
-    from ..api import as_dataset
-    from ..hybrid import calibrate
-    from ..recipes import default_model
-    from .model import default_stage_config, train_sisa
-
-    data = as_dataset(args.dataset, args.data_dir)
-    model = args.model or default_model(data.name)
-    changes = parse_sets(args.set)
-    for key in ("epochs", "lr", "batch_size"):
-        if getattr(args, key) is not None:
-            changes[key] = getattr(args, key)
-    config = default_stage_config(data, model, args.slices).replace(**changes)
-    policy = _policy(args)
-    sisa = train_sisa(data, model, out=args.out, shards=args.shards, slices=args.slices, config=config, seed=args.seed,
-                      workers=args.workers, threads=args.shard_threads, device=args.device, data_dir=args.data_dir,
-                      model_options=parse_sets(args.model_option), echo=True)
-    sisa.store.update_meta(hybrid={**(sisa.meta.get("hybrid") or {}), "policy": policy.to_dict()})
-    if not args.no_calibrate:
-        calibrate(sisa, echo=True)
-    version = sisa.version(0)
-    print(f"SISA {args.shards} x {args.slices} {model} on {data.name}: ensemble test accuracy "
-          f"{version.info['metrics']['test_acc']:.2f} %, {version.info['cost']['seconds']:.0f} s")
-    print(f"model written to {sisa.path}")
-    return 0
-
-
-def _sisa_calibrate(args: argparse.Namespace) -> int:
-    from ..hybrid import calibrate
-    from .model import SisaModel
-
-    sisa = SisaModel.open(args.model, data_dir=args.data_dir)
-    from ..hybrid.service import model_lock
-
-    with model_lock(sisa, echo=True):
-        cal = calibrate(sisa, device=args.device, echo=True)
-    print(json.dumps(cal.to_dict(), indent=2))
-    return 0
-
-
-def _sisa_info(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .layout import ACTIVE, DELETED_APPROX, DELETED_EXACT
-    from .model import SisaModel
-
-    sisa = SisaModel.open(args.model, data_dir=args.data_dir)
-    version = sisa.version()
-    status = version.status
-    info = {
-        "path": str(sisa.path), "dataset": sisa.meta["dataset"]["name"], "model": sisa.meta["model"]["name"],
-        "shards": sisa.shards, "slices": sisa.slices, "epochs_per_stage": sisa.config.epochs,
-        "threads_per_shard": sisa.meta["sisa"]["threads"], "workers": sisa.workers,
-        "version": version.number, "versions": sisa.store.version_numbers(),
-        "samples": {"active": int((status == ACTIVE).sum()), "deleted_exact": int((status == DELETED_EXACT).sum()),
-                    "deleted_approx": int((status == DELETED_APPROX).sum())},
-        "pending_approx_per_shard": np.bincount(sisa.provenance.shard_of[status == DELETED_APPROX], minlength=sisa.shards).tolist(),
-        "original_test_acc": sisa.version(0).info.get("metrics", {}).get("test_acc"),
-        "calibration": sisa.meta.get("calibration"), "policy": (sisa.meta.get("hybrid") or {}).get("policy"),
-    }
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        for key, value in info.items():
-            print(f"{key:<26} {value}")
-    return 0
-
-
-# -- unlearnkit forget ---------------------------------------------------------------------------------
 def _forget_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="SISA model directory")
     what = p.add_mutually_exclusive_group(required=True)
@@ -156,19 +46,18 @@ def _forget_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan-only", action="store_true", help="print the plan and its estimates; record and change nothing")
     p.add_argument("--evaluate", action="store_true", help="record the new ensemble's test accuracy with the request")
     p.add_argument("--workers", type=int, default=None, help="shard retraining processes (default: the model's)")
-    _policy_args(p)
+    policy_arguments(p)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the request record as JSON")
 
 
-@command("forget", "delete training samples from a SISA model (exact, approximate, or the planner's choice)", _forget_arguments)
 def _forget(args: argparse.Namespace) -> int:
     from ..hybrid import Unlearner, ids_from_request
-    from .model import SisaModel
+    from ..sisa import SisaModel
 
     sisa = SisaModel.open(args.model, data_dir=args.data_dir)
-    policy = _policy(args, (sisa.meta.get("hybrid") or {}).get("policy"))
+    policy = policy_from_args(args, (sisa.meta.get("hybrid") or {}).get("policy"))
     with Unlearner(sisa, policy=policy, device=args.device, workers=args.workers, evaluate=args.evaluate,
                    echo=not args.json) as service:
         ids, source = ids_from_request(sisa, args.ids, args.request, args.seed)
@@ -200,7 +89,6 @@ def _print_record(record, events: list[dict] | None = None) -> None:
         print(f"  {event['at']}  {event['state']:<9} {event['note'] or ''}")
 
 
-# -- unlearnkit requests ... ----------------------------------------------------------------------------
 def _requests_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="requests_command", metavar="ACTION", required=True)
     listing = sub.add_parser("list", help="every request, oldest first")
@@ -218,10 +106,9 @@ def _requests_arguments(p: argparse.ArgumentParser) -> None:
     resume.add_argument("--device", default="cpu")
 
 
-@command("requests", "the ledger of deletion requests of a SISA model: list, show, resume", _requests_arguments)
 def _requests(args: argparse.Namespace) -> int:
     from ..hybrid import Ledger
-    from .store import SisaStore
+    from ..sisa import SisaStore
 
     if args.requests_command == "resume":
         from ..hybrid import Unlearner
@@ -259,3 +146,10 @@ def _requests(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
 
+
+COMMANDS = [
+    Command("forget", "delete training samples from a SISA model (exact, approximate, or the planner's choice)",
+            _forget_arguments, _forget),
+    Command("requests", "the ledger of deletion requests of a SISA model: list, show, resume", _requests_arguments,
+            _requests),
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import command
+from .common import Command, split_top_level
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -28,17 +28,16 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
-@command("audit", "per-example attacks (U-LiRA, NeurIPS 2023 challenge ε) of unlearned vs retrained models", _arguments)
 def _audit(args: argparse.Namespace) -> int:
     from ..bench import load_suite
-    from .core import AuditSettings, run_audit
+    from ..audit import AuditSettings, run_audit
 
     suite = load_suite(args.suite)
     settings = AuditSettings(models=args.models, workers=args.workers, threads=args.worker_threads,
                              retain_sample=args.retain_sample or None, memorization_models=args.memorization_models,
                              variance=args.variance, device=args.device)
     out = args.out or f"benchmarks/results/audit/{suite.name}"
-    methods = [m for m in _split_methods(args.methods)] if args.methods else None
+    methods = split_top_level(args.methods) if args.methods else None
     results = run_audit(suite, out, settings=settings, cache_dir=args.cache, methods=methods, requests=args.request,
                         data_dir=args.data_dir, command="unlearnkit " + " ".join(sys.argv[1:]),
                         quiet=False)
@@ -52,16 +51,8 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_methods(text: str) -> list[str]:
-    """Split a comma list, keeping commas inside NAME[k=v,...] brackets."""
-    out, depth, current = [], 0, ""
-    for ch in text:
-        if ch == "," and depth == 0:
-            out.append(current)
-            current = ""
-            continue
-        depth += ch == "["
-        depth -= ch == "]"
-        current += ch
-    out.append(current)
-    return [m.strip() for m in out if m.strip()]
+
+COMMANDS = [
+    Command("audit", "per-example attacks (U-LiRA, NeurIPS 2023 challenge ε) of unlearned vs retrained models",
+            _arguments, _audit),
+]

@@ -1,7 +1,6 @@
 """``unlearnkit spdgan train | show``: train an SPD-GAN for a checkpoint's forget set, or describe a saved one.
 
-Registered when imported; the CLI imports it through ``cli.COMMAND_MODULES``. ``unlearnkit evaluate --spdgan G``
-reuses a saved generator.
+``unlearnkit evaluate --spdgan G`` reuses a saved generator.
 """
 
 from __future__ import annotations
@@ -11,9 +10,9 @@ import json
 import sys
 from dataclasses import fields
 
-from ..cli import parse_sets, register
 from ..errors import UnlearnKitError
-from .core import SpdGanConfig
+from ..spdgan import SpdGanConfig
+from .common import Command, parse_sets
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -39,8 +38,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
-    from ..requests import build_request
-    from .store import save_spdgan, train_for_request
+    from ..spdgan import save_spdgan, train_for_request
 
     options = parse_sets(args.set)
     for key in ("epsilon", "epochs"):
@@ -51,9 +49,7 @@ def _train(args: argparse.Namespace) -> int:
     config = SpdGanConfig.from_dict(options)
     checkpoint = load_checkpoint(args.checkpoint)
     data = checkpoint.dataset(args.data_dir)
-    request = build_request(args.request, data, args.seed) if args.request else checkpoint.request(data)
-    if request is None:
-        raise UnlearnKitError(f"{args.checkpoint} records no request; pass --request (e.g. random:0.1 or class:0)")
+    request = checkpoint.resolve_request(data, args.request, args.seed, required=True)
     print(f"training SPD-GAN (ε {config.epsilon}, {config.epochs} epochs) on {request.spec}: "
           f"{request.forget.numel()} forget images", flush=True)
     gan = train_for_request(checkpoint.model, data, request, config, seed=args.seed, device=args.device,
@@ -66,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .store import load_spdgan
+    from ..spdgan import load_spdgan
 
     gan = load_spdgan(args.path)
     m = gan.manifest
@@ -92,5 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     raise UnlearnKitError("say what to do: `unlearnkit spdgan train ...` or `unlearnkit spdgan show PATH`")
 
 
-register("spdgan", "train (or describe) an SPD-GAN that slightly perturbs a forget set, for the unlearning degree",
-         _arguments, _run)
+COMMANDS = [
+    Command("spdgan", "train (or describe) an SPD-GAN that slightly perturbs a forget set, for the unlearning degree",
+            _arguments, _run),
+]

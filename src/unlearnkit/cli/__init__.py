@@ -1,0 +1,75 @@
+"""The ``unlearnkit`` command line. Each sub-command parses its arguments, calls the library, and prints a table
+(or JSON). Errors that are the user's (:class:`~unlearnkit.UnlearnKitError`) become one line and exit 2.
+
+A command module lists its sub-commands in ``COMMANDS`` (:class:`~unlearnkit.cli.common.Command`); adding
+one is a module here plus its line in ``COMMAND_MODULES``. Feature packages never import the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UnlearnKitError
+from . import audit, bench, core, prune, requests, sisa, spdgan
+from .common import Command, parse_sets, parse_value, split_top_level
+
+# One line per command module, in the order `unlearnkit --help` lists them.
+COMMAND_MODULES = (
+    core,      # train, unlearn, evaluate, demo, info
+    bench,     # bench, report
+    prune,     # prune
+    spdgan,    # spdgan train | show
+    audit,     # audit
+    sisa,      # sisa train | calibrate | info
+    requests,  # forget, requests list | show | resume
+)
+
+
+def commands() -> dict[str, Command]:
+    """Every sub-command by name."""
+    out: dict[str, Command] = {}
+    for module in COMMAND_MODULES:
+        for command in module.COMMANDS:
+            if command.name in out:
+                raise RuntimeError(f"two command modules define `unlearnkit {command.name}`")
+            out[command.name] = command
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unlearnkit", description="Machine unlearning for PyTorch classifiers.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice). Benchmarks on a shared CPU use 1: a "
+                             "single-threaded process keeps its core, while two-thread processes spin-wait on each other")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in commands().values():
+        command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("unlearnkit: error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return commands()[args.command].run(args)
+    except UnlearnKitError as exc:
+        print(f"unlearnkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unlearnkit: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+__all__ = ["COMMAND_MODULES", "Command", "build_parser", "commands", "main", "parse_sets", "parse_value",
+           "split_top_level"]

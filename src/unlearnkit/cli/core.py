@@ -1,0 +1,225 @@
+"""``unlearnkit train | unlearn | evaluate | demo | info``: the library's front door on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import UnlearnKitError
+from .common import Command, add_data_args, parse_sets, training_changes
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    p.add_argument("--model", default=None, help="model name (default: the data set's default)")
+    p.add_argument("--request", default=None, help="request the training data carries (relabel:/backdoor:) or to record")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="other training options (e.g. schedule=multistep)")
+    p.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model options (e.g. width=128)")
+    p.add_argument("--prune", default=None, metavar="SPEC",
+                   help="train a sparse model: omp:S, imp:S or synflow:S (S = fraction of weights zeroed; see docs/sparsity.md)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..api import train
+    from ..recipes import default_model, default_recipe
+
+    model = args.model or default_model(args.dataset)
+    config = default_recipe(args.dataset, model).replace(**training_changes(args))
+    trained = train(
+        args.dataset, model, request=args.request, config=config, seed=args.seed, device=args.device,
+        data_dir=args.data_dir, model_options=parse_sets(args.model_option), out=args.out,
+        progress=not args.no_progress and sys.stderr.isatty(), echo=True, prune=args.prune,
+    )
+    m = trained.metrics
+    print(f"test accuracy {m['test_acc']:.2f} %, train accuracy {m['train_acc']:.2f} %, {m['train_seconds']:.0f} s")
+    if trained.pruning is not None:
+        print(f"pruned by {trained.pruning['spec']}: sparsity {trained.pruning['achieved_sparsity']:.4f} of the prunable weights")
+    print(f"checkpoint written to {trained.path}")
+    return 0
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the model to measure (e.g. an unlearned checkpoint)")
+    p.add_argument("--reference", default=None, help="the retrained checkpoint to compare with (gaps, Avg. Gap, JS, L2)")
+    p.add_argument("--original", default=None, help="the original checkpoint (FR, MRR); default: the checkpoint's parent")
+    p.add_argument("--request", default=None, help="request to evaluate (default: the one the checkpoint records)")
+    p.add_argument("--mia-shadow-size", type=int, default=3000, help="SVC shadow points per side (0: the full convention)")
+    p.add_argument("--spdgan", default=None, metavar="G",
+                   help="a generator from `unlearnkit spdgan train`: adds accuracy/loss on the perturbed forget set and "
+                        "the unlearning degree (with --original; with --reference also the retrained model's)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..api import accuracy_report
+    from ..checkpoint import load_checkpoint
+    from ..evaluation import METRIC_DOCS, evaluate
+    from ..training import Cost
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    data = checkpoint.dataset(args.data_dir)
+    request = checkpoint.resolve_request(data, args.request, checkpoint.manifest.get("seed", 0))
+    if request is None:
+        report = accuracy_report(checkpoint.model, data, device=args.device)
+    else:
+        reference = load_checkpoint(args.reference) if args.reference else None
+        original_path = args.original or checkpoint.parent_path()
+        original = load_checkpoint(original_path) if original_path and Path(original_path).exists() else None
+        cost = checkpoint.manifest.get("cost")
+        retrain_s = (reference.manifest.get("cost") or {}).get("seconds") if reference else None
+        spdgan = None
+        if args.spdgan:
+            from ..spdgan import load_spdgan
+
+            spdgan = load_spdgan(args.spdgan)
+            # Check against the original it must have been trained for; the images are then reused for every model.
+            spdgan = spdgan.perturb_forget(data, request, original=original.model if original is not None else None)
+        report = evaluate(
+            checkpoint.model, request, data,
+            reference=reference.model if reference else None,
+            original=original.model if original is not None and original.path != checkpoint.path else None,
+            cost=Cost(cost["seconds"], cost["forward_samples"], cost["backward_samples"])
+            if cost and checkpoint.manifest.get("kind") == "unlearned" else None,
+            retrain_seconds=retrain_s, mia_shadow_size=args.mia_shadow_size or None, device=args.device, spdgan=spdgan,
+        ).metrics
+        report = {"request": request.spec, **report}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            shown = f"{value:10.4f}" if isinstance(value, float) else f"{value!s:>10}"
+            print(f"{key:<26} {shown}   {METRIC_DOCS.get(key, '')}")
+    return 0
+
+
+def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the original model")
+    p.add_argument("--method", required=True, help="method name (see `unlearnkit info`)")
+    p.add_argument("--request", default=None, help="what to forget (default: the request the checkpoint records)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a method option")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="checkpoint directory for the unlearned model")
+    p.add_argument("--prune", default=None, metavar="SPEC",
+                   help="prune first, then unlearn: prune the checkpoint by SPEC (omp:S, imp:S, synflow:S; see "
+                        "docs/sparsity.md) and unlearn the pruned model; its mask holds through the method (and Retrain)")
+    p.add_argument("--prune-finetune-epochs", type=int, default=None,
+                   help="fine-tuning epochs after pruning, on the data as trained (default: 2 after a one-shot prune, "
+                        "0 where the spec retrains or trains)")
+    p.add_argument("--prune-finetune-lr", type=float, default=None, help="their learning rate (default: a fifth of the recipe's)")
+    p.add_argument("--pruned-out", default=None, help="also write the pruned model (before unlearning) as a checkpoint here")
+
+
+def _unlearn(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint, save_unlearned
+    from ..methods import unlearn
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    options = parse_sets(args.set)
+    if args.prune is not None:  # bad specs and options fail before any pruning work
+        from ..methods import METHODS, make_config
+        from ..sparsity import parse_prune_spec, prune_first
+
+        spec = parse_prune_spec(args.prune)
+        if args.method not in METHODS:
+            raise UnlearnKitError(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
+        make_config(METHODS[args.method], options)
+        if args.prune_finetune_epochs is not None and args.prune_finetune_epochs < 0:
+            raise UnlearnKitError("--prune-finetune-epochs must be >= 0")
+    elif any(v is not None for v in (args.prune_finetune_epochs, args.prune_finetune_lr, args.pruned_out)):
+        raise UnlearnKitError("--prune-finetune-epochs, --prune-finetune-lr and --pruned-out need --prune SPEC")
+    data = checkpoint.dataset(args.data_dir)
+    request = checkpoint.resolve_request(data, args.request, args.seed, required=True)
+    dense = None
+    if args.prune is not None:
+        dense, checkpoint = checkpoint, prune_first(
+            checkpoint, spec, finetune_epochs=args.prune_finetune_epochs, finetune_lr=args.prune_finetune_lr,
+            device=args.device, data_dir=args.data_dir, out=args.pruned_out, echo=True)
+        pruning = checkpoint.manifest["pruning"]
+        print(f"pruned by {pruning['spec']} to sparsity {pruning['achieved_sparsity']:.4f}: test accuracy "
+              f"{checkpoint.manifest['metrics']['test_acc']:.2f} % before unlearning")
+    result = unlearn(checkpoint, request, data, args.method, seed=args.seed, device=args.device, **options)
+    save_unlearned(args.out, result, checkpoint, request, data, seed=args.seed, data_dir=args.data_dir,
+                   pruned_from=dense)
+    c = result.cost
+    print(f"{args.method} unlearned {request.spec} ({request.forget.numel()} samples) in {c.seconds:.1f} s "
+          f"({c.forward} forward / {c.backward} backward sample passes)")
+    print(f"checkpoint written to {args.out}")
+    return 0
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's checkpoints")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's 10)")
+    p.add_argument("--request", default="random:0.1", help="what to forget (default: a random 10 %% of the training set)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    run_demo(args.out, request_spec=args.request, epochs=args.epochs, seed=args.seed, device=args.device,
+             data_dir=args.data_dir)
+    return 0
+
+
+def info() -> dict:
+    """What ``unlearnkit info`` lists: data sets, models, methods, metrics and request types."""
+    from ..data import DATASET_INFO
+    from ..evaluation import METRIC_DOCS
+    from ..methods import METHODS
+    from ..models import model_info
+    from ..requests import REQUEST_KINDS
+
+    return {
+        "datasets": DATASET_INFO,
+        "models": model_info(),
+        "methods": {name: info.describe() for name, info in METHODS.items()},
+        "metrics": METRIC_DOCS,
+        "requests": sorted(REQUEST_KINDS),
+    }
+
+
+def _info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+
+
+def _info(args: argparse.Namespace) -> int:
+    data = info()
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    for section, entries in data.items():
+        print(f"{section}:")
+        if isinstance(entries, dict):
+            for name, meta in entries.items():
+                doc = meta.get("doc", meta.get("summary", meta.get("format", ""))) if isinstance(meta, dict) else meta
+                print(f"  {name:<16} {doc}")
+        else:
+            print("  " + ", ".join(entries))
+    return 0
+
+
+COMMANDS = [
+    Command("train", "train a model (optionally on data poisoned/relabelled by a request)", _train_arguments, _train),
+    Command("unlearn", "unlearn a request from a checkpoint with a registered method", _unlearn_arguments, _unlearn),
+    Command("evaluate", "measure a checkpoint (every metric when it carries a request)", _evaluate_arguments, _evaluate),
+    Command("demo", "the main job on the embedded default: train, unlearn with the best methods, compare with Retrain",
+            _demo_arguments, _demo),
+    Command("info", "list data sets, models, methods and metrics", _info_arguments, _info),
+]

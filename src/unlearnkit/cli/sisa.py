@@ -1,0 +1,113 @@
+"""``unlearnkit sisa train | calibrate | info``: SISA models (docs/sisa.md)::
+
+    unlearnkit sisa train --dataset fashion-mnist --shards 5 --slices 5 --out runs/sisa
+    unlearnkit sisa calibrate --model runs/sisa
+    unlearnkit sisa info --model runs/sisa
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import Command, add_data_args, parse_sets, training_changes
+from .requests import policy_arguments, policy_from_args
+
+
+def _sisa_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="sisa_command", metavar="ACTION", required=True)
+    train = sub.add_parser("train", help="train a SISA ensemble (S shards x R slices, a checkpoint after every stage)")
+    add_data_args(train)
+    train.add_argument("--model", default=None, help="model name (default: the data set's default)")
+    train.add_argument("--shards", type=int, default=5)
+    train.add_argument("--slices", type=int, default=5)
+    train.add_argument("--epochs", type=int, default=None, help="epochs per stage (default: the recipe's epochs / slices)")
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=2, help="shard training processes (default 2)")
+    train.add_argument("--shard-threads", type=int, default=None,
+                       help="torch threads per shard, now and in every retrain (default: cores / workers)")
+    train.add_argument("--device", default="cpu", help="cpu (bitwise-reproducible retraining) or cuda")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="other training options")
+    train.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model options (e.g. width=128)")
+    train.add_argument("--no-calibrate", action="store_true", help="skip timing the cost model on this machine")
+    policy_arguments(train)
+    train.add_argument("--out", required=True, help="model directory to create")
+    cal = sub.add_parser("calibrate", help="re-measure the cost model on this machine")
+    cal.add_argument("--model", required=True, help="SISA model directory")
+    cal.add_argument("--data-dir", default=None)
+    cal.add_argument("--device", default="cpu")
+    info = sub.add_parser("info", help="describe a SISA model and its current version")
+    info.add_argument("--model", required=True, help="SISA model directory")
+    info.add_argument("--data-dir", default=None)
+    info.add_argument("--json", action="store_true")
+
+
+def _sisa(args: argparse.Namespace) -> int:
+    return {"train": _sisa_train, "calibrate": _sisa_calibrate, "info": _sisa_info}[args.sisa_command](args)
+
+
+def _sisa_train(args: argparse.Namespace) -> int:
+    from ..api import as_dataset
+    from ..hybrid import calibrate
+    from ..recipes import default_model
+    from ..sisa.model import default_stage_config, train_sisa
+
+    data = as_dataset(args.dataset, args.data_dir)
+    model = args.model or default_model(data.name)
+    config = default_stage_config(data, model, args.slices).replace(**training_changes(args))
+    policy = policy_from_args(args)
+    sisa = train_sisa(data, model, out=args.out, shards=args.shards, slices=args.slices, config=config, seed=args.seed,
+                      workers=args.workers, threads=args.shard_threads, device=args.device, data_dir=args.data_dir,
+                      model_options=parse_sets(args.model_option), echo=True)
+    sisa.store.update_meta(hybrid={**(sisa.meta.get("hybrid") or {}), "policy": policy.to_dict()})
+    if not args.no_calibrate:
+        calibrate(sisa, echo=True)
+    version = sisa.version(0)
+    print(f"SISA {args.shards} x {args.slices} {model} on {data.name}: ensemble test accuracy "
+          f"{version.info['metrics']['test_acc']:.2f} %, {version.info['cost']['seconds']:.0f} s")
+    print(f"model written to {sisa.path}")
+    return 0
+
+
+def _sisa_calibrate(args: argparse.Namespace) -> int:
+    from ..hybrid import calibrate, model_lock
+    from ..sisa.model import SisaModel
+
+    sisa = SisaModel.open(args.model, data_dir=args.data_dir)
+    with model_lock(sisa, echo=True):
+        cal = calibrate(sisa, device=args.device, echo=True)
+    print(json.dumps(cal.to_dict(), indent=2))
+    return 0
+
+
+def _sisa_info(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..sisa.layout import ACTIVE, DELETED_APPROX, DELETED_EXACT
+    from ..sisa.model import SisaModel
+
+    sisa = SisaModel.open(args.model, data_dir=args.data_dir)
+    version = sisa.version()
+    status = version.status
+    info = {
+        "path": str(sisa.path), "dataset": sisa.meta["dataset"]["name"], "model": sisa.meta["model"]["name"],
+        "shards": sisa.shards, "slices": sisa.slices, "epochs_per_stage": sisa.config.epochs,
+        "threads_per_shard": sisa.meta["sisa"]["threads"], "workers": sisa.workers,
+        "version": version.number, "versions": sisa.store.version_numbers(),
+        "samples": {"active": int((status == ACTIVE).sum()), "deleted_exact": int((status == DELETED_EXACT).sum()),
+                    "deleted_approx": int((status == DELETED_APPROX).sum())},
+        "pending_approx_per_shard": np.bincount(sisa.provenance.shard_of[status == DELETED_APPROX], minlength=sisa.shards).tolist(),
+        "original_test_acc": sisa.version(0).info.get("metrics", {}).get("test_acc"),
+        "calibration": sisa.meta.get("calibration"), "policy": (sisa.meta.get("hybrid") or {}).get("policy"),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:<26} {value}")
+    return 0
+
+
+COMMANDS = [Command("sisa", "SISA models: train, calibrate, info", _sisa_arguments, _sisa)]
