@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 
 from unlearnkit import curvature as C
 from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic
-from unlearnkit.api import augment_for
+from unlearnkit.data import augment_for
 from unlearnkit.checkpoint import load_checkpoint
 from unlearnkit.data import Source
 from unlearnkit.training import TrainConfig, metered, train_classifier

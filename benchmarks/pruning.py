@@ -103,7 +103,7 @@ def main() -> None:
         **cost.to_dict(),
     }
     # The same initialisation pruned by magnitude (OMP at init) for the layer-collapse contrast; not trained.
-    init, _ = uk.api.new_model(model_name, data, seed, model_options)
+    init, _ = uk.models.new_model(model_name, data, seed, model_options)
     sp.prune(init, "omp:0.95")
     omp_at_init_layers = layer_table(init, names)
 

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unlearnkit._util import machine, save_figure, seed_everything, versions, write_json_atomic, write_text_atomic
-from unlearnkit.api import new_model
+from unlearnkit.models import new_model
 from unlearnkit.bench import load_suite, with_prune
 from unlearnkit.bench.runner import ModelCache
 from unlearnkit.checkpoint import load_checkpoint

@@ -70,7 +70,7 @@ def test_retrain_equals_training_from_scratch_on_the_retain_set(setup, digits):
     request = uk.build_request("random:0.1", digits, seed=0)
     result = unlearn(setup.model, request, digits, "retrain", seed=5, device="cpu", recipe=RECIPE,
                      model_name="mlp", model_args=setup.model_args)
-    from unlearnkit.api import new_model
+    from unlearnkit.models import new_model
     from unlearnkit.training import train_classifier
 
     scratch, _ = new_model("mlp", digits, 5)

@@ -3,7 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from unlearnkit.api import new_model, train
+from unlearnkit.api import train
+from unlearnkit.models import new_model
 from unlearnkit.data import Augment, Source
 from unlearnkit.masks import attach_prune_masks, prune_masks
 from unlearnkit.training import Phase, StopTraining, TrainConfig, fit, metered, predict_logits, accuracy

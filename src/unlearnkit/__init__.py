@@ -1,8 +1,7 @@
 """unlearnkit: remove the influence of chosen training data from a trained PyTorch classifier, and
 measure how well it was removed."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__  # noqa: E402
 from .api import accuracy_report, train  # noqa: E402
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .data import Dataset, load_dataset  # noqa: E402

@@ -176,7 +176,7 @@ def versions() -> dict[str, str]:
     import numpy
     import sklearn
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "unlearnkit": __version__,

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from ._util import resolve_device, seed_everything
-from .checkpoint import Checkpoint, save_checkpoint
-from .data import Augment, Dataset, load_dataset
+from ._util import resolve_device
+from .checkpoint import save_checkpoint
+from .data import Dataset, as_dataset, augment_for
 from .errors import UnlearnKitError
-from .models import build_model
+from .models import new_model
 from .recipes import default_model, default_recipe
 from .requests import Request, build_request
 from .training import FitReport, TrainConfig, accuracy, predict_logits, train_classifier
@@ -29,25 +29,10 @@ if TYPE_CHECKING:
     from .sparsity import PruneSpec
 
 
-def as_dataset(data: str | Dataset, data_dir: str | os.PathLike | None = None) -> Dataset:
-    return data if isinstance(data, Dataset) else load_dataset(data, data_dir)
-
-
 def as_request(request: str | Request | None, data: Dataset, seed: int = 0) -> Request | None:
     if request is None or isinstance(request, Request):
         return request
     return build_request(request, data, seed)
-
-
-def augment_for(data: Dataset) -> Augment:
-    return Augment(data.crop_padding, data.horizontal_flip)
-
-
-def new_model(model_name: str, data: Dataset, seed: int, options: dict | None = None) -> tuple[nn.Module, dict]:
-    """A freshly initialised registered model (initialisation seeded by ``seed``) and its arguments."""
-    args = {**data.model_args(), **(options or {})}
-    seed_everything(seed)
-    return build_model(model_name, **args), args
 
 
 @dataclass
@@ -183,10 +168,4 @@ def accuracy_report(model: nn.Module, data: Dataset, request: Request | None = N
     return report
 
 
-def checkpoint_data(checkpoint: Checkpoint, data_dir=None) -> tuple[Dataset, Request | None]:
-    data = checkpoint.dataset(data_dir)
-    return data, checkpoint.request(data)
-
-
-__all__ = ["train", "Trained", "save_trained", "accuracy_report", "as_dataset", "as_request", "new_model",
-           "augment_for", "checkpoint_data", "UnlearnKitError"]
+__all__ = ["train", "Trained", "save_trained", "accuracy_report", "as_request"]

@@ -38,8 +38,7 @@ from ..training import Cost
 from . import stats
 from .memorization import memorization_scores, scores_record, split_requests
 from .pool import REFERENCE_SEED_OFFSET, Context, Job, Logits, Runner, checkpoint_logits, read_unlearned, request_job_record
-
-ORIGINAL = "original"  # the pseudo-method "no unlearning"
+from .report import ORIGINAL, write_report
 
 
 @dataclass
@@ -225,7 +224,6 @@ def run_audit(suite: Suite, out_dir: str | Path, *, settings: AuditSettings | No
               command: str | None = None, quiet: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Audit ``methods`` (default: the suite's) on ``requests`` (default: the suite's) with N models per side;
     write ``results.json``, ``report.md`` and plots under ``out_dir`` and return the results."""
-    from .report import write_report
 
     settings = settings or AuditSettings()
     out_dir = Path(out_dir)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .._util import atomic_path, write_text_atomic
-from .core import ORIGINAL
+
+ORIGINAL = "original"  # the pseudo-method "no unlearning"
 
 FIXED = ("retrain", ORIGINAL)
 

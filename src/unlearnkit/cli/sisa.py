@@ -49,7 +49,7 @@ def _sisa(args: argparse.Namespace) -> int:
 
 
 def _sisa_train(args: argparse.Namespace) -> int:
-    from ..api import as_dataset
+    from ..data import as_dataset
     from ..hybrid import calibrate
     from ..recipes import default_model
     from ..sisa.model import default_stage_config, train_sisa

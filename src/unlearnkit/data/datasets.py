@@ -308,6 +308,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, subset
     return data.subset(*subset) if subset else data
 
 
+def as_dataset(data: str | Dataset, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """``data`` itself when it is a :class:`Dataset`, else the registered data set of that name."""
+    return data if isinstance(data, Dataset) else load_dataset(data, data_dir)
+
+
 def _parse_name(name: str) -> tuple[str, tuple[int, int] | None]:
     name = name.strip()
     if name.endswith("]") and "[" in name:

@@ -42,6 +42,11 @@ class Augment:
         return x.contiguous()
 
 
+def augment_for(data) -> Augment:
+    """The training augmentation a data set declares (its ``crop_padding`` and ``horizontal_flip``)."""
+    return Augment(data.crop_padding, data.horizontal_flip)
+
+
 @dataclass
 class Batch:
     x: torch.Tensor

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .._util import resolve_device
 from ..checkpoint import Checkpoint
-from ..data import Augment, Dataset, Source
+from ..data import Augment, Dataset, Source, augment_for
 from ..errors import UnlearnKitError
 from ..masks import enforce_prune_masks
 from ..recipes import default_recipe
@@ -152,7 +152,7 @@ class Task:
 
     @property
     def augment(self) -> Augment:
-        return Augment(self.data.crop_padding, self.data.horizontal_flip) if self.recipe.augment else Augment()
+        return augment_for(self.data) if self.recipe.augment else Augment()
 
     @property
     def n_forget(self) -> int:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..api import new_model
+from ..models import new_model
 from ..errors import UnlearnKitError
 from ..masks import attach_prune_masks, prune_masks
 from ..training import train_classifier

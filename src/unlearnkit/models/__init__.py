@@ -8,13 +8,17 @@ Each model names its final linear layer ``classifier`` (methods that touch "the 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._util import seed_everything
 from ..errors import UnlearnKitError
+
+if TYPE_CHECKING:
+    from ..data import Dataset
 
 
 class Normalize(nn.Module):
@@ -178,6 +182,13 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return cls(**kwargs)
 
 
+def new_model(model_name: str, data: Dataset, seed: int, options: dict | None = None) -> tuple[nn.Module, dict]:
+    """A freshly initialised registered model for ``data`` (initialisation seeded by ``seed``) and its arguments."""
+    args = {**data.model_args(), **(options or {})}
+    seed_everything(seed)
+    return build_model(model_name, **args), args
+
+
 def model_info() -> dict[str, dict]:
     info = {}
     for name, cls in MODELS.items():
@@ -207,5 +218,5 @@ def is_convolutional(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["MODELS", "build_model", "model_info", "last_layer", "Normalize", "MLP", "SmallCNN", "ResNet18", "VGG16BN",
+__all__ = ["MODELS", "build_model", "new_model", "model_info", "last_layer", "Normalize", "MLP", "SmallCNN", "ResNet18", "VGG16BN",
            "uses_batchnorm", "is_convolutional"]

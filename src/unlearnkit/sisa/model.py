@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .._util import resolve_device, versions
-from ..data import Dataset, load_dataset
+from ..data import Dataset, as_dataset, load_dataset
 from ..errors import UnlearnKitError
 from ..recipes import default_model, default_recipe
 from ..training import TrainConfig, accuracy, metered, predict_logits
@@ -221,8 +221,6 @@ def train_sisa(
     fixed thread count. An interrupted run resumes from its stage checkpoints when started again with the
     same arguments.
     """
-    from ..api import as_dataset  # the front door imports us lazily; avoid a cycle
-
     data = as_dataset(data, data_dir)
     model_name = model or default_model(data.name)
     config = config or default_stage_config(data, model_name, slices)

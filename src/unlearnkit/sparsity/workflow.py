@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from .._util import resolve_device, seed_everything
 from ..checkpoint import Checkpoint, save_checkpoint
-from ..data import Augment, Dataset
+from ..data import Dataset, augment_for
 from ..errors import UnlearnKitError
 from ..masks import attach_prune_masks
 from ..models import build_model
@@ -146,7 +146,7 @@ class ClassifierTrainer:
             return after_epoch(m, record) if after_epoch is not None else None
 
         return train_classifier(model, self.x, self.y, torch.arange(self.data.n_train), config,
-                                augment=Augment(self.data.crop_padding, self.data.horizontal_flip),
+                                augment=augment_for(self.data),
                                 seed=self.seed, device=self.device, after_epoch=log)
 
     def test_accuracy(self, model: nn.Module) -> float:
@@ -327,7 +327,7 @@ def save_pruned(pruned: Pruned, checkpoint: Checkpoint, out: str | Path, *, data
 
 
 def _initialisation(model_spec: dict, seed: int) -> nn.Module:
-    """The model ``train`` builds for this architecture and seed (same global-RNG seeding as api.new_model)."""
+    """The model ``train`` builds for this architecture and seed (same global-RNG seeding as models.new_model)."""
     seed_everything(seed)
     return build_model(model_spec["name"], **model_spec.get("args", {}))
 
