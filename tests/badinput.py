@@ -39,6 +39,9 @@ class Case:
     check: Callable[[Path], str | None] | None = None  # an extra condition on the sandbox after the run
     secret: str | None = None  # text that must appear in no output
     quick: bool = False  # part of the default test run
+    # The refusal can only come after work that reports progress on stderr (a device that fills up, a loss that
+    # diverges): progress lines may precede the one `unlearnkit:` line, which must be the last.
+    after_progress: bool = False
     timeout: float = 180.0
 
 
@@ -114,8 +117,10 @@ def diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
     return changed
 
 
-def stderr_is_one_error(text: str) -> bool:
+def stderr_is_one_error(text: str, after_progress: bool = False) -> bool:
     lines = [line for line in text.splitlines() if line.strip()]
+    if after_progress and lines and lines[-1].startswith("unlearnkit:"):
+        return sum(line.startswith("unlearnkit:") for line in lines) == 1
     if len(lines) == 1:
         return lines[0].startswith("unlearnkit:")
     # argparse: "usage: ..." (possibly wrapped over several lines) then "unlearnkit ...: error: ..."
@@ -197,7 +202,7 @@ def _finish(case: Case, sandbox: Path, before: dict[str, str], code: int | None,
     extra = case.check(sandbox) if case.check is not None else None
     leaked = case.secret is not None and (case.secret in out or case.secret in err)
     outcome = Outcome(case.name, case.klass, case.argv, code, "Traceback (most recent call last)" in err,
-                      stderr_is_one_error(err), code == 0, diff(before, after), leaked, extra, err, round(seconds, 2))
+                      stderr_is_one_error(err, case.after_progress), code == 0, diff(before, after), leaked, extra, err, round(seconds, 2))
     _cleanup(sandbox)
     return outcome
 
@@ -381,7 +386,7 @@ WRITERS: dict[str, list[str]] = {
     "sisa": ["sisa", "train", "--dataset", "digits", "--shards", "2", "--slices", "2", "--epochs", "1", "--workers", "1",
              "--no-calibrate", "--out", "OUT"],
     "bench": ["bench", "--suite", "suite.toml", "--cache", "cache", "--no-report", "--out", "OUT"],
-    "audit": ["audit", "--suite", "suite.toml", "--models", "2", "--workers", "1", "--cache", "cache", "--out", "OUT"],
+    "audit": ["audit", "--suite", "suite.toml", "--models", "3", "--workers", "1", "--cache", "cache", "--out", "OUT"],
     "unlearn-pruned-out": ["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0",
                            "--prune", "omp:0.5", "--out", "o", "--pruned-out", "OUT"],
 }
@@ -447,7 +452,8 @@ def out_cases() -> list[Case]:
         cases.append(Case(f"out-report-{variant}", "out", ["report", target], setup=setup, quick=variant == "checkpoint"))
     if can_mount():
         for writer in ("train", "unlearn", "prune"):
-            cases.append(Case(f"out-{writer}-full-device", "out", _argv(writer, "full/out"), setup=_mount_full))
+            cases.append(Case(f"out-{writer}-full-device", "out", _argv(writer, "full/out"), setup=_mount_full,
+                              after_progress=True))
     return cases
 
 
@@ -670,9 +676,9 @@ def data_cases() -> list[Case]:
         Case("data-bad-subset-name", "data", train + ["--dataset", "digits[abc,1]"]),
         Case("data-subset-zero", "data", train + ["--dataset", "digits[0,10]"]),
         Case("diverged-train", "data", ["train", "--dataset", "digits", "--epochs", "2", "--lr", "1e6", "--no-progress",
-                                        "--out", "o"], quick=True),
+                                        "--out", "o"], quick=True, after_progress=True),
         Case("diverged-unlearn", "data", ["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0",
-                                          "--set", "lr=1e8", "--out", "o"], quick=True),
+                                          "--set", "lr=1e8", "--out", "o"], quick=True, after_progress=True),
     ]
     exploit = (b"cos\nsystem\n(S'touch pwned'\ntR.")
     cases.append(Case("data-cifar-pickle-exploit", "data", train + ["--dataset", "cifar10", "--data-dir", "cifar"],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 from .errors import UnlearnKitError
 
@@ -71,6 +72,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(target.parent)
     except OSError as exc:
         raise UnlearnKitError(f"cannot write {target}: {_reason(exc)}") from None
+    except SafetensorError as exc:  # its I/O errors (a full device) are not OSErrors
+        raise UnlearnKitError(f"cannot write {target}: {str(exc)[:200]}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -126,7 +126,8 @@ def _slug(text: str) -> str:
 
 def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None = None, device: str = "auto",
               data_dir: str | None = None, seeds: list[int] | None = None, methods: list[str] | None = None,
-              command: str | None = None, log: Callable[[str], None] | None = None, progress: bool = False) -> list[dict]:
+              command: str | None = None, log: Callable[[str], None] | None = None, progress: bool = False,
+              rerun: bool = False) -> list[dict]:
     """Run every (request, variant, seed) of ``suite`` not yet recorded under ``out_dir``; return the new records."""
     out_dir = Path(out_dir)
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -143,6 +144,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
     current = {v.label: _resolved_options(suite, v) for v in variants}
 
     def recorded(spec: str, variant: Variant, seed: int) -> bool:
+        if rerun:  # --overwrite: every record is made again (each replaced once its new version is written)
+            return False
         return _record_is_current(record_path(out_dir, spec, variant.slug, seed), current[variant.label], log)
 
     todo = [(spec, seed, v) for seed in seeds for spec in suite.requests for v in variants if not recorded(spec, v, seed)]

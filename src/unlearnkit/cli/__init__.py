@@ -12,7 +12,7 @@ import sys
 
 from ..errors import UnlearnKitError
 from . import audit, bench, core, prune, requests, sisa, spdgan
-from .common import Command, parse_sets, parse_value, split_top_level
+from .common import Command, parse_sets, parse_value, printable, split_top_level
 
 # One line per command module, in the order `unlearnkit --help` lists them.
 COMMAND_MODULES = (
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands()[args.command].run(args)
     except UnlearnKitError as exc:
-        print(f"unlearnkit: error: {exc}", file=sys.stderr)
+        print(f"unlearnkit: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("unlearnkit: interrupted; nothing half-written was left behind", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import Command, split_top_level
+from .common import Command, add_overwrite_arg, check_output, request_files, split_top_level
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -18,6 +18,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="a request to audit (repeatable; default: the suite's), e.g. random:0.1 or memorized:144")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/audit/SUITE)")
     p.add_argument("--cache", default="runs/bench-cache", help="model cache shared with `unlearnkit bench` (default: runs/bench-cache)")
+    add_overwrite_arg(p, "an existing audit of the same suite")
     p.add_argument("--workers", type=int, default=2, help="parallel training processes (default 2)")
     p.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker process (default 1)")
     p.add_argument("--retain-sample", type=int, default=1000, help="retained examples attacked (0: all of D_r; default 1000)")
@@ -36,7 +37,13 @@ def _audit(args: argparse.Namespace) -> int:
     settings = AuditSettings(models=args.models, workers=args.workers, threads=args.worker_threads,
                              retain_sample=args.retain_sample or None, memorization_models=args.memorization_models,
                              variance=args.variance, device=args.device)
-    out = args.out or f"benchmarks/results/audit/{suite.name}"
+    out = args.out if args.out is not None else f"benchmarks/results/audit/{suite.name}"
+    from .bench import check_cache
+
+    inputs = [suite.path, *([args.data_dir] if args.data_dir else []),
+              *(f for spec in args.request or [] for f in request_files(spec))]
+    out = check_output(out, "audit", args, inputs, detail=suite.name)
+    check_cache(args.cache, inputs + [out])
     methods = split_top_level(args.methods) if args.methods else None
     results = run_audit(suite, out, settings=settings, cache_dir=args.cache, methods=methods, requests=args.request,
                         data_dir=args.data_dir, command="unlearnkit " + " ".join(sys.argv[1:]),

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 
 from ..errors import UnlearnKitError
-from .common import Command, split_top_level
+from .common import Command, add_overwrite_arg, check_output, split_top_level
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,6 +18,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
                    "--seeds, splits a suite over processes that share --out and --cache")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/SUITE)")
     p.add_argument("--cache", default="runs/bench-cache", help="where originals and retrained models are cached")
+    add_overwrite_arg(p, "the records already in --out (every record is made again); without it a results folder of "
+                         "the same suite is resumed:")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
@@ -47,7 +49,10 @@ def _bench(args: argparse.Namespace) -> int:
     seeds = None if not args.seeds else parse_seeds(args.seeds)
     suffix = "" if args.prune is None else "-" + ("dense" if suite.prune is None else
                                                    "".join(c if c.isalnum() or c in ".=-" else "_" for c in suite.prune))
-    out = args.out or f"benchmarks/results/{suite.name}{suffix}"
+    out = args.out if args.out is not None else f"benchmarks/results/{suite.name}{suffix}"
+    inputs = [suite.path, *([args.data_dir] if args.data_dir else [])]
+    out = check_output(out, "bench", args, inputs, resume=True, detail=suite.name)
+    check_cache(args.cache, inputs + [out])
     methods = None
     if args.methods:
         from ..bench.suite import parse_variant
@@ -61,11 +66,27 @@ def _bench(args: argparse.Namespace) -> int:
                                   f"(its variants: {', '.join(v.label for v in suite.variants)})")
     run_suite(suite, out, cache_dir=args.cache, device=args.device, data_dir=args.data_dir, seeds=seeds, methods=methods,
               command="unlearnkit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("unlearnkit") else None,
-              progress=sys.stderr.isatty())
+              progress=sys.stderr.isatty(), rerun=args.overwrite)
     if not args.no_report:
         write_report(out)
         print(f"report written to {out}/report.md")
     return 0
+
+
+def check_cache(path: str | None, others: list) -> None:
+    """The model cache is written to as well: never an input or the results folder, never a file."""
+    from pathlib import Path
+
+    from ..outputs import check_output_name, overlaps
+
+    if path is None:
+        return
+    check_output_name(path, "--cache")
+    clash = overlaps(path, others)
+    if clash is not None:
+        raise UnlearnKitError(f"--cache {path} is, contains or lies inside {clash}; choose another --cache")
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UnlearnKitError(f"--cache {path} exists and is not a folder; choose another --cache")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -92,6 +113,8 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace) -> int:
     from ..bench import write_report
 
+    # The report's files are written into the results folder itself, so it must be one.
+    check_output(args.dir, "bench", args, [], option="DIR", resume=True)
     print(write_report(args.dir, budget=args.budget))
     return 0
 

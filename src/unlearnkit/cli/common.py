@@ -70,3 +70,49 @@ def training_changes(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     return changes
+
+
+# -- outputs (docs/safety.md) ------------------------------------------------------------------------------
+def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "an existing unlearnkit artefact of the same kind") -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} at the output (only once the new one is complete); without it an existing "
+                        "artefact is refused. A folder that is not one, or that is or holds an input, is always refused")
+
+
+def request_files(spec: str | None) -> list[str]:
+    """The files a request spec reads (``ids:FILE``, ``memorized:K:FILE``): inputs an output must stay clear of."""
+    if not spec or ":" not in spec:
+        return []
+    kind, _, rest = spec.strip().partition(":")
+    if kind == "ids":
+        return [rest]
+    if kind == "memorized" and ":" in rest:
+        return [rest.split(":", 1)[1]]
+    return []
+
+
+def data_inputs(dataset: str | None, data_dir: str | None) -> list[str]:
+    """The folder a data set is read from (its --data-dir, else the OS package's folder)."""
+    if data_dir is not None:
+        return [data_dir]
+    from ..data import DATASET_INFO
+
+    base = (dataset or "").split("[", 1)[0].strip()
+    default = (DATASET_INFO.get(base) or {}).get("default_dir")
+    return [default] if default else []
+
+
+def check_output(path, kind: str, args: argparse.Namespace, inputs, *, option: str = "--out", resume: bool = False,
+                 detail: str | None = None):
+    """:func:`unlearnkit.outputs.prepare_output` for a command's output, before any expensive work."""
+    from ..outputs import prepare_output
+
+    return prepare_output(path, kind, inputs=inputs, overwrite=bool(getattr(args, "overwrite", False)), resume=resume,
+                          detail=detail, option=option)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, escape sequences) written as escapes: one safe terminal line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

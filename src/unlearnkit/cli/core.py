@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import UnlearnKitError
-from .common import Command, add_data_args, parse_sets, training_changes
+from .common import Command, add_data_args, add_overwrite_arg, check_output, data_inputs, parse_sets, request_files, training_changes
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +24,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune", default=None, metavar="SPEC",
                    help="train a sparse model: omp:S, imp:S or synflow:S (S = fraction of weights zeroed; see docs/sparsity.md)")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
+    add_overwrite_arg(p, "an existing checkpoint")
+    p.add_argument("--keep-diverged", action="store_true",
+                   help="keep a run whose loss became non-finite (rolled back to the start of that epoch; the manifest "
+                        "says stopped_early); without it such a run writes nothing and exits 2")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -31,13 +35,17 @@ def _train(args: argparse.Namespace) -> int:
     from ..api import train
     from ..recipes import default_model, default_recipe
 
+    out = check_output(args.out, "checkpoint", args, data_inputs(args.dataset, args.data_dir) + request_files(args.request))
     model = args.model or default_model(args.dataset)
     config = default_recipe(args.dataset, model).replace(**training_changes(args))
     trained = train(
         args.dataset, model, request=args.request, config=config, seed=args.seed, device=args.device,
-        data_dir=args.data_dir, model_options=parse_sets(args.model_option), out=args.out,
+        data_dir=args.data_dir, model_options=parse_sets(args.model_option), out=out,
         progress=not args.no_progress and sys.stderr.isatty(), echo=True, prune=args.prune,
+        keep_diverged=args.keep_diverged,
     )
+    if trained.report.stopped_early:
+        print(f"stopped early: {trained.report.stopped_early}", file=sys.stderr)
     m = trained.metrics
     print(f"test accuracy {m['test_acc']:.2f} %, train accuracy {m['train_acc']:.2f} %, {m['train_seconds']:.0f} s")
     if trained.pruning is not None:
@@ -113,6 +121,10 @@ def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="checkpoint directory for the unlearned model")
+    add_overwrite_arg(p, "existing checkpoints (--out, --pruned-out)")
+    p.add_argument("--keep-diverged", action="store_true",
+                   help="keep a result whose loss became non-finite (rolled back to the start of that epoch; recorded in "
+                        "the manifest's notes); without it such a run writes nothing and exits 2")
     p.add_argument("--prune", default=None, metavar="SPEC",
                    help="prune first, then unlearn: prune the checkpoint by SPEC (omp:S, imp:S, synflow:S; see "
                         "docs/sparsity.md) and unlearn the pruned model; its mask holds through the method (and Retrain)")
@@ -127,6 +139,10 @@ def _unlearn(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, save_unlearned
     from ..methods import unlearn
 
+    inputs = [args.checkpoint, *([args.data_dir] if args.data_dir else []), *request_files(args.request)]
+    out = check_output(args.out, "checkpoint", args, inputs)
+    if args.pruned_out is not None:
+        check_output(args.pruned_out, "checkpoint", args, inputs + [args.out], option="--pruned-out")
     checkpoint = load_checkpoint(args.checkpoint)
     options = parse_sets(args.set)
     if args.prune is not None:  # bad specs and options fail before any pruning work
@@ -152,7 +168,12 @@ def _unlearn(args: argparse.Namespace) -> int:
         print(f"pruned by {pruning['spec']} to sparsity {pruning['achieved_sparsity']:.4f}: test accuracy "
               f"{checkpoint.manifest['metrics']['test_acc']:.2f} % before unlearning")
     result = unlearn(checkpoint, request, data, args.method, seed=args.seed, device=args.device, **options)
-    save_unlearned(args.out, result, checkpoint, request, data, seed=args.seed, data_dir=args.data_dir,
+    if result.notes.get("diverged") and not args.keep_diverged:
+        raise UnlearnKitError(f"{args.method} diverged ({result.notes.get('stopped_early')}); nothing was written: "
+                              "lower its learning rate, or pass --keep-diverged to keep the rolled-back model")
+    if result.notes.get("stopped_early"):
+        print(f"stopped early: {result.notes['stopped_early']}", file=sys.stderr)
+    save_unlearned(out, result, checkpoint, request, data, seed=args.seed, data_dir=args.data_dir,
                    pruned_from=dense)
     c = result.cost
     print(f"{args.method} unlearned {request.spec} ({request.forget.numel()} samples) in {c.seconds:.1f} s "
@@ -215,6 +236,21 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a folder: every stale .tmp-* folder below it is removed")
+    p.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from ..outputs import collect_garbage
+
+    found = collect_garbage(args.path, dry_run=args.dry_run)
+    for path in found:
+        print(("would remove " if args.dry_run else "removed ") + str(path))
+    print(f"{len(found)} stale temporary folder(s) {'found' if args.dry_run else 'removed'} under {args.path}")
+    return 0
+
+
 COMMANDS = [
     Command("train", "train a model (optionally on data poisoned/relabelled by a request)", _train_arguments, _train),
     Command("unlearn", "unlearn a request from a checkpoint with a registered method", _unlearn_arguments, _unlearn),
@@ -222,4 +258,6 @@ COMMANDS = [
     Command("demo", "the main job on the embedded default: train, unlearn with the best methods, compare with Retrain",
             _demo_arguments, _demo),
     Command("info", "list data sets, models, methods and metrics", _info_arguments, _info),
+    Command("gc", "remove the .tmp-* folders that killed writers left (only those whose process is gone)",
+            _gc_arguments, _gc),
 ]

@@ -7,7 +7,7 @@ import json
 
 from ..errors import UnlearnKitError
 from ..sparsity.spec import OPTIONS, PRUNE_METHODS, PruneSpec
-from .common import Command, parse_sets
+from .common import Command, add_overwrite_arg, check_output, parse_sets
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -15,6 +15,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help=f"pruning method: {', '.join(PRUNE_METHODS)}")
     p.add_argument("--sparsity", required=True, type=float, help="fraction of the prunable weights to zero, in [0, 1)")
     p.add_argument("--out", required=True, help="checkpoint directory for the pruned model")
+    add_overwrite_arg(p, "an existing checkpoint")
     p.add_argument("--scope", default="global", help="global (one threshold over all layers, default) or layer")
     p.add_argument("--layers", default="conv+linear", help="prunable weights: conv+linear (default), conv or linear")
     p.add_argument("--exclude-classifier", action="store_true", help="never prune the final linear layer")
@@ -35,6 +36,7 @@ def _prune(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..sparsity import prune_checkpoint, save_pruned
 
+    out = check_output(args.out, "checkpoint", args, [args.checkpoint, *([args.data_dir] if args.data_dir else [])])
     options = parse_sets(args.set)
     for key in ("scope", "layers", "classifier"):
         if key in options:
@@ -48,7 +50,7 @@ def _prune(args: argparse.Namespace) -> int:
     pruned = prune_checkpoint(checkpoint, spec, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                               at_init=args.at_init, seed=args.seed, device=args.device, data_dir=args.data_dir,
                               echo=not args.json)
-    path = save_pruned(pruned, checkpoint, args.out, data_dir=args.data_dir)
+    path = save_pruned(pruned, checkpoint, out, data_dir=args.data_dir)
     record, metrics = pruned.pruning, pruned.metrics
     if args.json:
         print(json.dumps({"checkpoint": str(path), "metrics": metrics, "pruning": record}, indent=2, default=str))

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import Command
+from ..errors import UnlearnKitError
+from .common import Command, printable
 
 
 def policy_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,11 +57,15 @@ def _forget(args: argparse.Namespace) -> int:
     from ..hybrid import Unlearner, ids_from_request
     from ..sisa import SisaModel
 
+    rid = args.request_id
+    if rid is not None and (not rid or len(rid) > 200 or not rid.isprintable() or any(c.isspace() for c in rid)):
+        raise UnlearnKitError(f"bad --request-id '{printable(rid)}': use 1-200 printable characters without spaces")
     sisa = SisaModel.open(args.model, data_dir=args.data_dir)
     policy = policy_from_args(args, (sisa.meta.get("hybrid") or {}).get("policy"))
+    # The ids are read and checked before the ledger is opened: a refused request leaves the model untouched.
+    ids, source = ids_from_request(sisa, args.ids, args.request, args.seed)
     with Unlearner(sisa, policy=policy, device=args.device, workers=args.workers, evaluate=args.evaluate,
                    echo=not args.json) as service:
-        ids, source = ids_from_request(sisa, args.ids, args.request, args.seed)
         if args.plan_only:
             plan = service.plan(ids, args.mode)
             print(json.dumps(plan.to_dict(), indent=2))
@@ -76,7 +81,7 @@ def _forget(args: argparse.Namespace) -> int:
 def _print_record(record, events: list[dict] | None = None) -> None:
     est = "-" if record.estimated_seconds is None else f"{record.estimated_seconds:.2f} s"
     act = "-" if record.actual_seconds is None else f"{record.actual_seconds:.2f} s"
-    print(f"request {record.id}: {record.state}, {record.decision or record.mode}, {record.n_ids} ids, "
+    print(f"request {printable(record.id)}: {record.state}, {record.decision or record.mode}, {record.n_ids} ids, "
           f"version {record.parent_version} -> {record.version}, estimated {est}, took {act}")
     if record.plan:
         print(f"  plan: {record.plan.get('reason')}")
@@ -120,6 +125,11 @@ def _requests(args: argparse.Namespace) -> int:
             _print_record(record)
         return 0
     store = SisaStore.open(args.model)
+    if not store.ledger_path.exists():  # no request yet: answer without creating an empty ledger
+        if args.requests_command == "show":
+            raise UnlearnKitError(f"no request {args.id!r}: {args.model} has no requests yet")
+        print("[]" if args.json else f"{args.model} has no requests yet")
+        return 0
     ledger = Ledger(store.ledger_path)
     try:
         if args.requests_command == "list":
@@ -132,7 +142,7 @@ def _requests(args: argparse.Namespace) -> int:
                 est = "" if r.estimated_seconds is None else f"{r.estimated_seconds:.2f}"
                 act = "" if r.actual_seconds is None else f"{r.actual_seconds:.2f}"
                 version = "" if r.version is None else str(r.version)
-                print(f"{r.id:<24} {r.state:<8} {r.decision or '':<8} {r.n_ids:>6} {version:>7} {est:>8} {act:>8}  {r.created}")
+                print(f"{printable(r.id):<24} {r.state:<8} {r.decision or '':<8} {r.n_ids:>6} {version:>7} {est:>8} {act:>8}  {r.created}")
             return 0
         record = ledger.get(args.id)
         events = ledger.events(record.id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import Command, add_data_args, parse_sets, training_changes
+from .common import Command, add_data_args, check_output, data_inputs, parse_sets, training_changes
 from .requests import policy_arguments, policy_from_args
 
 
@@ -54,11 +54,14 @@ def _sisa_train(args: argparse.Namespace) -> int:
     from ..recipes import default_model
     from ..sisa.model import default_stage_config, train_sisa
 
+    # A SISA model folder holds its request ledger (the deletion audit trail): it is continued when its training was
+    # interrupted, never replaced (there is no --overwrite here; remove an old model yourself).
+    out = check_output(args.out, "sisa", args, data_inputs(args.dataset, args.data_dir), resume=True)
     data = as_dataset(args.dataset, args.data_dir)
     model = args.model or default_model(data.name)
     config = default_stage_config(data, model, args.slices).replace(**training_changes(args))
     policy = policy_from_args(args)
-    sisa = train_sisa(data, model, out=args.out, shards=args.shards, slices=args.slices, config=config, seed=args.seed,
+    sisa = train_sisa(data, model, out=out, shards=args.shards, slices=args.slices, config=config, seed=args.seed,
                       workers=args.workers, threads=args.shard_threads, device=args.device, data_dir=args.data_dir,
                       model_options=parse_sets(args.model_option), echo=True)
     sisa.store.update_meta(hybrid={**(sisa.meta.get("hybrid") or {}), "policy": policy.to_dict()})

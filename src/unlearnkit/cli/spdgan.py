@@ -12,7 +12,7 @@ from dataclasses import fields
 
 from ..errors import UnlearnKitError
 from ..spdgan import SpdGanConfig
-from .common import Command, parse_sets
+from .common import Command, add_overwrite_arg, check_output, parse_sets, request_files
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +23,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--checkpoint", required=True, help="the original model (its labels are the ones to keep)")
     train.add_argument("--request", default=None, help="what will be forgotten (default: the request the checkpoint records)")
     train.add_argument("--out", required=True, help="directory to write the generator to")
+    add_overwrite_arg(train, "an existing generator")
     train.add_argument("--epsilon", type=float, default=None, help=f"L∞ budget in pixel units (default {SpdGanConfig.epsilon})")
     train.add_argument("--epochs", type=int, default=None, help=f"passes over the forget set (default {SpdGanConfig.epochs})")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -40,6 +41,9 @@ def _train(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..spdgan import save_spdgan, train_for_request
 
+    out = check_output(args.out, "spdgan", args, [args.checkpoint, *([args.data_dir] if args.data_dir else []),
+                                                  *request_files(args.request)])
+
     options = parse_sets(args.set)
     for key in ("epsilon", "epochs"):
         if key in options:
@@ -55,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
     gan = train_for_request(checkpoint.model, data, request, config, seed=args.seed, device=args.device,
                             progress=not args.no_progress and sys.stderr.isatty(), echo=True,
                             original_path=checkpoint.path, original_file_sha256=checkpoint.manifest["weights"]["sha256"])
-    path = save_spdgan(args.out, gan)
+    path = save_spdgan(out, gan)
     cost = gan.manifest["cost"]
     print(f"{cost['seconds']:.1f} s; generator written to {path}")
     return 0
