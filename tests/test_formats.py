@@ -102,13 +102,15 @@ def _cifar_batch(n, label_key, classes, rng):
     }
 
 
-def test_cifar10_reader(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_reader(tmp_path, protocol):
+    # Protocol 5 (numpy's _frombuffer) is what some writers produce by default; it must load too.
     rng = np.random.default_rng(0)
     batches = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batches[name] = _cifar_batch(3, b"labels", 10, rng)
         with open(tmp_path / name, "wb") as handle:
-            pickle.dump(batches[name], handle, protocol=2)
+            pickle.dump(batches[name], handle, protocol=protocol)
     data = load_cifar10(tmp_path)
     assert data.x_train.shape == (15, 3, 32, 32) and data.x_test.shape == (3, 3, 32, 32)
     first = batches["data_batch_1"][b"data"][0].reshape(3, 32, 32)
@@ -158,3 +160,24 @@ def test_digits(digits):
     assert digits.x_train.shape[1:] == (1, 8, 8)
     assert digits.n_train + digits.x_test.shape[0] == 1797
     assert float(digits.x_train.max()) <= 1.0
+
+
+def test_cifar_protocol5_refuses_object_arrays(tmp_path):
+    # the one global protocol 5 adds (_frombuffer) cannot rebuild objects
+    with open(tmp_path / "objects", "wb") as handle:
+        pickle.dump({b"data": np.array([_Evil()], dtype=object), b"labels": [0]}, handle, protocol=5)
+    with pytest.raises(UnlearnKitError, match="refusing to load"):
+        formats.read_cifar_batch(tmp_path / "objects")
+
+
+def test_data_sets_without_training_images_or_with_two_shapes_are_refused(tmp_path):
+    from unlearnkit.data import Dataset
+
+    x, y = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(UnlearnKitError, match="no training images"):
+        Dataset("d", x[:0], y[:0], x, y, num_classes=2, class_names=("a", "b"))
+    with pytest.raises(UnlearnKitError, match="both splits must have one shape"):
+        Dataset("d", x, y, torch.zeros(4, 1, 9, 9), y, num_classes=2, class_names=("a", "b"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UnlearnKitError, match="is not a directory"):
+        load_mnist(tmp_path / "file")
