@@ -518,7 +518,7 @@ def confinement_cases() -> list[Case]:
         os.symlink("../victim.txt", sandbox / "sisa" / ".lock")
     cases.append(Case("confine-sisa-lock-symlink", "confine",
                       ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact"], setup=lock_link, needs=("sisa",),
-                      quick=True))
+                      quick=False))
 
     def version_name(name: str) -> Callable[[Path], None]:
         def setup(sandbox: Path) -> None:
