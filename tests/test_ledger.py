@@ -173,8 +173,14 @@ def test_a_process_killed_in_mid_retrain_loses_nothing_and_the_restart_finishes_
     assert [e["state"] for e in ledger.events("victim-request")] == ["received", "planned", "running", "running", "done"]
     ledger.close()
 
-    again = _cli("forget", "--model", str(victim.path), "--ids", str(ids_file), "--request-id", "victim-request")
+    again = _cli("forget", "--model", str(victim.path), "--ids", str(ids_file), "--request-id", "victim-request",
+                 "--mode", "exact")
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     assert victim.store.version_numbers() == [0, 1]  # resubmission is a no-op
+    other = _cli("forget", "--model", str(victim.path), "--ids", str(ids_file), "--request-id", "victim-request")
+    out, err = other.communicate(timeout=120)  # the same id with another mode is another request: refused
+    assert other.returncode == 2 and err.strip() == (
+        "unlearnkit: error: request id 'victim-request' was submitted with other options (mode exact then auto) and is "
+        "done; resubmit it with the same options, or choose a new id"), err
     assert expected.version == 1

@@ -135,6 +135,12 @@ def test_missing_or_corrupted_slice_checkpoint_is_rebuilt_and_reported(capsys, m
     assert shard["resumed_from_stage"] == 0 and shard["trained_stages"] == [1, 2, 3]
     assert any("corrupted" in w for w in shard["warnings"])
     # Rebuilt under the same history key (deleting from slice 2 does not change stages 1 and 2); the
-    # corrupted copy was moved aside and then collected with the other stale checkpoints.
+    # corrupted copy was moved aside and is kept for inspection: its history is a current one, so it held
+    # no deleted id. A deletion from slice 1 makes that history stale: then the copy is purged too.
     assert (stage2 / "model.safetensors").read_bytes() != b"not a checkpoint" and stage1.exists()
-    assert not [p for p in (model_dir / "stages" / "shard-00").iterdir() if ".corrupt-" in p.name]
+    (aside,) = [p for p in (model_dir / "stages" / "shard-00").iterdir() if ".corrupt-" in p.name]
+    assert aside.name.startswith(stage2.name)
+    code, out, err = run(capsys, "forget", "--model", model_dir, "--ids", ids_file(tmp_path, slice_ids(model_dir, 0, 1, 1)),
+                         "--mode", "exact", "--request-id", "e", "--json")
+    assert code == 0, err
+    assert not aside.exists()

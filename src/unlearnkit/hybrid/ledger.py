@@ -10,7 +10,18 @@ States::
 * ``planned``: the plan (exact or approximate, per-shard estimates), the version it starts from and the
   version it will produce (``parent_version + 1``).
 * ``running``: an attempt started (``attempts`` counts them).
-* ``done``: the new model version exists; actual cost and metrics are recorded.
+* ``done``: the new model version exists **and every artefact trained on the request's ids is purged**
+  (stage checkpoints, superseded versions' weights beyond the retention setting, temporary folders; see
+  :mod:`unlearnkit.sisa.store`); actual cost, metrics and the purge are recorded.
+
+Each request also stores the **options** it was submitted with (the planner policy and whether to
+evaluate the new version), so that whichever process runs it applies them.
+
+Purges are rows of the ``purges`` table: what was removed (a stage checkpoint, a version's weights, a
+temporary folder, a quarantined checkpoint), why, its content hash where it had one, and when. A purge is
+planned (rows inserted, ``purged`` NULL) before anything is deleted and stamped when it is done, so that a
+kill in the middle leaves the plan behind for the restart to finish; ``request_id`` is NULL for a purge
+that no request caused (a repair when the ledger is opened, a retention change).
 
 The database runs in WAL mode with ``synchronous=FULL``: a committed transition survives a crash or a power
 cut. Transitions are guarded (``UPDATE ... WHERE state IN (...)``), so a request is never moved backwards
@@ -37,9 +48,11 @@ from ..sisa.layout import ids_digest
 STATES = ("received", "planned", "running", "done", "failed")
 UNFINISHED = ("received", "planned", "running")
 MODES = ("auto", "exact", "approx")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+# Schema 1, as the first ledgers were written; every ledger is created at schema 1 and brought to
+# SCHEMA_VERSION by the migrations below, so that a new ledger and an upgraded old one are the same.
+_SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS requests (
     seq               INTEGER PRIMARY KEY AUTOINCREMENT,
     id                TEXT NOT NULL UNIQUE,
@@ -73,6 +86,24 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_request ON events(request_id);
 """
 
+# _MIGRATIONS[v] brings a ledger from schema v to v + 1 (run in one transaction with the user_version bump).
+_MIGRATIONS: dict[int, str] = {
+    1: """
+ALTER TABLE requests ADD COLUMN options TEXT;
+CREATE TABLE purges (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT REFERENCES requests(id),
+    planned    TEXT NOT NULL,
+    purged     TEXT,
+    kind       TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    detail     TEXT
+);
+CREATE INDEX purges_by_request ON purges(request_id);
+""",
+}
+PURGE_KINDS = ("stage", "version-weights", "temporary", "quarantined")
+
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
@@ -101,6 +132,7 @@ class RequestRecord:
     error: str | None
     created: str
     updated: str
+    options: dict | None = None  # {"policy": {...}, "evaluate": bool}; None in rows written before schema 2
 
     @property
     def finished(self) -> bool:
@@ -110,30 +142,53 @@ class RequestRecord:
         out = {k: getattr(self, k) for k in (
             "id", "seq", "state", "mode", "decision", "source", "n_ids", "ids_sha256", "parent_version", "version",
             "estimated_seconds", "estimated_samples", "actual_seconds", "actual_samples", "attempts", "error",
-            "created", "updated", "plan", "metrics")}
+            "created", "updated", "options", "plan", "metrics")}
         if with_ids:
             out["ids"] = self.ids.tolist()
         return out
 
 
 class Ledger:
-    def __init__(self, path: str | Path) -> None:
+    """The ledger at ``path``; created (or an older schema upgraded in place) when opened, unless ``create``
+    is False, in which case a missing file is an error and nothing is written."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise UnlearnKitError(f"{self.path} does not exist: no deletion request was ever submitted to this model")
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise UnlearnKitError(f"{self.path} is a ledger of schema {version}; this unlearnkit reads schema {SCHEMA_VERSION}")
-            self.db.executescript(_SCHEMA)
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise UnlearnKitError(f"request ledger {self.path} cannot be opened: {exc}") from None
         if str(mode).lower() != "wal":
             raise UnlearnKitError(f"request ledger {self.path}: SQLite refused WAL mode ({mode}); is it on a network file system?")
+
+    def _migrate(self) -> None:
+        """Bring the ledger to SCHEMA_VERSION, one migration per transaction (safe against concurrent openers
+        and kills: a migration is either applied with its version bump or not at all)."""
+        while True:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
+                return
+            if version > SCHEMA_VERSION or (version and version not in _MIGRATIONS):
+                raise UnlearnKitError(f"{self.path} is a ledger of schema {version}; this unlearnkit reads schemas up to "
+                                      f"{SCHEMA_VERSION} (upgrade unlearnkit)")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if self.db.execute("PRAGMA user_version").fetchone()[0] == version:  # nobody migrated it meanwhile
+                    script = _SCHEMA_1 if version == 0 else _MIGRATIONS[version]
+                    for statement in filter(str.strip, script.split(";")):
+                        self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version={1 if version == 0 else version + 1}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
 
     def close(self) -> None:
         self.db.close()
@@ -176,15 +231,21 @@ class Ledger:
 
     # -- writing -----------------------------------------------------------------------------------------
     def submit(self, ids: np.ndarray, request_id: str | None = None, mode: str = "auto",
-               source: str | None = None) -> tuple[RequestRecord, bool]:
-        """Record a request; returns (record, created). An existing id with the same ids is returned as is."""
+               source: str | None = None, options: dict | None = None) -> tuple[RequestRecord, bool]:
+        """Record a request with the ``options`` it must run with; returns (record, created).
+
+        A known ``request_id`` with the same ids, mode and options is returned as is (idempotent resubmission).
+        With other ids it is refused; with another mode or other options it is refused too, unless the
+        request failed, in which case it is queued again with the new ones (see :meth:`retry`).
+        """
         if mode not in MODES:
             raise UnlearnKitError(f"unknown mode {mode!r}; use auto, exact or approx")
         ids = np.sort(np.asarray(ids, dtype=np.int64))
         digest = ids_digest(ids)
         request_id = request_id if request_id is not None else "r-" + uuid.uuid4().hex[:12]
-        if not request_id or len(request_id) > 200 or any(c.isspace() for c in request_id):
-            raise UnlearnKitError(f"bad request id {request_id!r}: use 1-200 characters without spaces")
+        if not request_id or len(request_id) > 200 or any(c.isspace() or not c.isprintable() for c in request_id):
+            raise UnlearnKitError(f"bad request id {request_id!r}: use 1-200 printable characters without spaces")
+        options_json = None if options is None else json.dumps(options, sort_keys=True, default=_json_default)
         now = _now()
         try:
             self.db.execute("BEGIN IMMEDIATE")
@@ -196,12 +257,21 @@ class Ledger:
                     raise UnlearnKitError(
                         f"request id {request_id!r} was already used for another request ({existing.n_ids} ids, "
                         f"{existing.state}, submitted {existing.created}); choose a new id")
+                same_options = existing.options is None or options is None or \
+                    json.dumps(existing.options, sort_keys=True) == options_json
+                if (existing.mode != mode or not same_options) and existing.state != "failed":
+                    differ = _options_diff(existing.mode, existing.options, mode,
+                                           None if options_json is None else json.loads(options_json))
+                    raise UnlearnKitError(
+                        f"request id {request_id!r} was submitted with other options ({differ}) and is "
+                        f"{existing.state}; resubmit it with the same options, or choose a new id")
                 return existing, False
             self.db.execute(
-                "INSERT INTO requests (id, state, mode, source, n_ids, ids_sha256, ids, created, updated) "
-                "VALUES (?, 'received', ?, ?, ?, ?, ?, ?, ?)",
-                (request_id, mode, source, int(ids.size), digest, ids.astype("<i8").tobytes(), now, now))
-            self._event(request_id, "received", f"{ids.size} ids, mode {mode}" + (f", from {source}" if source else ""))
+                "INSERT INTO requests (id, state, mode, source, n_ids, ids_sha256, ids, options, created, updated) "
+                "VALUES (?, 'received', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (request_id, mode, source, int(ids.size), digest, ids.astype("<i8").tobytes(), options_json, now, now))
+            self._event(request_id, "received", f"{ids.size} ids, mode {mode}" + (f", from {source}" if source else "")
+                        + ("" if options is None else f", options {_options_text(None, json.loads(options_json))}"))
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -222,25 +292,93 @@ class Ledger:
 
     def mark_done(self, request_id: str, version: int | None, actual_seconds: float | None, actual_samples: int | None,
                   metrics: dict, note: str = "") -> RequestRecord:
+        """The request is done. Refused while a purge planned for it is unfinished: a request is done only
+        when no artefact trained on its ids remains."""
         return self._transition(request_id, UNFINISHED, "done", {
             "version": version, "actual_seconds": actual_seconds, "actual_samples": actual_samples,
             "metrics": json.dumps(metrics, default=_json_default), "error": None,
-        }, note or f"version {version}")
+        }, note or f"version {version}", purged=True)
 
     def mark_failed(self, request_id: str, error: str) -> RequestRecord:
         return self._transition(request_id, UNFINISHED, "failed", {"error": error}, error)
 
-    def retry(self, request_id: str) -> RequestRecord:
-        """A failed request goes back to ``received`` (its plan is made again)."""
-        return self._transition(request_id, ("failed",), "received", {
-            "plan": None, "decision": None, "estimated_seconds": None, "estimated_samples": None,
-            "parent_version": None, "version": None, "error": None}, "resubmitted after failure")
+    def retry(self, request_id: str, mode: str | None = None, options: dict | None = None) -> RequestRecord:
+        """A failed request goes back to ``received`` (its plan is made again), with a new mode/options if given."""
+        values: dict[str, Any] = {"plan": None, "decision": None, "estimated_seconds": None, "estimated_samples": None,
+                                  "parent_version": None, "version": None, "error": None}
+        if mode is not None:
+            if mode not in MODES:
+                raise UnlearnKitError(f"unknown mode {mode!r}; use auto, exact or approx")
+            values["mode"] = mode
+        if options is not None:
+            values["options"] = json.dumps(options, sort_keys=True, default=_json_default)
+        return self._transition(request_id, ("failed",), "received", values, "resubmitted after failure")
 
-    def _transition(self, request_id: str, allowed: tuple[str, ...], state: str, values: dict, note: str) -> RequestRecord:
+    # -- purges ------------------------------------------------------------------------------------------
+    def plan_purge(self, request_id: str | None, items: Iterable[dict]) -> int:
+        """Record artefacts about to be removed (``kind``, ``path`` relative to the model directory, ``detail``)
+        before any is touched; an artefact already planned and not yet purged is not recorded twice.
+        Returns how many rows were added."""
+        added = 0
+        now = _now()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            for item in items:
+                if item["kind"] not in PURGE_KINDS:
+                    raise UnlearnKitError(f"unknown purge kind {item['kind']!r}")
+                known = self.db.execute("SELECT 1 FROM purges WHERE path = ? AND kind = ? AND purged IS NULL",
+                                        (item["path"], item["kind"])).fetchone()
+                if known is None:
+                    self.db.execute("INSERT INTO purges (request_id, planned, kind, path, detail) VALUES (?, ?, ?, ?, ?)",
+                                    (request_id, now, item["kind"], item["path"],
+                                     json.dumps(item.get("detail") or {}, sort_keys=True, default=_json_default)))
+                    added += 1
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise UnlearnKitError(f"request ledger {self.path}: {exc}") from None
+        return added
+
+    def pending_purges(self) -> list[dict]:
+        """Purges planned and not yet done (by any request): the restart finishes them first."""
+        rows = self.db.execute("SELECT * FROM purges WHERE purged IS NULL ORDER BY seq").fetchall()
+        return [_purge(r) for r in rows]
+
+    def finish_purges(self, paths: Iterable[tuple[str, str]]) -> None:
+        """Stamp the planned purges of these (kind, path) pairs as done, now."""
+        now = _now()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            for kind, path in paths:
+                self.db.execute("UPDATE purges SET purged = ? WHERE kind = ? AND path = ? AND purged IS NULL", (now, kind, path))
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise UnlearnKitError(f"request ledger {self.path}: {exc}") from None
+
+    def purges(self, request_id: str | None = None, *, all_requests: bool = False) -> list[dict]:
+        """The purges of ``request_id`` (None: those no request caused), or every purge with ``all_requests``."""
+        if all_requests:
+            rows = self.db.execute("SELECT * FROM purges ORDER BY seq").fetchall()
+        elif request_id is None:
+            rows = self.db.execute("SELECT * FROM purges WHERE request_id IS NULL ORDER BY seq").fetchall()
+        else:
+            rows = self.db.execute("SELECT * FROM purges WHERE request_id = ? ORDER BY seq", (request_id,)).fetchall()
+        return [_purge(r) for r in rows]
+
+    def _transition(self, request_id: str, allowed: tuple[str, ...], state: str, values: dict, note: str,
+                    purged: bool = False) -> RequestRecord:
         sets = ", ".join(f"{k} = ?" for k in values)
         marks = ",".join("?" * len(allowed))
         try:
             self.db.execute("BEGIN IMMEDIATE")
+            if purged:
+                left = self.db.execute("SELECT count(*) FROM purges WHERE request_id = ? AND purged IS NULL",
+                                       (request_id,)).fetchone()[0]
+                if left:
+                    self.db.execute("ROLLBACK")
+                    raise UnlearnKitError(f"request {request_id!r} cannot become {state}: {left} planned purge(s) "
+                                          "are not finished")
             cursor = self.db.execute(
                 f"UPDATE requests SET state = ?, {sets}, updated = ? WHERE id = ? AND state IN ({marks})",
                 (state, *values.values(), _now(), request_id, *allowed))
@@ -269,9 +407,41 @@ class Ledger:
 def _record(row: sqlite3.Row) -> RequestRecord:
     data = dict(row)
     data["ids"] = np.frombuffer(data["ids"], dtype="<i8").astype(np.int64)
-    for key in ("plan", "metrics"):
+    for key in ("plan", "metrics", "options"):
         data[key] = json.loads(data[key]) if data[key] else None
     return RequestRecord(**data)
+
+
+def _purge(row: sqlite3.Row) -> dict:
+    data = dict(row)
+    data["detail"] = json.loads(data["detail"]) if data["detail"] else {}
+    return data
+
+
+def _flat_options(mode: str | None, options: dict | None) -> dict:
+    flat = {} if mode is None else {"mode": mode}
+    flat.update((options or {}).get("policy") or {})
+    if options and "evaluate" in options:
+        flat["evaluate"] = bool(options["evaluate"])
+    return flat
+
+
+def _options_diff(mode: str, options: dict | None, new_mode: str, new_options: dict | None) -> str:
+    before, after = _flat_options(mode, options), _flat_options(new_mode, new_options)
+    if options is None or new_options is None:
+        before, after = {"mode": mode}, {"mode": new_mode}
+    keys = [k for k in dict.fromkeys([*before, *after]) if before.get(k) != after.get(k)]
+    return ", ".join(f"{k} {before.get(k)} then {after.get(k)}" for k in keys)
+
+
+def _options_text(mode: str | None, options: dict | None) -> str:
+    parts = [] if mode is None else [f"mode {mode}"]
+    if options:
+        policy = options.get("policy") or {}
+        parts += [f"{k}={v}" for k, v in sorted(policy.items())]
+        if "evaluate" in options:
+            parts.append(f"evaluate={bool(options['evaluate'])}")
+    return ", ".join(parts) or "no options"
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,35 +1,41 @@
-"""Honouring deletion requests on a SISA model: ledger, plan, exact or approximate path, new version.
+"""Honouring deletion requests on a SISA model: ledger, plan, exact or approximate path, new version, purge.
 
 Crash semantics (docs/sisa.md has the full story). Requests are processed one at a time, in submission
-order, under an exclusive lock on the model directory. The commit point of a request is the atomic rename
-of its new version directory, which records the request id; the ledger's ``done`` comes after it. So on
-restart, for every unfinished request:
+order, under an exclusive lock on the model directory. A request commits in two steps, both repeatable:
 
-* ``received``: it is planned now (nothing was done yet);
-* ``planned``/``running`` and its target version exists, made by this request: the crash came between
-  the commit and the ledger update; the request is marked done, nothing is re-run;
+1. the atomic rename of its new version directory, which records the request id (the weights commit);
+2. the purge of every artefact trained on its ids (``SisaStore.purge_plan``: stage checkpoints of histories
+   that hold deleted ids, superseded versions' weights beyond the retention setting, temporary folders),
+   planned in the ledger before anything is removed and stamped when done.
+
+Only then does the ledger say ``done`` (the ledger refuses ``done`` while a planned purge is unfinished).
+So on restart, for every unfinished request:
+
+* ``received``: it is planned now (nothing was done yet), with the options stored with it;
+* ``planned``/``running`` and its target version exists, made by this request: the crash came after the
+  weights commit; the purge is (re)done, then the request is marked done; nothing is re-run;
 * ``planned``/``running`` otherwise: it runs again from its parent version. An exact retrain finds the
   stage checkpoints it had already written under their history keys and continues after them, so the
   result is the same as an uninterrupted run, bit for bit.
 
-A request is therefore applied exactly once. Model versions are never overwritten.
+Every run (``forget``, ``requests resume``, the service's worker) ends with a sweep of the same purge rules
+against the current version, so that what an older unlearnkit, a killed purge or a failed request left
+behind is removed too (recorded with no request id). A request is therefore applied exactly once, and
+``done`` means no artefact trained on its ids remains. Model versions are never overwritten.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
-import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
+from .. import _fault
 from ..errors import UnlearnKitError
 from ..sisa.layout import ACTIVE, DELETED_APPROX, derived_seed
 from ..sisa.model import SisaModel
@@ -44,27 +50,8 @@ from .planner import ApproxSettings, Plan, make_plan, validate_ids
 @contextlib.contextmanager
 def model_lock(sisa: SisaModel, echo: bool = False) -> Iterator[None]:
     """Exclusive lock on the model directory (released by the kernel if the process dies)."""
-    handle = open(sisa.store.lock_path, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if echo:
-                print(f"waiting for another unlearnkit process working on {sisa.path} ...", file=sys.stderr, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        _remove_temporaries(sisa.path)
+    with sisa.store.lock(echo):
         yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
-def _remove_temporaries(root: Path) -> None:
-    """Leftovers of writes a killed process never renamed into place (only ever removed under the lock)."""
-    for folder in [root, root / "versions", *(root / "stages").glob("shard-*")]:
-        if folder.is_dir():
-            for entry in folder.glob(".tmp-*"):
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
 class Unlearner:
@@ -72,6 +59,9 @@ class Unlearner:
 
     ``policy`` and ``approx`` default to what the model directory stores (``sisa.json`` ``hybrid`` entry) or
     the documented defaults. ``evaluate`` adds the new ensemble's test accuracy to each request's metrics.
+    ``policy`` and ``evaluate`` are stored with every request this object submits, and a request is always
+    planned and run with its own stored options, whichever process runs it; they apply here only to
+    requests of older ledgers, which stored none.
     """
 
     def __init__(self, model: SisaModel | str | os.PathLike, *, policy: Policy | None = None,
@@ -85,6 +75,7 @@ class Unlearner:
         self.workers = self.sisa.workers if workers is None else workers
         self.evaluate = evaluate
         self.echo = echo
+        _fault.arm()
         self.ledger = Ledger(self.sisa.store.ledger_path)
         self.pool = ShardPool(self.workers)  # started when a plan runs shards in parallel; kept until close()
 
@@ -103,21 +94,34 @@ class Unlearner:
         self.close()
 
     # -- planning ------------------------------------------------------------------------------------
-    def plan(self, ids, mode: str = "auto", status: np.ndarray | None = None) -> Plan:
+    def plan(self, ids, mode: str = "auto", status: np.ndarray | None = None, policy: Policy | None = None) -> Plan:
         """What would happen to ``ids`` now (nothing is recorded or changed)."""
         if status is None:
-            status = self.sisa.version().status
+            status = self.sisa.store.read_status(self.sisa.current_version())
         return make_plan(ids, self.sisa.provenance, status, epochs=self.sisa.config.epochs, workers=self.workers,
-                         cal=self.calibration, policy=self.policy, approx=self.approx, mode=mode,
+                         cal=self.calibration, policy=policy or self.policy, approx=self.approx, mode=mode,
                          pool_warm=self.pool.warm)
+
+    def options(self) -> dict:
+        """The options a request submitted here is stored with (and run with, by whichever process runs it)."""
+        return {"policy": self.policy.to_dict(), "evaluate": bool(self.evaluate)}
+
+    def _policy_of(self, record: RequestRecord) -> Policy:
+        stored = (record.options or {}).get("policy")
+        return self.policy if stored is None else Policy(**stored)
+
+    def _evaluate_of(self, record: RequestRecord) -> bool:
+        return bool((record.options or {}).get("evaluate", self.evaluate))
 
     # -- requests ------------------------------------------------------------------------------------
     def submit(self, ids, request_id: str | None = None, mode: str = "auto", source: str | None = None) -> RequestRecord:
-        """Record a request (idempotent for a known ``request_id``; a failed one is queued again)."""
+        """Record a request with this object's options (idempotent for a known ``request_id`` with the same
+        ids, mode and options; a failed one is queued again, with the new mode and options)."""
         ids = validate_ids(ids, self.sisa.provenance)
-        record, created = self.ledger.submit(ids, request_id, mode, source)
+        options = self.options()
+        record, created = self.ledger.submit(ids, request_id, mode, source, options)
         if not created and record.state == "failed":
-            record = self.ledger.retry(record.id)
+            record = self.ledger.retry(record.id, mode, options)
         return record
 
     def forget(self, ids, request_id: str | None = None, mode: str = "auto", source: str | None = None) -> RequestRecord:
@@ -129,7 +133,8 @@ class Unlearner:
         return self.ledger.get(record.id)
 
     def run_pending(self) -> list[RequestRecord]:
-        """Finish every unfinished request, oldest first; a failure is recorded and raised after the rest ran."""
+        """Finish every unfinished request, oldest first, then sweep what no request may keep (see the module
+        doc); a failure is recorded and raised after the rest ran."""
         finished, first_error = [], None
         with model_lock(self.sisa, self.echo):
             for record in self.ledger.unfinished():
@@ -137,9 +142,33 @@ class Unlearner:
                     finished.append(self._process(record))
                 except UnlearnKitError as exc:
                     first_error = first_error or exc
+            try:
+                self.sweep()
+            except UnlearnKitError as exc:
+                first_error = first_error or exc
         if first_error is not None:
             raise first_error
         return finished
+
+    def sweep(self) -> list[dict]:
+        """Purge, against the current version, whatever no request may keep; recorded with no request id.
+        Call under the model lock (:meth:`run_pending` does)."""
+        store = self.sisa.store
+        if not store.version_numbers():
+            return []
+        current = store.current_version()
+        return self._purge(None, store.read_status(current), current)
+
+    def _purge(self, request_id: str | None, status: np.ndarray, current: int) -> list[dict]:
+        """Plan (in the ledger), remove, and stamp every artefact that must go now that ``current`` is the
+        current version, together with any purge an earlier process planned and did not finish."""
+        store = self.sisa.store
+        self.ledger.plan_purge(request_id, store.purge_plan(status, current))
+        pending = self.ledger.pending_purges()
+        for item in pending:
+            store.purge(item, request_id=item["request_id"], when=item["planned"])
+        self.ledger.finish_purges((item["kind"], item["path"]) for item in pending)
+        return pending
 
     # -- one request ---------------------------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -151,11 +180,12 @@ class Unlearner:
         if record.state == "received":
             current = store.current_version()
             try:
-                plan = self.plan(record.ids, record.mode, store.read_version(current).status)
+                policy = self._policy_of(record)
+                plan = self.plan(record.ids, record.mode, store.read_status(current), policy)
             except UnlearnKitError as exc:
                 self.ledger.mark_failed(record.id, str(exc))
                 raise
-            details = {**plan.to_dict(), "policy": self.policy.to_dict(), "approx_settings": dataclasses.asdict(self.approx),
+            details = {**plan.to_dict(), "policy": policy.to_dict(), "approx_settings": dataclasses.asdict(self.approx),
                        "calibration": self.calibration.to_dict()}
             chosen = plan.chosen
             record = self.ledger.mark_planned(record.id, details, plan.decision,
@@ -175,8 +205,10 @@ class Unlearner:
                 raise UnlearnKitError(f"version {target} of {store.path} was made by request {info.get('request_id')!r}, "
                                       f"not by {record.id!r}: the ledger and the versions disagree")
             cost = info.get("cost", {})
+            purged = self._purge(record.id, store.read_status(target), target)
             return self.ledger.mark_done(record.id, target, cost.get("seconds"), cost.get("samples"), info.get("metrics", {}),
-                                         note=f"version {target} was committed before an interruption; recorded now")
+                                         note=f"version {target} was committed before an interruption; "
+                                              f"{_purge_text(purged)}; recorded now")
         if store.current_version() != parent:
             raise UnlearnKitError(f"request {record.id!r} was planned against version {parent}, but the model is at "
                                   f"version {store.current_version()}; resubmit it under a new id")
@@ -193,7 +225,7 @@ class Unlearner:
 
     def _execute(self, record: RequestRecord, parent: int, target: int) -> RequestRecord:
         store, sisa = self.sisa.store, self.sisa
-        sisa.data  # loading the data set is the process's cost, not the request's
+        _ = sisa.data  # loading the data set is the process's cost, not the request's
         started = time.perf_counter()
         with metered() as meter:
             version = store.read_version(parent)
@@ -215,7 +247,8 @@ class Unlearner:
                 states, status = result.states, result.status
                 metrics["shards"] = result.shards
                 samples = meter.backward
-            if self.evaluate:
+                _fault.point("approx-done")
+            if self._evaluate_of(record):
                 from ..sisa.store import Version
 
                 metrics["test_acc"] = sisa.test_accuracy(Version(target, states, status, {}), device=self.device)
@@ -227,12 +260,24 @@ class Unlearner:
             "metrics": metrics,
             "cost": {"seconds": round(seconds, 4), "samples": int(samples), "forward_samples": meter.forward},
         }
-        store.write_version(target, states, status, info)  # the commit point
-        done = self.ledger.mark_done(record.id, target, round(time.perf_counter() - started, 4), int(samples), metrics)
-        removed = store.collect_stages(sisa.reachable_stages(status))
+        store.write_version(target, states, status, info)  # the weights commit
+        _fault.point("committed")
+        purged = self._purge(record.id, status, target)  # the purge: part of the commit
+        _fault.point("purged")
+        done = self.ledger.mark_done(record.id, target, round(time.perf_counter() - started, 4), int(samples), metrics,
+                                     note=f"version {target}; {_purge_text(purged)}")
         self._say(f"request {record.id}: done, version {target} ({done.actual_seconds:.2f} s; "
-                  f"estimated {record.estimated_seconds or 0:.2f} s; {removed} stale stage checkpoint(s) removed)")
+                  f"estimated {record.estimated_seconds or 0:.2f} s; {_purge_text(purged)})")
         return done
+
+
+def _purge_text(items: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item["kind"]] = counts.get(item["kind"], 0) + 1
+    names = {"stage": "stage checkpoint(s)", "version-weights": "superseded version weights",
+             "temporary": "temporary folder(s)", "quarantined": "quarantined checkpoint(s)"}
+    return "purged " + (", ".join(f"{n} {names.get(k, k)}" for k, n in sorted(counts.items())) or "nothing")
 
 
 def ids_from_request(sisa: SisaModel, ids_file: str | None = None, spec: str | None = None, seed: int = 0) -> tuple[np.ndarray, str]:

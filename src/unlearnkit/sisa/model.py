@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import _fault
 from .._util import resolve_device, versions
 from ..data import Dataset, as_dataset, load_dataset
 from ..errors import UnlearnKitError
@@ -139,7 +141,7 @@ class SisaModel:
         return ShardJob(
             shard=shard, members=members, x=self.data.x_train[index], y=self.data.y_train[index],
             stage_ids=[prov.stage_ids(shard, stage, removed) for stage in range(1, self.slices + 1)],
-            keys=prov.stage_keys(shard, removed, self.meta["root"]),
+            keys=prov.stage_keys(shard, removed, self.meta["root"]), member_slices=prov.member_slices[shard],
         )
 
     def retrain_shards(self, shards: list[int], removed: np.ndarray, *, workers: int | None = None,
@@ -169,17 +171,8 @@ class SisaModel:
         return ExactResult(states, status, results)
 
     def reachable_stages(self, status: np.ndarray) -> set[Path]:
-        """Stage checkpoints that a future exact deletion may resume from: those of the current histories.
-
-        Histories that still contain deleted ids (exactly or approximately) are never resumed from again;
-        :meth:`SisaStore.collect_stages` deletes them so that no stage checkpoint keeps a deleted sample.
-        """
-        removed = status != ACTIVE
-        keep = set()
-        for shard in range(self.shards):
-            for stage, key in enumerate(self.provenance.stage_keys(shard, removed, self.meta["root"])):
-                keep.add(self.store.stage_dir(shard, stage, key))
-        return keep
+        """Stage checkpoints that a future exact deletion may resume from (see :meth:`SisaStore.current_stage_dirs`)."""
+        return self.store.current_stage_dirs(status)
 
 
 def recipe_root(meta: dict) -> str:
@@ -221,6 +214,7 @@ def train_sisa(
     fixed thread count. An interrupted run resumes from its stage checkpoints when started again with the
     same arguments.
     """
+    _fault.arm()
     data = as_dataset(data, data_dir)
     model_name = model or default_model(data.name)
     config = config or default_stage_config(data, model_name, slices)
@@ -240,6 +234,14 @@ def train_sisa(
     }
     meta["root"] = recipe_root(meta)
     store = SisaStore.create(out, meta, Provenance.assign(data.n_train, shards, slices, seed))
+    with store.lock(echo=echo):
+        for temporary in store.temporaries():  # what a killed earlier run left half-written
+            shutil.rmtree(temporary) if temporary.is_dir() and not temporary.is_symlink() else temporary.unlink()
+        return _train_all(store, data, data_dir, echo, model_name, config, shards, slices, workers, threads)
+
+
+def _train_all(store: SisaStore, data: Dataset, data_dir, echo: bool, model_name: str, config: TrainConfig,
+               shards: int, slices: int, workers: int, threads: int) -> SisaModel:
     sisa = SisaModel(store, data, data_dir)
     sisa.store.build_model()  # fail early on bad model options
     if echo:

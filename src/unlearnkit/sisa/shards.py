@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .. import _fault
 from .._util import seed_everything
 from ..data import Augment
 from ..training import Phase, TrainConfig, classifier_source, fit
@@ -44,6 +45,14 @@ class ShardJob:
     y: torch.Tensor
     stage_ids: list[np.ndarray]  # [r - 1] -> sorted ids stage r trains on
     keys: list[str]  # stage keys 0..R under this history
+    member_slices: np.ndarray | None = None  # the slice of each member (to record what a stage left out)
+
+    def excluded(self, stage: int) -> list[int]:
+        """Ids of slices ``0..stage-1`` that stage ``stage``'s history leaves out (recorded in its checkpoint, so
+        that what it was trained on is known from the provenance alone)."""
+        if stage == 0 or self.member_slices is None:
+            return []
+        return np.setdiff1d(self.members[self.member_slices < stage], self.stage_ids[stage - 1]).tolist()
 
     @property
     def work(self) -> int:
@@ -114,7 +123,7 @@ def run_shard_job(store_path: str, job: ShardJob, settings: StageSettings,
         if state is None:  # nothing to resume from: the seeded initialisation is stage 0
             seed_everything(stage_seed(settings.seed, job.shard, 0))
             model = store.build_model()
-            store.save_stage(job.shard, 0, job.keys[0], model, {"n_ids": 0, "threads": settings.threads})
+            store.save_stage(job.shard, 0, job.keys[0], model, {"n_ids": 0, "excluded": [], "threads": settings.threads})
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         for stage in range(max(result.resumed_from, 0) + 1, stages + 1):
             ids = job.stage_ids[stage - 1]
@@ -126,8 +135,10 @@ def run_shard_job(store_path: str, job: ShardJob, settings: StageSettings,
             report = fit(model, Phase(source), config, seed=seed, device=settings.device,
                          desc=f"shard {job.shard} stage {stage}")
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            _fault.point("stage-trained")
             store.save_stage(job.shard, stage, job.keys[stage], model, {
-                "n_ids": int(len(ids)), "ids_sha256": ids_digest(ids), "threads": settings.threads,
+                "n_ids": int(len(ids)), "ids_sha256": ids_digest(ids), "excluded": job.excluded(stage),
+                "threads": settings.threads,
                 "history": report.history, "cost": report.cost.to_dict(),
             })
             result.trained.append(stage)
