@@ -206,6 +206,7 @@ class Unlearner:
                                       f"not by {record.id!r}: the ledger and the versions disagree")
             cost = info.get("cost", {})
             purged = self._purge(record.id, store.read_status(target), target)
+            _fault.point("purged")
             return self.ledger.mark_done(record.id, target, cost.get("seconds"), cost.get("samples"), info.get("metrics", {}),
                                          note=f"version {target} was committed before an interruption; "
                                               f"{_purge_text(purged)}; recorded now")
