@@ -72,8 +72,12 @@ def test_retention_keeps_n_superseded_versions_for_rollback(model, tmp_path):
         service.forget(slice_ids(sisa, 0, 2, 1), "a", mode="exact")
         assert sisa.store.has_weights(0) and sisa.store.has_weights(1)
         service.forget(slice_ids(sisa, 1, 2, 1), "b", mode="exact")
-    assert [sisa.store.has_weights(n) for n in (0, 1, 2)] == [False, True, True]
-    assert sisa.store.purged_info(0)["request_id"] == "b"
+        assert [sisa.store.has_weights(n) for n in (0, 1, 2)] == [False, True, True]
+        assert sisa.store.purged_info(0)["request_id"] == "b"
+        purged = service.set_retention(0)  # lowering the retention purges at once, recorded with no request
+        assert [p["detail"]["version"] for p in purged] == [1] and not sisa.store.has_weights(1)
+        assert [p["path"] for p in service.ledger.purges(None)] == ["versions/v000001/weights.safetensors"]
+    assert SisaModel.open(sisa.path).meta["retention"] == {"keep_versions": 0}
     with pytest.raises(UnlearnKitError, match="integer >= 0"):
         sisa.store.set_keep_versions(-1)
 

@@ -150,6 +150,13 @@ class Unlearner:
             raise first_error
         return finished
 
+    def set_retention(self, keep_versions: int) -> list[dict]:
+        """Keep the weights of ``keep_versions`` superseded versions from now on; lowering it purges at once
+        (recorded in the ledger with no request id). Returns what was purged."""
+        with model_lock(self.sisa, self.echo):
+            self.sisa.store.set_keep_versions(keep_versions)
+            return self.sweep()
+
     def sweep(self) -> list[dict]:
         """Purge, against the current version, whatever no request may keep; recorded with no request id.
         Call under the model lock (:meth:`run_pending` does)."""
