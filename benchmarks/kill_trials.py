@@ -88,7 +88,7 @@ def cli(args: list[str], fault: str | None = None, timed: float | None = None) -
     if fault:
         env["UNLEARNKIT_FAULT"] = fault
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", "--threads", "1", *args], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "unlearnkit", "--threads", "1", *args], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if timed is not None:
         try:

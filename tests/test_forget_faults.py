@@ -36,7 +36,7 @@ def cli(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
     env.pop("UNLEARNKIT_FAULT", None)
     if fault:
         env["UNLEARNKIT_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "unlearnkit.cli", "--threads", "1", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "unlearnkit", "--threads", "1", *args], env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -216,3 +216,39 @@ def test_stage_checkpoints_record_what_their_history_left_out(model, tmp_path):
     assert sisa.store.trained_on(np.isin(np.arange(sisa.provenance.n), ids)) == []
     ones = np.ones(sisa.provenance.n, dtype=bool)
     assert {f["kind"] for f in sisa.store.trained_on(ones)} == {"stage", "version"}
+
+
+def test_command_line_shows_purges_and_sets_retention(model, tmp_path, capsys):
+    from unlearnkit.cli import main
+
+    sisa = fresh_copy(model, tmp_path)
+    fresh = str(sisa.path)
+
+    def run(*argv):
+        code = main(["--threads", "1", *map(str, argv)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    assert run("requests", "list", "--model", fresh)[:2] == (0, f"{fresh} has no requests yet\n")
+    code, _, err = run("requests", "show", "x", "--model", fresh)
+    assert code == 2 and "has no requests yet" in err
+    assert not sisa.store.ledger_path.exists()  # reading the ledger of a model that has none creates nothing
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(map(str, slice_ids(sisa, 0, 1, 2).tolist())) + "\n")
+    code, out, err = run("forget", "--model", fresh, "--ids", ids, "--mode", "exact", "--request-id", "alice")
+    assert code == 0, err
+    assert "purged 2 stage checkpoint(s), 1 superseded version weights" in out + err
+    code, out, _ = run("requests", "show", "alice", "--model", fresh)
+    assert code == 0 and "purged (3 artefact(s)" in out
+    assert "stage checkpoint (shard 0, stage 2, 2 deleted ids held)" in out and "versions/v000000/weights.safetensors" in out
+    code, out, _ = run("requests", "show", "alice", "--model", fresh, "--json")
+    assert sorted(p["kind"] for p in json.loads(out)["purges"]) == ["stage", "stage", "version-weights"]
+    code, out, _ = run("sisa", "info", "--model", fresh, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["versions"] == [0, 1] and info["versions_with_weights"] == [1] and info["keep_versions"] == 0
+    assert info["original_test_acc"] > 50  # read from version 0's audit trail; its weights are gone
+    code, out, _ = run("sisa", "retention", "--model", fresh, "--keep-versions", "3")
+    assert code == 0 and "purged now: nothing" in out and SisaModel.open(fresh).store.keep_versions == 3
+    with pytest.raises(SystemExit) as stop:
+        run("sisa", "retention", "--model", fresh, "--keep-versions", "-1")
+    assert stop.value.code == 2 and "--keep-versions: expected an integer >= 0, not -1" in capsys.readouterr().err

@@ -78,6 +78,22 @@ def _forget(args: argparse.Namespace) -> int:
     return 0 if record.state == "done" else 1
 
 
+def _print_purges(purges: list[dict]) -> None:
+    if not purges:
+        return
+    print(f"  purged ({len(purges)} artefact(s) trained on the deleted ids or no longer needed):")
+    for item in purges:
+        detail = item["detail"]
+        what = {"stage": "stage checkpoint", "quarantined": "quarantined checkpoint", "temporary": "temporary folder",
+                "version-weights": "weights of a superseded version"}.get(item["kind"], item["kind"])
+        if item["kind"] in ("stage", "quarantined") and "shard" in detail:
+            what += f" (shard {detail['shard']}, stage {detail['stage']}, {detail.get('deleted_ids_held', '?')} deleted ids held)"
+        elif item["kind"] == "version-weights":
+            what += f" (version {detail.get('version')}, sha256 {str(detail.get('sha256'))[:16]}...)"
+        when = item["purged"] or "planned, not finished"
+        print(f"    {when}  {what}: {item['path']}")
+
+
 def _print_record(record, events: list[dict] | None = None) -> None:
     est = "-" if record.estimated_seconds is None else f"{record.estimated_seconds:.2f} s"
     act = "-" if record.actual_seconds is None else f"{record.actual_seconds:.2f} s"
@@ -130,7 +146,7 @@ def _requests(args: argparse.Namespace) -> int:
             raise UnlearnKitError(f"no request {args.id!r}: {args.model} has no requests yet")
         print("[]" if args.json else f"{args.model} has no requests yet")
         return 0
-    ledger = Ledger(store.ledger_path)
+    ledger = Ledger(store.ledger_path, create=False)
     try:
         if args.requests_command == "list":
             records = ledger.list(None if args.state is None else (args.state,))
@@ -146,10 +162,13 @@ def _requests(args: argparse.Namespace) -> int:
             return 0
         record = ledger.get(args.id)
         events = ledger.events(record.id)
+        purges = ledger.purges(record.id)
         if args.json:
-            print(json.dumps({**record.to_dict(with_ids=args.ids), "events": events}, indent=2, default=str))
+            print(json.dumps({**record.to_dict(with_ids=args.ids), "events": events, "purges": purges}, indent=2,
+                             default=str))
         else:
             _print_record(record, events)
+            _print_purges(purges)
             if args.ids:
                 print("  ids: " + " ".join(map(str, record.ids.tolist())))
         return 0

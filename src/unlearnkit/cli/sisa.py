@@ -3,6 +3,7 @@
     unlearnkit sisa train --dataset fashion-mnist --shards 5 --slices 5 --out runs/sisa
     unlearnkit sisa calibrate --model runs/sisa
     unlearnkit sisa info --model runs/sisa
+    unlearnkit sisa retention --model runs/sisa --keep-versions 2
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def _sisa_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model options (e.g. width=128)")
     train.add_argument("--no-calibrate", action="store_true", help="skip timing the cost model on this machine")
     policy_arguments(train)
+    train.add_argument("--keep-versions", type=_keep_versions, default=0, metavar="N",
+                       help="superseded versions that keep their weights, for rollback (default 0: only the current "
+                            "version's; earlier ones keep their hashes and metadata)")
     train.add_argument("--out", required=True, help="model directory to create")
     cal = sub.add_parser("calibrate", help="re-measure the cost model on this machine")
     cal.add_argument("--model", required=True, help="SISA model directory")
@@ -42,10 +46,36 @@ def _sisa_arguments(p: argparse.ArgumentParser) -> None:
     info.add_argument("--model", required=True, help="SISA model directory")
     info.add_argument("--data-dir", default=None)
     info.add_argument("--json", action="store_true")
+    keep = sub.add_parser("retention", help="how many superseded versions keep their weights (lowering it purges now)")
+    keep.add_argument("--model", required=True, help="SISA model directory")
+    keep.add_argument("--keep-versions", type=_keep_versions, required=True, metavar="N",
+                      help="superseded versions that keep their weights (0: only the current version's)")
+
+
+def _keep_versions(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, not {value}")
+    return value
 
 
 def _sisa(args: argparse.Namespace) -> int:
-    return {"train": _sisa_train, "calibrate": _sisa_calibrate, "info": _sisa_info}[args.sisa_command](args)
+    return {"train": _sisa_train, "calibrate": _sisa_calibrate, "info": _sisa_info,
+            "retention": _sisa_retention}[args.sisa_command](args)
+
+
+def _sisa_retention(args: argparse.Namespace) -> int:
+    from ..hybrid import Unlearner
+    from ..sisa.model import SisaModel
+
+    with Unlearner(SisaModel.open(args.model), echo=True) as service:
+        purged = service.set_retention(args.keep_versions)
+    print(f"{args.model}: superseded versions keep their weights: {args.keep_versions}; "
+          f"purged now: {', '.join(p['path'] for p in purged) or 'nothing'}")
+    return 0
 
 
 def _sisa_train(args: argparse.Namespace) -> int:
@@ -63,7 +93,7 @@ def _sisa_train(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     sisa = train_sisa(data, model, out=out, shards=args.shards, slices=args.slices, config=config, seed=args.seed,
                       workers=args.workers, threads=args.shard_threads, device=args.device, data_dir=args.data_dir,
-                      model_options=parse_sets(args.model_option), echo=True)
+                      model_options=parse_sets(args.model_option), keep_versions=args.keep_versions, echo=True)
     sisa.store.update_meta(hybrid={**(sisa.meta.get("hybrid") or {}), "policy": policy.to_dict()})
     if not args.no_calibrate:
         calibrate(sisa, echo=True)
@@ -102,7 +132,9 @@ def _sisa_info(args: argparse.Namespace) -> int:
         "samples": {"active": int((status == ACTIVE).sum()), "deleted_exact": int((status == DELETED_EXACT).sum()),
                     "deleted_approx": int((status == DELETED_APPROX).sum())},
         "pending_approx_per_shard": np.bincount(sisa.provenance.shard_of[status == DELETED_APPROX], minlength=sisa.shards).tolist(),
-        "original_test_acc": sisa.version(0).info.get("metrics", {}).get("test_acc"),
+        "versions_with_weights": [n for n in sisa.store.version_numbers() if sisa.store.has_weights(n)],
+        "keep_versions": sisa.store.keep_versions,
+        "original_test_acc": sisa.store.read_version_info(0).get("metrics", {}).get("test_acc"),
         "calibration": sisa.meta.get("calibration"), "policy": (sisa.meta.get("hybrid") or {}).get("policy"),
     }
     if args.json:
@@ -113,4 +145,4 @@ def _sisa_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [Command("sisa", "SISA models: train, calibrate, info", _sisa_arguments, _sisa)]
+COMMANDS = [Command("sisa", "SISA models: train, calibrate, info, retention", _sisa_arguments, _sisa)]

@@ -205,6 +205,7 @@ def train_sisa(
     device: str = "cpu",
     data_dir: str | os.PathLike | None = None,
     model_options: dict | None = None,
+    keep_versions: int = 0,
     echo: bool = False,
 ) -> SisaModel:
     """Train a SISA ensemble and write it to ``out`` (version 0). ``config.epochs`` is epochs *per stage*.
@@ -212,7 +213,8 @@ def train_sisa(
     ``threads`` is the number of torch threads every stage of every shard trains with, now and in every later
     retrain (default: cores // workers); it is stored, because CPU results are bitwise reproducible only at a
     fixed thread count. An interrupted run resumes from its stage checkpoints when started again with the
-    same arguments.
+    same arguments. ``keep_versions`` superseded versions keep their weights after later deletions (see
+    :mod:`unlearnkit.sisa.store`, "What is kept and what is purged").
     """
     _fault.arm()
     data = as_dataset(data, data_dir)
@@ -221,6 +223,8 @@ def train_sisa(
     device_type = resolve_device(device).type
     if workers < 1:
         raise UnlearnKitError("workers must be >= 1")
+    if isinstance(keep_versions, bool) or not isinstance(keep_versions, int) or keep_versions < 0:
+        raise UnlearnKitError(f"keep_versions must be an integer >= 0, not {keep_versions!r}")
     threads = threads or default_threads(workers)
     meta = {
         "format": FORMAT,
@@ -229,6 +233,7 @@ def train_sisa(
         "train": config.to_dict(),
         "sisa": {"shards": shards, "slices": slices, "seed": seed, "threads": threads, "workers": workers,
                  "augment": [data.crop_padding, data.horizontal_flip], "device": device_type},
+        "retention": {"keep_versions": keep_versions},
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
