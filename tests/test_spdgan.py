@@ -68,6 +68,21 @@ def test_training_keeps_labels_records_losses_and_counts_cost(gan, original, dig
     assert original.model.training is False and all(p.requires_grad for p in original.model.parameters())
 
 
+def test_discriminator_learns_when_the_two_sets_can_be_told_apart(original, digits):
+    """The regression for the dead discriminator: with the adversarial term off the generator is free to add large
+    noise (ε = 0.3, pushed out by the diversity term), so real and generated images are separable and the
+    discriminator's loss must fall clearly below chance (2 ln 2 = 1.386); a fresh probe must also tell them apart.
+    At the old setting (the discriminator at the generator's learning rate) the same run stays at chance."""
+    request = uk.build_request("class:3", digits, seed=0)
+    options = dict(epsilon=0.3, epochs=30, batch_size=16, width=8, adversarial_weight=0.0, probe_steps=150)
+    learned = train_for_request(original.model, digits, request, SpdGanConfig(**options), seed=0, device="cpu")
+    history = learned.manifest["history"]
+    assert history[-1]["d_loss"] < 1.0, [h["d_loss"] for h in history]
+    assert history[-1]["probe_accuracy"] > 75  # 50 = chance
+    old = train_for_request(original.model, digits, request, SpdGanConfig(**options, d_lr=2e-4), seed=0, device="cpu")
+    assert old.manifest["history"][-1]["d_loss"] > 1.3
+
+
 def test_training_shows_progress_and_losses(original, digits, capsys):
     request = uk.build_request("class:5", digits, seed=0)
     train_for_request(original.model, digits, request, SpdGanConfig(epochs=2, width=4), seed=0, device="cpu", echo=True)
