@@ -47,7 +47,7 @@ def test_train_then_evaluate(capsys, tmp_path):
         (["train", "--dataset", "digits", "--request", "forget:everything", "--out", "X"], "unknown request kind"),
         (["train", "--dataset", "digits", "--request", "class:11", "--out", "X"], "class 11"),
         (["train", "--dataset", "fashion-mnist", "--data-dir", "EMPTY", "--out", "X"], "apt-get install dataset-fashion-mnist"),
-        (["train", "--dataset", "digits", "--set", "schedule=sometimes", "--out", "X"], "unknown schedule"),
+        (["train", "--dataset", "digits", "--set", "schedule=sometimes", "--out", "X"], "option schedule of the training recipe must be one of"),
         (["evaluate", "--checkpoint", "NOWHERE"], "does not exist"),
     ],
 )

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -27,35 +27,32 @@ from .data.loader import Augment, Batch, Source
 from .errors import UnlearnKitError
 from .masks import enforce_prune_masks, prune_masks
 from .models import is_convolutional
+from .options import BIG, check_fields, declare, option
 
 
 # -- configuration -----------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
-    """Optimisation recipe. Defaults train the small CNN on Fashion-MNIST to about 92 % in 10 epochs."""
+    """Optimisation recipe. Defaults train the small CNN on Fashion-MNIST to about 92 % in 10 epochs.
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adam
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | multistep | linear | constant (per step)
-    milestones: tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of training
-    gamma: float = 0.1
-    grad_clip: float | None = None
-    augment: bool = True  # use the data set's augmentation (if it has any)
+    Each field is a declared option (:mod:`unlearnkit.options`): a recipe built any way — ``--set``, a suite, a
+    manifest read back — is checked against these types and ranges when it is made."""
+
+    epochs: int = option(10, "passes over the training data", ge=0, le=10_000)
+    batch_size: int = option(128, "samples per step", ge=1, le=1 << 20)
+    optimizer: Literal["sgd", "adam"] = option("sgd", "optimiser (Adam ignores momentum)")
+    lr: float = option(0.05, "learning rate", gt=0, le=10)
+    momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = option(5e-4, "weight decay (L2 through the optimiser)", ge=0, le=1)
+    schedule: Literal["cosine", "multistep", "linear", "constant"] = option("cosine", "learning-rate schedule, per step")
+    milestones: tuple[float, ...] = option((0.5, 0.75), "multistep: where the rate drops, as fractions of training",
+                                           ge=0, le=1)
+    gamma: float = option(0.1, "multistep: factor at each milestone", gt=0, le=1)
+    grad_clip: float | None = option(None, "clip the gradient norm to this (null: no clipping)", gt=0, le=BIG)
+    augment: bool = option(True, "use the data set's augmentation (if it has any)")
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1:
-            raise UnlearnKitError("epochs must be >= 0 and batch_size >= 1")
-        if self.optimizer not in ("sgd", "adam"):
-            raise UnlearnKitError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
-        if self.schedule not in ("cosine", "multistep", "linear", "constant"):
-            raise UnlearnKitError(f"unknown schedule {self.schedule!r}; use cosine, multistep, linear or constant")
-        if not self.lr > 0:
-            raise UnlearnKitError("lr must be positive")
-        self.milestones = tuple(self.milestones)
+        check_fields(self, owner="the training recipe")
 
     def to_dict(self) -> dict:
         """JSON-normal (tuples as lists), so a dict read back from a manifest compares equal."""
@@ -71,6 +68,9 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+declare("train", "the training recipe", TrainConfig)
 
 
 # -- cost accounting ---------------------------------------------------------------------------------

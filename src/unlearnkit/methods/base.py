@@ -9,11 +9,10 @@ device placement, the cost meter, re-applying pruning masks, validating override
 from __future__ import annotations
 
 import copy
-import functools
 import dataclasses
-import types
+import functools
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -24,14 +23,10 @@ from ..checkpoint import Checkpoint
 from ..data import Augment, Dataset, Source, augment_for
 from ..errors import UnlearnKitError
 from ..masks import enforce_prune_masks
+from ..options import BIG, build, declare, option, options_of  # noqa: F401  (BIG, option: for method modules)
 from ..recipes import default_recipe
 from ..requests import Request, build_request
 from ..training import Cost, FitReport, Phase, TrainConfig, fit, metered, predict_logits, accuracy
-
-
-def option(default: Any, help: str, **kwargs) -> Any:
-    """A config field with its documentation (shown by ``unlearnkit info`` and the docs)."""
-    return field(default=default, metadata={"help": help}, **kwargs)
 
 
 @dataclass
@@ -51,7 +46,9 @@ class MethodInfo:
             "request_kinds": list(self.kinds),
             "exact": self.exact,
             "config": {
-                f.name: {"default": _default(f), "help": f.metadata.get("help", "")} for f in fields(self.config)
+                name: {"default": list(d.default) if isinstance(d.default, tuple) else d.default, "type": d.type.name,
+                       "allowed": d.allowed(), "help": d.help}
+                for name, d in options_of(self.config).items()
             },
         }
 
@@ -62,71 +59,17 @@ METHODS: dict[str, MethodInfo] = {}
 def register(name: str, config: type, *, touches: tuple[str, ...], summary: str,
              kinds: tuple[str, ...] = ("remove", "relabel", "edit"), exact: bool = False):
     def decorate(run):
+        declare("method", name, config)  # refuses a field without a supported type or with a default out of range
         METHODS[name] = MethodInfo(name, run, config, touches, kinds, summary, exact)
         return run
 
     return decorate
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return None
-
-
 def make_config(info: MethodInfo, overrides: dict[str, Any]) -> Any:
-    """Build a method's config, refusing unknown keys and values of the wrong type with one clear line."""
-    known = {f.name: f for f in fields(info.config)}
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise UnlearnKitError(f"method {info.name!r} has no option(s) {', '.join(unknown)}; it takes {', '.join(known)}")
-    hints = typing.get_type_hints(info.config)
-    values = {k: _coerce(info.name, k, v, hints[k]) for k, v in overrides.items()}
-    try:
-        return info.config(**values)
-    except (TypeError, ValueError) as exc:
-        raise UnlearnKitError(f"bad option for method {info.name!r}: {exc}") from None
-
-
-def _coerce(method: str, key: str, value: Any, hint: Any) -> Any:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = type(None) in typing.get_args(hint)
-    if value is None:
-        if optional:
-            return None
-        raise UnlearnKitError(f"option {key} of method {method!r} cannot be null")
-    target = args[0] if (optional and len(args) == 1) else hint
-    origin = typing.get_origin(target)
-    if origin is typing.Literal:
-        if value not in typing.get_args(target):
-            raise UnlearnKitError(f"option {key} of method {method!r} must be one of {typing.get_args(target)}, got {value!r}")
-        return value
-    if target is bool:
-        if isinstance(value, bool):
-            return value
-    elif target is int:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
-            return int(value)
-    elif target is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif target is str:
-        if isinstance(value, str):
-            return value
-    elif origin is tuple or target is tuple:
-        if isinstance(value, (list, tuple)):
-            return tuple(value)
-    elif typing.get_origin(target) in (typing.Union, types.UnionType):  # e.g. float | str
-        for candidate in typing.get_args(target):
-            try:
-                return _coerce(method, key, value, candidate)
-            except UnlearnKitError:
-                continue
-    else:
-        return value
-    raise UnlearnKitError(f"option {key} of method {method!r} expects {getattr(target, '__name__', target)}, got {value!r}")
+    """Build a method's config from user values: unknown names, wrong types and out-of-range values are refused
+    with one line naming the option, its type and its allowed range (see :mod:`unlearnkit.options`)."""
+    return build(info.config, overrides, owner=info.name)
 
 
 @dataclass
@@ -193,9 +136,8 @@ class Task:
         return torch.sort(pool[torch.randperm(pool.numel(), generator=self.generator)[:count]]).values
 
     def retain_count(self, per_forget: float | None) -> int | None:
-        """How many retain samples a pass uses when a method asks for ``per_forget`` × |D_f| of them."""
-        if per_forget is not None and not per_forget > 0:
-            raise UnlearnKitError(f"retain_per_forget must be > 0 (or null for all of D_r), got {per_forget}")
+        """How many retain samples a pass uses when a method asks for ``per_forget`` × |D_f| of them (declared
+        ``gt=0``, so validated with the method's options)."""
         return None if per_forget is None else max(1, int(round(per_forget * self.n_forget)))
 
     def fit(self, phases: list[Phase] | Phase, config: TrainConfig, **kwargs) -> FitReport:
@@ -249,6 +191,7 @@ def unlearn(
     if method not in METHODS:
         raise UnlearnKitError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     info = METHODS[method]
+    config = make_config(info, overrides)  # before anything is loaded, copied or computed
     if isinstance(model, Checkpoint):
         manifest = model.manifest
         data = data if data is not None else model.dataset()
@@ -267,7 +210,6 @@ def unlearn(
         request = build_request(request, data, seed)
     if request.kind not in info.kinds:
         raise UnlearnKitError(f"method {method!r} handles {', '.join(info.kinds)} requests, not {request.kind} ({request.spec})")
-    config = make_config(info, overrides)
     device = resolve_device(device)
     x, y = request.training_data(data)
     working = copy.deepcopy(model).to(device)
@@ -288,11 +230,11 @@ def unlearn(
 class SGDOptions:
     """Optimiser options every iterative method shares; a method redeclares a field to change its default."""
 
-    epochs: int = option(5, "passes")
-    lr: float = option(0.01, "learning rate")
-    batch_size: int = option(128, "batch size")
-    momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(5e-4, "weight decay")
+    epochs: int = option(5, "passes", ge=0, le=10_000)
+    lr: float = option(0.01, "learning rate", gt=0, le=10)
+    batch_size: int = option(128, "batch size", ge=1, le=65_536)
+    momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = option(5e-4, "weight decay", ge=0, le=1)
     schedule: typing.Literal["constant", "cosine", "linear"] = option("constant", "learning-rate schedule over the run")
 
     def train_config(self) -> TrainConfig:

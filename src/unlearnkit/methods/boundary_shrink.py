@@ -16,9 +16,9 @@ from .base import SGDOptions, Task, option, register
 
 @dataclass
 class BoundaryShrinkConfig(SGDOptions):
-    epochs: int = option(1, "passes over the forget set")
-    lr: float = option(1e-4, "SGD learning rate")
-    epsilon: float = option(0.1, "FGSM step in pixel space [0, 1] used to find the nearest boundary")
+    epochs: int = option(1, "passes over the forget set", ge=0, le=10_000)
+    lr: float = option(1e-4, "SGD learning rate", gt=0, le=10)
+    epsilon: float = option(0.1, "FGSM step in pixel space [0, 1] used to find the nearest boundary", gt=0, le=1)
 
 
 def nearest_wrong_labels(task: Task, epsilon: float, batch_size: int = 256) -> torch.Tensor:

@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..training import Phase
-from .base import SGDOptions, Task, option, register
+from .base import BIG, SGDOptions, Task, option, register
 
 
 @dataclass
 class FinetuneConfig(SGDOptions):
-    epochs: int = option(4, "passes")
-    lr: float = option(0.1, "SGD learning rate (momentum 0.9, weight decay 5e-4)")
+    epochs: int = option(4, "passes", ge=0, le=10_000)
+    lr: float = option(0.1, "SGD learning rate (momentum 0.9, weight decay 5e-4)", gt=0, le=10)
     schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate schedule over the run")
-    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)")
+    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG)
 
 
 @register("finetune", FinetuneConfig, touches=("retain",), kinds=("remove", "relabel", "edit"),

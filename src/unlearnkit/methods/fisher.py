@@ -19,11 +19,11 @@ from .base import Task, option, register
 
 @dataclass
 class FisherConfig:
-    alpha: float = option(1e-7, "noise scale α (variance = α / Fisher)")
-    fisher_samples: int = option(4096, "retain samples used to estimate the diagonal Fisher")
+    alpha: float = option(1e-7, "noise scale α (variance = α / Fisher)", ge=0, le=1)
+    fisher_samples: int = option(4096, "retain samples used to estimate the diagonal Fisher", ge=1, le=10**8)
     kind: Literal["sampled", "empirical", "exact"] = option("sampled", "Fisher estimator (see unlearnkit.curvature)")
-    epsilon: float = option(1e-8, "added to the Fisher before inverting")
-    variance_cap: float = option(1e3, "upper bound on 1/(F + ε)")
+    epsilon: float = option(1e-8, "added to the Fisher before inverting", gt=0, le=1)
+    variance_cap: float = option(1e3, "upper bound on 1/(F + ε)", gt=0, le=1e12)
     zero_forgotten_rows: bool = option(True, "class requests: set the forgotten classes' classifier rows to zero")
 
 

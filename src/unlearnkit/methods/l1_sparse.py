@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..training import Phase
-from .base import SGDOptions, Task, option, register
+from .base import BIG, SGDOptions, Task, option, register
 
 
 @dataclass
 class L1SparseConfig(SGDOptions):
-    epochs: int = option(4, "passes")
-    lr: float = option(0.1, "SGD learning rate")
+    epochs: int = option(4, "passes", ge=0, le=10_000)
+    lr: float = option(0.1, "SGD learning rate", gt=0, le=10)
     schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate schedule over the run")
-    alpha: float = option(2e-4, "initial ℓ1 coefficient α (on the sum of |θ| over all parameters)")
-    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)")
+    alpha: float = option(2e-4, "initial ℓ1 coefficient α (on the sum of |θ| over all parameters)", ge=0, le=1)
+    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG)
 
 
 @register("l1_sparse", L1SparseConfig, touches=("retain",), summary="fine-tune on D_r with a linearly decaying ℓ1 penalty (seed 000)")

@@ -42,7 +42,7 @@ from ..data import Source
 from ..errors import UnlearnKitError
 from ..masks import prune_masks
 from ..training import Phase, count_passes
-from .base import SGDOptions, Task, option, register
+from .base import BIG, SGDOptions, Task, option, register
 
 Importance = Literal["output", "loss", "fisher"]
 
@@ -51,29 +51,32 @@ Importance = Literal["output", "loss", "fisher"]
 class PerturbOptions(SGDOptions):
     """Noise and repair options shared by the three perturbation methods (SGD fields configure the repair)."""
 
-    sigma: float = option(1.0, "noise scale σ (multiplies the scale chosen by `scale`)")
+    sigma: float = option(1.0, "noise scale σ (multiplies the scale chosen by `scale`)", ge=0, le=1000)
     scale: Literal["parameter", "layer", "absolute"] = option(
         "parameter", "noise standard deviation per entry: σ·|θ_j| (parameter), σ·std of θ_j's tensor (layer) or σ (absolute)")
-    epochs: int = option(1, "repair passes over retain samples after the perturbation (0: no repair)")
-    lr: float = option(0.01, "repair learning rate")
-    retain_per_forget: float | None = option(1.0, "repair: retain samples per pass, as a multiple of |D_f| (None: all of D_r)")
+    epochs: int = option(1, "repair passes over retain samples after the perturbation (0: no repair)", ge=0, le=10_000)
+    lr: float = option(0.01, "repair learning rate", gt=0, le=10)
+    retain_per_forget: float | None = option(1.0, "repair: retain samples per pass, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG)
     repair_scope: Literal["all", "selected"] = option("all", "repair every parameter, or only the perturbed entries")
 
 
 @dataclass
 class TopKConfig(PerturbOptions):
-    fraction: float = option(0.01, "K as a fraction of all (unpruned) parameter entries")
-    k: int | None = option(None, "K as a count of entries (overrides fraction)")
+    fraction: float = option(0.01, "K as a fraction of all (unpruned) parameter entries", ge=0, le=1)
+    k: int | None = option(None, "K as a count of entries (overrides fraction; at most the unpruned entries)", ge=0,
+                          le=10**12)
     importance: Importance = option("loss", "importance Ω for D_f: output (MAS), loss (cross-entropy) or fisher (empirical Fisher diagonal)")
-    importance_batch: int = option(64, "forget samples per gradient whose magnitude is averaged (1: exact per-sample magnitudes)")
+    importance_batch: int = option(64, "forget samples per gradient whose magnitude is averaged (1: exact per-sample magnitudes)",
+                                  ge=1, le=65_536)
     contrast: Literal["none", "ratio"] = option("none", "rank by Ω_f (none) or by Ω_f / (Ω_r + ε·mean Ω_r) (ratio)")
-    retain_samples: int = option(2048, "contrast=ratio: retain samples for Ω_r")
-    contrast_epsilon: float = option(1e-3, "contrast=ratio: ε, relative to the mean of Ω_r")
+    retain_samples: int = option(2048, "contrast=ratio: retain samples for Ω_r", ge=1, le=10**8)
+    contrast_epsilon: float = option(1e-3, "contrast=ratio: ε, relative to the mean of Ω_r", gt=0, le=BIG)
 
 
 @dataclass
 class RandomKConfig(PerturbOptions):
-    fraction: float = option(0.05, "k as a fraction of all (unpruned) parameter entries, chosen uniformly at random (seeded)")
+    fraction: float = option(0.05, "k as a fraction of all (unpruned) parameter entries, chosen uniformly at random (seeded)",
+                           ge=0, le=1)
 
 
 @dataclass
@@ -186,6 +189,9 @@ def perturb_and_repair(task: Task, cfg: PerturbOptions, mask: dict[str, torch.Te
 def topk_mask(task: Task, cfg: TopKConfig) -> dict[str, torch.Tensor]:
     """The K entries the method perturbs: exact top-K of the (possibly contrasted) importance."""
     model = task.model
+    live = _live_count(model)
+    if cfg.k is not None and not 0 <= cfg.k <= live:  # before the importance pass over D_f
+        raise UnlearnKitError(f"k must be between 0 and the model's {live} (unpruned) parameter entries, got {cfg.k}")
     omega = importance(model, task.x, task.y, task.request.forget, cfg.importance, batch_size=cfg.importance_batch,
                        device=task.device, generator=task.generator)
     if cfg.contrast == "ratio":
@@ -194,10 +200,7 @@ def topk_mask(task: Task, cfg: TopKConfig) -> dict[str, torch.Tensor]:
         omega_r = importance(model, task.x, task.y, sample, cfg.importance, batch_size=cfg.importance_batch,
                              device=task.device, generator=task.generator)
         omega = contrasted(omega, omega_r, cfg.contrast_epsilon)
-    live = _live_count(model)
     if cfg.k is not None:
-        if not 0 <= cfg.k <= live:
-            raise UnlearnKitError(f"k must be between 0 and the model's {live} (unpruned) parameter entries, got {cfg.k}")
         return selection.top_k(_eligible(model, omega), cfg.k)
     return selection.top_k(_eligible(model, omega), _count(cfg.fraction, live))
 

@@ -10,14 +10,14 @@ import torch
 
 from ..data import Source
 from ..training import Phase
-from .base import SGDOptions, Task, option, random_wrong_labels, register
+from .base import BIG, SGDOptions, Task, option, random_wrong_labels, register
 
 
 @dataclass
 class RandomLabelConfig(SGDOptions):
-    epochs: int = option(1, "passes")
-    lr: float = option(0.01, "SGD learning rate")
-    retain_per_forget: float | None = option(3.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)")
+    epochs: int = option(1, "passes", ge=0, le=10_000)
+    lr: float = option(0.01, "SGD learning rate", gt=0, le=10)
+    retain_per_forget: float | None = option(3.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG)
 
 
 def random_label_source(task: Task, batch_size: int, retain_per_forget: float | None) -> Source:

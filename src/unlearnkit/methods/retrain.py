@@ -15,7 +15,7 @@ from .base import Task, option, register
 
 @dataclass
 class RetrainConfig:
-    epochs: int | None = option(None, "training epochs (None: the original's recipe)")
+    epochs: int | None = option(None, "training epochs (None: the original's recipe)", ge=0, le=10_000)
     use_corrections: bool = option(True, "relabel/edit requests: train on D_r plus the corrected forget samples "
                                          "(False: on D_r alone, i.e. remove the affected samples)")
 

@@ -12,16 +12,16 @@ import torch.nn.functional as F
 
 from .. import selection
 from ..training import Phase, count_passes
-from .base import SGDOptions, Task, option, register
+from .base import BIG, SGDOptions, Task, option, register
 from .random_label import random_label_source
 
 
 @dataclass
 class SalUnConfig(SGDOptions):
-    epochs: int = option(1, "passes")
-    lr: float = option(5e-3, "SGD learning rate")
-    mask_fraction: float = option(0.5, "fraction of all parameter entries that may change (largest saliency)")
-    retain_per_forget: float | None = option(2.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)")
+    epochs: int = option(1, "passes", ge=0, le=10_000)
+    lr: float = option(5e-3, "SGD learning rate", gt=0, le=10)
+    mask_fraction: float = option(0.5, "fraction of all parameter entries that may change (largest saliency)", gt=0, le=1)
+    retain_per_forget: float | None = option(2.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG)
 
 
 def forget_gradient(task: Task, batch_size: int = 256) -> dict[str, torch.Tensor]:

@@ -15,19 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from ..training import Phase
-from .base import SGDOptions, Task, option, register
+from .base import BIG, SGDOptions, Task, option, register
 
 
 @dataclass
 class ScrubConfig(SGDOptions):
-    epochs: int = option(1, "epochs (each: optional max-steps on D_f, then min-steps on D_r)")
-    max_epochs: int = option(2, "epochs that include the max-steps")
-    lr: float = option(5e-3, "SGD learning rate")
-    temperature: float = option(4.0, "distillation temperature")
-    kl_weight: float = option(1.0, "α: weight of the KL term in min-steps")
-    ce_weight: float = option(1.0, "γ: weight of the cross-entropy in min-steps")
-    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all)")
-    kl_cap: float | None = option(2.0, "max-steps skip batches whose KL(teacher ‖ student) already exceeds this")
+    epochs: int = option(1, "epochs (each: optional max-steps on D_f, then min-steps on D_r)", ge=0, le=10_000)
+    max_epochs: int = option(2, "epochs that include the max-steps", ge=0, le=10_000)
+    lr: float = option(5e-3, "SGD learning rate", gt=0, le=10)
+    temperature: float = option(4.0, "distillation temperature", gt=0, le=1000)
+    kl_weight: float = option(1.0, "α: weight of the KL term in min-steps", ge=0, le=BIG)
+    ce_weight: float = option(1.0, "γ: weight of the cross-entropy in min-steps", ge=0, le=BIG)
+    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG)
+    kl_cap: float | None = option(2.0, "max-steps skip batches whose KL(teacher ‖ student) already exceeds this", gt=0, le=BIG)
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -17,24 +17,17 @@ from typing import Literal
 import torch
 
 from .. import curvature
-from ..errors import UnlearnKitError
-from .base import Task, option, register
+from .base import BIG, Task, option, register
 
 
 @dataclass
 class SsdConfig:
-    selection: float = option(2.0, "α: dampen entries whose forget importance exceeds α × the global importance")
-    dampening: float = option(1.0, "λ: β = min(λ·I_D/I_f, 1)")
+    selection: float = option(2.0, "α: dampen entries whose forget importance exceeds α × the global importance", gt=0, le=BIG)
+    dampening: float = option(1.0, "λ: β = min(λ·I_D/I_f, 1)", gt=0, le=BIG)
     importance: Literal["batch", "per_sample"] = option("per_sample", "squared mini-batch gradients (paper) or per-sample Fisher")
-    batch_size: int = option(64, "mini-batch size for importance='batch'")
-    train_samples: int = option(8192, "training samples used for the global importance I_D")
-    forget_samples: int = option(8192, "forget samples used for I_f (at most |D_f|)")
-
-    def __post_init__(self) -> None:
-        if not (self.selection > 0 and self.dampening > 0):
-            raise UnlearnKitError(f"ssd needs selection > 0 and dampening > 0, got {self.selection} and {self.dampening}")
-        if min(self.batch_size, self.train_samples, self.forget_samples) < 1:
-            raise UnlearnKitError("ssd needs batch_size, train_samples and forget_samples >= 1")
+    batch_size: int = option(64, "mini-batch size for importance='batch'", ge=1, le=65_536)
+    train_samples: int = option(8192, "training samples used for the global importance I_D", ge=1, le=10**8)
+    forget_samples: int = option(8192, "forget samples used for I_f (at most |D_f|)", ge=1, le=10**8)
 
 
 def _batch_importance(task: Task, ids: torch.Tensor, cfg: SsdConfig) -> dict:

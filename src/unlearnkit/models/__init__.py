@@ -7,7 +7,7 @@ Each model names its final linear layer ``classifier`` (methods that touch "the 
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .._util import seed_everything
 from ..errors import UnlearnKitError
+from ..options import build, declare, option, options_of
 
 if TYPE_CHECKING:
     from ..data import Dataset
@@ -39,10 +40,35 @@ def _norm(in_channels: int, mean, std) -> Normalize:
     return Normalize(mean, std)
 
 
+# Each model's own options (besides the data set's shape), declared once: the constructors take their defaults
+# from these, and `build_model` validates user values against them.
+@dataclass
+class MLPOptions:
+    width: int = option(256, "hidden units per layer", ge=1, le=16_384)
+    depth: int = option(2, "hidden layers", ge=0, le=64)
+
+
+@dataclass
+class SmallCNNOptions:
+    channels: tuple[int, ...] = option((32, 64), "output channels of the two conv layers", ge=1, le=1024, length=2)
+    hidden: int = option(128, "units of the hidden linear layer", ge=1, le=16_384)
+
+
+@dataclass
+class ResNet18Options:
+    width: int = option(64, "channels of the first stage (doubled at each of the next three)", ge=1, le=512)
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
 class MLP(nn.Module):
     """Flatten, ``depth`` hidden layers of ``width`` ReLU units, linear classifier."""
 
-    def __init__(self, in_channels, image_size, num_classes, mean=None, std=None, width: int = 256, depth: int = 2):
+    def __init__(self, in_channels, image_size, num_classes, mean=None, std=None, width: int = MLPOptions.width,
+                 depth: int = MLPOptions.depth):
         super().__init__()
         self.normalize = _norm(in_channels, mean, std)
         layers, fan_in = [], in_channels * image_size * image_size
@@ -65,7 +91,7 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(self, in_channels, image_size, num_classes, mean=None, std=None,
-                 channels: Sequence[int] = (32, 64), hidden: int = 128):
+                 channels: Sequence[int] = SmallCNNOptions.channels, hidden: int = SmallCNNOptions.hidden):
         super().__init__()
         c1, c2 = channels
         self.normalize = _norm(in_channels, mean, std)
@@ -106,7 +132,7 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18, CIFAR variant: 3x3 stride-1 stem and no max-pool (as in the unlearning literature)."""
 
-    def __init__(self, in_channels, image_size, num_classes, mean=None, std=None, width: int = 64):
+    def __init__(self, in_channels, image_size, num_classes, mean=None, std=None, width: int = ResNet18Options.width):
         super().__init__()
         self.normalize = _norm(in_channels, mean, std)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
@@ -164,6 +190,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg16-bn": VGG16BN,
 }
 
+MODEL_OPTIONS: dict[str, type] = {
+    "mlp": declare("model", "model mlp", MLPOptions),
+    "small-cnn": declare("model", "model small-cnn", SmallCNNOptions),
+    "resnet18": declare("model", "model resnet18", ResNet18Options),
+    "vgg16-bn": declare("model", "model vgg16-bn", NoOptions),
+}
+
 _SHAPE_ARGS = ("in_channels", "image_size", "num_classes", "mean", "std")
 
 
@@ -172,14 +205,15 @@ def build_model(name: str, **kwargs) -> nn.Module:
     if name not in MODELS:
         raise UnlearnKitError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     cls = MODELS[name]
-    accepted = set(inspect.signature(cls).parameters)
-    unknown = set(kwargs) - accepted
-    if unknown:
-        raise UnlearnKitError(f"model {name!r} has no option(s) {', '.join(sorted(unknown))}; it takes {', '.join(sorted(accepted))}")
     missing = [a for a in ("in_channels", "image_size", "num_classes") if a not in kwargs]
     if missing:
         raise UnlearnKitError(f"model {name!r} needs {', '.join(missing)}")
-    return cls(**kwargs)
+    shape = {k: v for k, v in kwargs.items() if k in _SHAPE_ARGS}
+    own = {k: v for k, v in kwargs.items() if k not in _SHAPE_ARGS}
+    # Unknown names, wrong types and out-of-range sizes are refused before any weight is allocated.
+    options = build(MODEL_OPTIONS[name], own, owner=f"model {name}") if name in MODEL_OPTIONS else None
+    checked = {k: getattr(options, k) for k in own} if options is not None else own
+    return cls(**shape, **checked)
 
 
 def new_model(model_name: str, data: Dataset, seed: int, options: dict | None = None) -> tuple[nn.Module, dict]:
@@ -192,12 +226,12 @@ def new_model(model_name: str, data: Dataset, seed: int, options: dict | None = 
 def model_info() -> dict[str, dict]:
     info = {}
     for name, cls in MODELS.items():
-        params = inspect.signature(cls).parameters
-        options = {k: p.default for k, p in params.items() if k not in _SHAPE_ARGS}
+        declared = options_of(MODEL_OPTIONS[name]) if name in MODEL_OPTIONS else {}
         probe = cls(in_channels=1, image_size=28, num_classes=10)
         info[name] = {
             "doc": (cls.__doc__ or "").strip().splitlines()[0],
-            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+            "options": {k: list(d.default) if isinstance(d.default, tuple) else d.default for k, d in declared.items()},
+            "option_types": {k: d.allowed() for k, d in declared.items()},
             "params_fmnist": sum(p.numel() for p in probe.parameters()),
         }
     return info
@@ -218,5 +252,6 @@ def is_convolutional(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["MODELS", "build_model", "new_model", "model_info", "last_layer", "Normalize", "MLP", "SmallCNN", "ResNet18", "VGG16BN",
+__all__ = ["MODELS", "MODEL_OPTIONS", "build_model", "new_model", "model_info", "last_layer", "Normalize", "MLP", "SmallCNN",
+           "ResNet18", "VGG16BN",
            "uses_batchnorm", "is_convolutional"]

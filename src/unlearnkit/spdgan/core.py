@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -50,64 +50,47 @@ import torch.nn.functional as F
 from .._util import resolve_device, seed_everything
 from ..data import Source
 from ..errors import UnlearnKitError
+from ..options import BIG, build, check_fields, declare, option
 from ..training import Cost, metered, count_passes, predict_logits
 
 
 @dataclass
 class SpdGanConfig:
-    """Training options of an SPD-GAN (documented defaults; sized for a 2-core CPU)."""
+    """Training options of an SPD-GAN (documented defaults; sized for a 2-core CPU), declared options
+    (:mod:`unlearnkit.options`): checked whenever a config is made."""
 
-    epsilon: float = field(default=0.1, metadata={"help": "L∞ budget in pixel units ([0, 1] images)"})
-    epochs: int = field(default=40, metadata={"help": "passes over the training images"})
-    train_samples: int | None = field(default=512, metadata={
-        "help": "train on a seeded random subset of at most this many forget images (None: all); the generator is "
-                "image-to-image, so it is then applied to every forget image"})
-    batch_size: int = field(default=64, metadata={"help": "forget images per step"})
-    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate of the generator (β = 0.5, 0.999)"})
-    d_lr: float = field(default=2e-3, metadata={
-        "help": "Adam learning rate of the discriminator (β = 0.5, 0.999); ten times the generator's (two time-scale "
-                "updates): at the generator's rate the discriminator never left chance"})
-    probe_steps: int = field(default=200, metadata={
-        "help": "after training, steps of a fresh discriminator trained on half of the real/generated pairs and "
-                "tested on the other half (its accuracy says whether G's output is still told apart; 0: no probe)"})
-    width: int = field(default=8, metadata={"help": "channels of the generator's and discriminator's hidden layers"})
-    noise_channels: int = field(default=4, metadata={"help": "channels of the spatial N(0, 1) noise input"})
-    adversarial_weight: float = field(default=1.0, metadata={"help": "w_adv: weight of the adversarial loss"})
-    closeness_weight: float = field(default=1.0, metadata={"help": "w_close: weight of mean (δ/ε)²"})
-    label_weight: float = field(default=1.0, metadata={"help": "w_label: weight of CE against the original model's label"})
-    diversity_weight: float = field(default=1.0, metadata={"help": "w_div: weight of mean |G(x,z₁) − G(x,z₂)|/ε (0: none)"})
+    epsilon: float = option(0.1, "L∞ budget in pixel units ([0, 1] images)", gt=0, le=1)
+    epochs: int = option(40, "passes over the training images", ge=0, le=10_000)
+    train_samples: int | None = option(512, "train on a seeded random subset of at most this many forget images (None: "
+                                            "all); the generator is image-to-image, so it is then applied to every forget "
+                                            "image", ge=1, le=10**8)
+    batch_size: int = option(64, "forget images per step", ge=1, le=65_536)
+    lr: float = option(2e-4, "Adam learning rate of the generator (β = 0.5, 0.999)", gt=0, le=10)
+    d_lr: float = option(2e-3, "Adam learning rate of the discriminator (β = 0.5, 0.999); ten times the generator's "
+                               "(two time-scale updates): at the generator's rate the discriminator never left chance",
+                         gt=0, le=10)
+    probe_steps: int = option(200, "after training, steps of a fresh discriminator trained on half of the real/generated "
+                                   "pairs and tested on the other half (its accuracy says whether G's output is still "
+                                   "told apart; 0: no probe)", ge=0, le=BIG)
+    width: int = option(8, "channels of the generator's and discriminator's hidden layers", ge=1, le=1024)
+    noise_channels: int = option(4, "channels of the spatial N(0, 1) noise input", ge=0, le=1024)
+    adversarial_weight: float = option(1.0, "w_adv: weight of the adversarial loss", ge=0, le=BIG)
+    closeness_weight: float = option(1.0, "w_close: weight of mean (δ/ε)²", ge=0, le=BIG)
+    label_weight: float = option(1.0, "w_label: weight of CE against the original model's label", ge=0, le=BIG)
+    diversity_weight: float = option(1.0, "w_div: weight of mean |G(x,z₁) − G(x,z₂)|/ε (0: none)", ge=0, le=BIG)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.epsilon <= 1.0:
-            raise UnlearnKitError(f"SPD-GAN epsilon must be in (0, 1] (pixel units), got {self.epsilon}")
-        if self.epochs < 0 or self.batch_size < 1 or self.width < 1 or self.noise_channels < 0:
-            raise UnlearnKitError("SPD-GAN epochs must be >= 0, batch_size and width >= 1, noise_channels >= 0")
-        if self.train_samples is not None and self.train_samples < 1:
-            raise UnlearnKitError("SPD-GAN train_samples must be >= 1 (or None for all forget images)")
-        if not (self.lr > 0 and self.d_lr > 0):
-            raise UnlearnKitError("SPD-GAN lr and d_lr must be positive")
-        if self.probe_steps < 0:
-            raise UnlearnKitError("SPD-GAN probe_steps must be >= 0")
+        check_fields(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SpdGanConfig":
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise UnlearnKitError(f"unknown SPD-GAN option(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        coerced = {}
-        for key, value in values.items():
-            if value is None and key == "train_samples":
-                coerced[key] = None
-                continue
-            kind = int if known[key].type in ("int", int, "int | None") else float
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-                raise UnlearnKitError(f"SPD-GAN option {key} expects {kind.__name__}, got {value!r}")
-            coerced[key] = kind(value)
-        return cls(**coerced)
+        return build(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+declare("spdgan", "SPD-GAN", SpdGanConfig)
 
 
 class Generator(nn.Module):
