@@ -46,46 +46,68 @@ from .training import Cost, predict_logits
 
 GAP_METRICS = ("UA", "RA", "TA", "MIA")
 
-METRIC_DOCS = {
-    "UA": "unlearning accuracy: 100 − accuracy on the forget set (labels as trained)",
-    "RA": "accuracy on the retain set",
-    "TA": "test accuracy (class requests: on the retained classes only)",
-    "TA_all": "accuracy on the whole test set",
-    "MIA": "MIA-efficacy: % of D_f an SVC on the true-class probability calls non-members",
-    "MIA_entropy": "MIA-efficacy with the prediction entropy as the feature",
-    "MIA_m_entropy": "MIA-efficacy with the modified entropy (Song & Mittal 2021) as the feature",
-    "forgotten_class_test_acc": "class requests: test accuracy on the forgotten classes",
-    "ASR": "backdoor/feature requests: % of non-target test images classified as the target once the trigger/feature is stamped on them",
-    "forget_acc_corrected": "relabel/edit requests: accuracy on D_f against the corrected labels",
-    "avg_gap": "mean |metric − retrained metric| over UA, RA, TA, MIA",
-    "gap_UA": "|UA − retrained UA| (likewise gap_RA, gap_TA, gap_MIA)",
-    "js_forget": "mean Jensen–Shannon divergence (bits) of outputs to the retrained model's on D_f",
-    "js_test": "the same on the test set",
-    "l2_to_reference": "L2 distance between the weights and the retrained model's",
-    "FR": "forgetting rate (A_o(D_f) − A_u(D_f)) / A_o(D_f)",
-    "MRR": "memory retention rate A_u(D_r) / A_o(D_r)",
-    "forget_loss": "mean cross-entropy on D_f (labels as trained)",
-    "spd_acc": "accuracy (%) on the SPD-GAN-perturbed forget set G(D_f) (labels as trained)",
-    "spd_loss": "mean cross-entropy on G(D_f)",
-    "UD_acc": "unlearning degree (seed 003): A_o(G(D_f)) − A_u(G(D_f)), accuracy points",
-    "UD_loss": "unlearning degree on the loss: L_u(G(D_f)) − L_o(G(D_f))",
-    "UD_acc_retrain": "the retrained model's unlearning degree A_o(G(D_f)) − A_r(G(D_f)) (the target)",
-    "UD_loss_retrain": "the retrained model's L_r(G(D_f)) − L_o(G(D_f))",
-    "gap_UD_acc": "|UD_acc − UD_acc_retrain| = |A_r(G(D_f)) − A_u(G(D_f))|",
-    "rte_s": "run-time efficiency: wall-clock seconds of the unlearning call",
-    "rte_ratio": "rte_s / seconds of retraining",
-    "forward_samples": "samples passed forward by the unlearning call",
-    "non_finite_outputs": "samples with non-finite logits (a diverged model); their outputs count as uniform",
-    "backward_samples": "samples passed backward by the unlearning call",
+# Which way is better, declared once per metric beside its meaning: LOWER, HIGHER, REF (closer to the retrained
+# model's value), a number (closer to that value: 50 % attack accuracy is chance), or None (a reference value shown
+# for context, never ranked). Reports bold and rank by it (`metric_score`).
+LOWER, HIGHER, REF = "lower", "higher", "reference"
+
+METRICS: dict[str, tuple[str, str | float | None]] = {
+    "UA": ("unlearning accuracy: 100 − accuracy on the forget set (labels as trained)", REF),
+    "RA": ("accuracy on the retain set", REF),
+    "TA": ("test accuracy (class requests: on the retained classes only)", REF),
+    "TA_all": ("accuracy on the whole test set", REF),
+    "MIA": ("MIA-efficacy: % of D_f an SVC on the true-class probability calls non-members", REF),
+    "MIA_entropy": ("MIA-efficacy with the prediction entropy as the feature", REF),
+    "MIA_m_entropy": ("MIA-efficacy with the modified entropy (Song & Mittal 2021) as the feature", REF),
+    "forgotten_class_test_acc": ("class requests: test accuracy on the forgotten classes", REF),
+    "ASR": ("backdoor/feature requests: % of non-target test images classified as the target once the trigger/feature is stamped on them", LOWER),
+    "forget_acc_corrected": ("relabel/edit requests: accuracy on D_f against the corrected labels", HIGHER),
+    "avg_gap": ("mean |metric − retrained metric| over UA, RA, TA, MIA", LOWER),
+    "gap_UA": ("|UA − retrained UA| (likewise gap_RA, gap_TA, gap_MIA)", LOWER),
+    "js_forget": ("mean Jensen–Shannon divergence (bits) of outputs to the retrained model's on D_f", LOWER),
+    "js_test": ("the same on the test set", LOWER),
+    "l2_to_reference": ("L2 distance between the weights and the retrained model's", LOWER),
+    "FR": ("forgetting rate (A_o(D_f) − A_u(D_f)) / A_o(D_f)", HIGHER),
+    "MRR": ("memory retention rate A_u(D_r) / A_o(D_r)", HIGHER),
+    "forget_loss": ("mean cross-entropy on D_f (labels as trained)", REF),
+    "spd_acc": ("accuracy (%) on the SPD-GAN-perturbed forget set G(D_f) (labels as trained)", REF),
+    "spd_loss": ("mean cross-entropy on G(D_f)", REF),
+    "UD_acc": ("unlearning degree (seed 003): A_o(G(D_f)) − A_u(G(D_f)), accuracy points", HIGHER),
+    "UD_loss": ("unlearning degree on the loss: L_u(G(D_f)) − L_o(G(D_f))", HIGHER),
+    "UD_acc_retrain": ("the retrained model's unlearning degree A_o(G(D_f)) − A_r(G(D_f)) (the target)", None),
+    "UD_loss_retrain": ("the retrained model's L_r(G(D_f)) − L_o(G(D_f))", None),
+    "gap_UD_acc": ("|UD_acc − UD_acc_retrain| = |A_r(G(D_f)) − A_u(G(D_f))|", LOWER),
+    "rte_s": ("run-time efficiency: wall-clock seconds of the unlearning call", LOWER),
+    "rte_ratio": ("rte_s / seconds of retraining", LOWER),
+    "forward_samples": ("samples passed forward by the unlearning call", LOWER),
+    "non_finite_outputs": ("samples with non-finite logits (a diverged model); their outputs count as uniform", LOWER),
+    "backward_samples": ("samples passed backward by the unlearning call", LOWER),
     # Distribution-level metrics of `unlearnkit audit` (they need N unlearned and N retrained models, so
     # they are computed by unlearnkit.audit, not by evaluate(); see docs/audit.md).
-    "ulira_acc": "audit: U-LiRA accuracy (%) telling held-out unlearned from retrained models per forget example (50 = indistinguishable)",
-    "ulira_auc": "audit: area under the ROC curve of the U-LiRA likelihood ratio",
-    "ulira_tpr_at_1pct_fpr": "audit: U-LiRA true-positive rate (%) at 1 % false-positive rate (likewise _at_0.1pct_fpr)",
-    "forget_score": "audit: NeurIPS 2023 challenge forgetting quality F (mean binned per-example ε score; 1 = best)",
-    "challenge_score": "audit: F × (RA / retrained RA) × (TA / retrained TA), the challenge's final score",
-    "retain_ulira_acc": "audit: U-LiRA accuracy (%) on retained examples (exposure of D_r; 50 = no exposure)",
+    "ulira_acc": ("audit: U-LiRA accuracy (%) telling held-out unlearned from retrained models per forget example (50 = indistinguishable)", 50.0),
+    "ulira_auc": ("audit: area under the ROC curve of the U-LiRA likelihood ratio", 0.5),
+    "ulira_tpr_at_1pct_fpr": ("audit: U-LiRA true-positive rate (%) at 1 % false-positive rate (likewise _at_0.1pct_fpr)", LOWER),
+    "forget_score": ("audit: NeurIPS 2023 challenge forgetting quality F (mean binned per-example ε score; 1 = best)", HIGHER),
+    "challenge_score": ("audit: F × (RA / retrained RA) × (TA / retrained TA), the challenge's final score", HIGHER),
+    "retain_ulira_acc": ("audit: U-LiRA accuracy (%) on retained examples (exposure of D_r; 50 = no exposure)", 50.0),
 }
+METRIC_DOCS = {name: doc for name, (doc, _) in METRICS.items()}
+METRIC_BETTER = {name: better for name, (_, better) in METRICS.items()}
+
+
+def metric_score(name: str, value: float, reference: float | None = None, better: str | float | None = None) -> float | None:
+    """How far ``value`` of metric ``name`` is from the best (smaller is better; None: not ranked, or a REF metric
+    without a reference value). ``better`` overrides the declared direction (for metrics defined elsewhere)."""
+    better = METRIC_BETTER.get(name) if better is None else better
+    if better is None or value is None or math.isnan(value):
+        return None
+    if better == LOWER:
+        return value
+    if better == HIGHER:
+        return -value
+    if better == REF:
+        return None if reference is None or math.isnan(reference) else abs(value - reference)
+    return abs(value - float(better))
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .._util import atomic_path, write_text_atomic
+from ..evaluation import metric_score
 
 ORIGINAL = "original"  # the pseudo-method "no unlearning"
 
@@ -32,24 +33,27 @@ def _name(label: str) -> str:
     return {"retrain": "Retrain (exact: chance level)", ORIGINAL: "Original (no unlearning)"}.get(label, label)
 
 
-def _ranks(values: dict[str, float], higher_is_better: bool) -> dict[str, int]:
-    """Competition ranks (1 = best; equal values share a rank)."""
-    ordered = sorted(values.values(), reverse=higher_is_better)
-    return {m: 1 + ordered.index(v) for m, v in values.items()}
+def _ranks(values: dict[str, float], metric: str) -> dict[str, int]:
+    """Competition ranks (1 = best in the metric's declared direction; equal values share a rank)."""
+    scores = {m: metric_score(metric, v) for m, v in values.items()}
+    scores = {m: math.inf if s is None else s for m, s in scores.items()}  # an unmeasured value ranks last
+    ordered = sorted(scores.values())
+    return {m: 1 + ordered.index(s) for m, s in scores.items()}
 
 
+# (title, metric whose declared direction ranks it, value in an audit result)
 RANKINGS = [
-    ("Avg. Gap", lambda r: r["population"]["avg_gap"][0], False),
-    ("U-LiRA acc.", lambda r: r["ulira"]["accuracy"], False),
-    ("TPR@1% FPR", lambda r: r["ulira"]["tpr_at_1pct_fpr"], False),
-    ("challenge score", lambda r: r["challenge"]["score"], True),
+    ("Avg. Gap", "avg_gap", lambda r: r["population"]["avg_gap"][0]),
+    ("U-LiRA acc.", "ulira_acc", lambda r: r["ulira"]["accuracy"]),
+    ("TPR@1% FPR", "ulira_tpr_at_1pct_fpr", lambda r: r["ulira"]["tpr_at_1pct_fpr"]),
+    ("challenge score", "challenge_score", lambda r: r["challenge"]["score"]),
 ]
 
 
 def rankings(methods: dict) -> dict[str, dict[str, int]]:
     """Ranks of the approximate methods (not Retrain, not the original) under each criterion."""
     approx = {m: r for m, r in methods.items() if m not in FIXED}
-    return {title: _ranks({m: key(r) for m, r in approx.items()}, better) for title, key, better in RANKINGS}
+    return {title: _ranks({m: key(r) for m, r in approx.items()}, metric) for title, metric, key in RANKINGS}
 
 
 def ranked_differently(methods: dict) -> dict[str, list[str]]:

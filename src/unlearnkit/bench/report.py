@@ -1,9 +1,10 @@
 """Tables and plots from benchmark records, in the layout the papers print.
 
 Per request: one row per method variant (Retrain first, then the untouched original, then the rest), cells
-"mean ± std (gap)" over seeds where gap = |mean − Retrain's mean|, the best cell per column in bold (smallest
-gap for UA/RA/TA/MIA, smallest Avg. Gap and run time). Written as Markdown, CSV and LaTeX, with the machine,
-versions and command that produced the records, plus PNG plots of Avg. Gap against run time. When a method
+"mean ± std (gap)" over seeds where gap = |mean − Retrain's mean|, the best cell per column in bold, in the
+direction each metric declares beside its definition (``evaluation.METRICS``: closest to Retrain for UA/RA/TA/MIA,
+lowest Avg. Gap and run time, highest forgetting rate, unlearning degree and retention rate). Written as Markdown,
+CSV and LaTeX, with the machine, versions and command that produced the records, plus PNG plots of Avg. Gap against run time. When a method
 has several variants (a sweep), a selection table ranks them by mean Avg. Gap over the requests.
 """
 
@@ -18,6 +19,7 @@ from statistics import mean, stdev
 from typing import Any
 
 from .._util import save_figure, write_text_atomic
+from ..evaluation import LOWER, metric_score
 from .runner import load_records
 
 COLUMNS = [("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA-Eff."), ("avg_gap", "Avg. Gap"),
@@ -26,6 +28,9 @@ EXTRA = [("FR", "FR"), ("MRR", "MRR"), ("UD_acc", "UD acc"), ("UD_loss", "UD los
          ("spd_acc", "Acc G(D_f)"), ("js_forget", "JS D_f"), ("js_test", "JS test"), ("l2_to_reference", "L2 to Retrain"),
          ("MIA_entropy", "MIA ent."), ("MIA_m_entropy", "MIA m-ent."), ("ASR", "ASR"), ("forget_acc_corrected", "Acc D_f (true)")]
 GAPPED = {"UA", "RA", "TA", "MIA"}
+# The report's own columns (derived here from records, so declared here); every other column's direction is
+# declared with the metric in evaluation.METRICS.
+REPORT_BETTER = {"rte_pct": LOWER, "work_pct": LOWER}
 
 
 def stats(values: list[float | None]) -> tuple[float, float, int]:
@@ -87,13 +92,16 @@ def _order(variants: dict[str, dict]) -> list[str]:
 
 
 def _best(request_summary: dict[str, dict], key: str) -> str | None:
-    """The variant with the best value in a column (ignoring Retrain and the original)."""
+    """The variant with the best value in a column (ignoring Retrain and the original), in the metric's declared
+    direction; None when the metric is not ranked (or needs Retrain's value and there is none)."""
     ref = request_summary.get("retrain", {}).get(key)
     candidates = {}
     for variant, s in request_summary.items():
-        if variant in ("retrain", "original") or key not in s or math.isnan(s[key][0]):
+        if variant in ("retrain", "original") or key not in s:
             continue
-        candidates[variant] = abs(s[key][0] - ref[0]) if key in GAPPED and ref else s[key][0]
+        score = metric_score(key, s[key][0], ref[0] if ref else None, better=REPORT_BETTER.get(key))
+        if score is not None:
+            candidates[variant] = score
     return min(candidates, key=candidates.get) if candidates else None
 
 
@@ -238,8 +246,9 @@ def write_report(out_dir: str | Path, *, budget: float = 0.05) -> str:
         f"Records: {len(records)}. " + provenance(first),
         "Command(s): " + ("; ".join(f"`{c}`" for c in dict.fromkeys(commands)) if commands else "not recorded") + ".", "",
         "Cells are mean ± std over seeds; for UA/RA/TA/MIA-Eff. the gap to Retrain is in parentheses; the best "
-        "cell per column (excluding Retrain and the original) is bold. RTE is the wall-clock time of the unlearning "
-        "call alone, measured in the same run as the methods it is compared with only when the records say so "
+        "cell per column (excluding Retrain and the original) is bold: closest to Retrain for UA, RA, TA, MIA and the "
+        "other accuracies, lowest for gaps, divergences, distances, ASR and cost, highest for FR, MRR and UD. RTE is "
+        "the wall-clock time of the unlearning call alone, measured in the same run as the methods it is compared with only when the records say so "
         "(see `retrain_s` and timestamps in the records).", "",
     ])
     text = markdown(summary, header)
