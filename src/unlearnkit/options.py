@@ -400,12 +400,14 @@ def _default_text(d: Declared) -> str:
         return "true" if v else "false"
     if isinstance(v, tuple):
         return json.dumps(list(v))
-    return repr(v) if isinstance(v, str) else _num(v) if isinstance(v, (int, float)) else str(v)
+    return repr(v) if isinstance(v, (str, float)) else str(v)
 
 
 def markdown_table(kind: str, name: str) -> str:
     """The option table of one owner, as the docs print it (generated; tests compare the docs with it)."""
     owner = OWNERS[(kind, name)]
+    if not options_of(owner.config):
+        return "No options."
     rows = ["| option | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
     for d in options_of(owner.config).values():
         rows.append(f"| `{d.label}` | {_cell(d.type.name)} | `{_default_text(d)}` | {_cell(d.allowed())} | {_cell(d.help)} |")
