@@ -22,7 +22,8 @@ def test_every_option_table_in_the_docs_matches_the_declarations():
         assert gen.render(text) == text, f"{path.name}: option table differs; run python scripts/options_docs.py"
     from unlearnkit.options import OWNERS
 
-    assert {kind for kind, _ in OWNERS} <= found, "every kind of declared option has a table in docs/"
+    shipped = {kind for (kind, _), o in OWNERS.items() if o.config.__module__.startswith("unlearnkit.")}
+    assert shipped <= found, "every kind of declared option has a table in docs/"
 
 
 def test_a_changed_declaration_makes_the_check_fail(monkeypatch):
