@@ -206,7 +206,8 @@ def validate_manifest(manifest: dict, where: Path) -> None:
 
 def validate_model_spec(spec: Any, where: Path) -> None:
     """A manifest's ``model`` entry: a registered name and arguments of the right types and plausible sizes."""
-    from .models import MODELS
+    from .models import MODEL_OPTIONS, MODELS
+    from .options import build
 
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise _damaged(where, "has a 'model' entry without a model name")
@@ -224,15 +225,12 @@ def validate_model_spec(spec: Any, where: Path) -> None:
         if value is not None and not (isinstance(value, list) and len(value) == args["in_channels"]
                                       and all(_is_number(v) for v in value)):
             raise _damaged(where, f"has model argument {key} that is not {args['in_channels']} finite numbers")
-    for key, value in args.items():
-        if key in _SHAPE_LIMITS or key in ("mean", "std"):
-            continue
-        items = value if isinstance(value, list) and len(value) <= 64 else [value]
-        for item in items:
-            if _is_int(item) and not 0 <= item <= 1_000_000:
-                raise _damaged(where, f"has model argument {key}={str(value)[:40]}; integers must be in 0..1000000")
-            if not (_is_number(item) or isinstance(item, (bool, str)) or item is None):
-                raise _damaged(where, f"has model argument {key} of type {type(item).__name__}")
+    # The model's own options: the types and ranges declared with the model (unlearnkit.models.MODEL_OPTIONS).
+    own = {k: v for k, v in args.items() if k not in _SHAPE_LIMITS and k not in ("mean", "std")}
+    try:
+        build(MODEL_OPTIONS[spec["name"]], own, owner=f"model {spec['name']}")
+    except UnlearnKitError as exc:
+        raise _damaged(where, f"has a bad model argument: {str(exc)[:200]}") from None
 
 
 def weights_file(path: Path, manifest: dict) -> Path:
