@@ -55,7 +55,7 @@ def test_suite_prune_key_is_parsed_and_validated():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"prune": "omp:1.5"}, "sparsity must be"),
+    ({"prune": "omp:1.5"}, "option sparsity of pruning spec must be"),
     ({"prune": "magnitude:0.5"}, "unknown pruning method"),
     ({"prune": None}, "need a prune spec"),
     ({"prune_finetune_epochs": -1}, "prune_finetune_epochs must be"),
@@ -168,7 +168,7 @@ def test_unlearn_command_prunes_first_and_the_mask_holds(capsys, tmp_path, digit
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--prune", "omp:2"], "sparsity must be"),
+    (["--prune", "omp:2"], "option sparsity of pruning spec must be"),
     (["--prune", "omp:0.5", "--set", "speed=3"], "has no option"),
     (["--pruned-out", "P"], "need --prune SPEC"),
     (["--prune", "synflow:0.5", "--prune-finetune-epochs", "-1"], "must be >= 0"),

@@ -233,8 +233,8 @@ def test_prune_command_without_finetuning_keeps_the_parents_other_weights(capsys
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--method", "omp", "--sparsity", "1.0"], "sparsity must be a number in [0, 1)"),
-    (["--method", "omp", "--sparsity", "-0.1"], "sparsity must be a number in [0, 1)"),
+    (["--method", "omp", "--sparsity", "1.0"], "option --sparsity of pruning spec must be a finite float in [0, 1); got 1.0"),
+    (["--method", "omp", "--sparsity", "-0.1"], "option --sparsity of pruning spec must be a finite float in [0, 1)"),
     (["--method", "snip", "--sparsity", "0.5"], "unknown pruning method 'snip'"),
     (["--method", "omp", "--sparsity", "0.5", "--layers", "conv"], "no convolution weights"),
     (["--method", "synflow", "--sparsity", "0.5"], "SynFlow prunes at initialisation"),
@@ -256,7 +256,8 @@ def test_spec_parsing():
     assert str(sp.parse_prune_spec("OMP:0.95")) == "omp:0.95"
     assert sp.parse_prune_spec("synflow:0.95:iterations=10,classifier=false").classifier is False
     for bad, message in [("omp", "METHOD:SPARSITY"), ("omp:lots", "bad sparsity"), ("omp:0.5:depth=3", "unknown pruning option"),
-                         ("imp:0.5:rate=1.5", "rate must be in (0, 1)"), ("synflow:0.5:iterations=0", "iterations must be"),
+                         ("imp:0.5:rate=1.5", "option rate of pruning spec must be a finite float in (0, 1)"),
+                         ("synflow:0.5:iterations=0", "option iterations of pruning spec must be an integer in [1, "),
                          ("omp:0.5:scope", "use KEY=VALUE"), ("omp:0.5:iterations=5", "does not apply to omp")]:
         with pytest.raises(UnlearnKitError) as info:
             sp.parse_prune_spec(bad)

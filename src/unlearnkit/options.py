@@ -68,7 +68,7 @@ class Range:
 
 
 def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() and abs(v) < 1e5 else f"{v:g}"
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
 def option(default: Any, help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
@@ -156,6 +156,10 @@ class Declared:
         return self.range.high
 
     @property
+    def required(self) -> bool:
+        return self.default is dataclasses.MISSING
+
+    @property
     def choices(self) -> tuple | None:
         return self.type.choices
 
@@ -223,7 +227,8 @@ class Declared:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "owner": self.owner, "name": self.name, "flag": self.flag, "type": self.type.name,
-                "default": list(self.default) if isinstance(self.default, tuple) else self.default,
+                "default": None if self.required else list(self.default) if isinstance(self.default, tuple) else self.default,
+                "required": self.required,
                 "low": self.low, "high": self.high, "low_open": self.range.gt is not None,
                 "high_open": self.range.lt is not None,
                 "choices": list(self.choices) if self.choices is not None else None, "nullable": self.type.nullable,

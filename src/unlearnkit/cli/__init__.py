@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 from ..errors import UnlearnKitError
 from . import audit, bench, core, prune, requests, sisa, spdgan
-from .common import Command, parse_sets, parse_value, printable, split_top_level
+from ..options import option
+from .common import Command, add_flags, command_flags, parse_sets, parse_value, printable, split_top_level
 
 # One line per command module, in the order `unlearnkit --help` lists them.
 COMMAND_MODULES = (
@@ -37,11 +39,19 @@ def commands() -> dict[str, Command]:
     return out
 
 
+@dataclass
+class GlobalFlags:
+    threads: int | None = option(None, "torch intra-op threads (default: torch's choice). Benchmarks on a shared CPU use "
+                                       "1: a single-threaded process keeps its core, while two-thread processes spin-wait "
+                                       "on each other", ge=1, le=1024)
+
+
+command_flags("unlearnkit", GlobalFlags)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearnkit", description="Machine unlearning for PyTorch classifiers.")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice). Benchmarks on a shared CPU use 1: a "
-                             "single-threaded process keeps its core, while two-thread processes spin-wait on each other")
+    add_flags(parser, GlobalFlags)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in commands().values():
         command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help))
@@ -50,14 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # declared flags are checked while parsing (see common.add_flags)
+        args = parser.parse_args(argv)
+    except UnlearnKitError as exc:
+        print(f"unlearnkit: error: {exc}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2
     if args.threads is not None:
-        if args.threads < 1:
-            print("unlearnkit: error: --threads must be at least 1", file=sys.stderr)
-            return 2
         import torch
 
         torch.set_num_threads(args.threads)

@@ -5,13 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import Command, add_overwrite_arg, check_output, request_files, split_top_level
+from dataclasses import dataclass
+from typing import Literal
+
+from ..options import option
+from .common import Command, add_flags, add_overwrite_arg, check_output, command_flags, request_files, split_top_level
+
+
+@dataclass
+class AuditFlags:
+    models: int = option(16, "N: originals, retrained references and unlearned models per method", ge=3, le=100_000)
+    workers: int = option(2, "parallel training processes", ge=1, le=256)
+    worker_threads: int = option(1, "torch threads per worker process", ge=1, le=1024)
+    retain_sample: int = option(1000, "retained examples attacked (0: all of D_r)", ge=0, le=10**8)
+    memorization_models: int | None = option(None, "split models for memorized:K (even; default N)", ge=2, le=100_000)
+    variance: Literal["auto", "global", "per_example"] = option(
+        "auto", "U-LiRA Gaussian variance (auto: one shared variance below 64 models, as LiRA advises)")
+
+
+command_flags("audit", AuditFlags)
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", required=True, help="suite name under benchmarks/suites/ or a .toml path (data set, model, "
                                                   "recipe, requests, methods, method options)")
-    p.add_argument("--models", type=int, default=16, help="N: originals, retrained references and unlearned models per method (default 16)")
+    add_flags(p, AuditFlags, only=("models",))
     p.add_argument("--methods", default=None, help="comma list of methods or variants (NAME[k=v,...]); 'all' = every registered "
                                                    "method at its defaults (default: the suite's). Retrain and the original are always rows")
     p.add_argument("--request", action="append", default=None, metavar="SPEC",
@@ -19,12 +37,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/audit/SUITE)")
     p.add_argument("--cache", default="runs/bench-cache", help="model cache shared with `unlearnkit bench` (default: runs/bench-cache)")
     add_overwrite_arg(p, "an existing audit of the same suite")
-    p.add_argument("--workers", type=int, default=2, help="parallel training processes (default 2)")
-    p.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker process (default 1)")
-    p.add_argument("--retain-sample", type=int, default=1000, help="retained examples attacked (0: all of D_r; default 1000)")
-    p.add_argument("--memorization-models", type=int, default=None, help="split models for memorized:K (even; default N)")
-    p.add_argument("--variance", default="auto", choices=["auto", "global", "per_example"],
-                   help="U-LiRA Gaussian variance (auto: one shared variance below 64 models, as LiRA advises)")
+    add_flags(p, AuditFlags, only=("workers", "worker_threads", "retain_sample", "memorization_models", "variance"))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
 

@@ -7,7 +7,17 @@ import dataclasses
 import sys
 
 from ..errors import UnlearnKitError
-from .common import Command, add_overwrite_arg, check_output, split_top_level
+from ..options import option
+from .common import Command, add_flags, add_overwrite_arg, check_output, command_flags, split_top_level
+
+
+@dataclasses.dataclass
+class ReportFlags:
+    budget: float = option(0.05, "work budget (sample passes as a fraction of Retrain's) for choosing variants", gt=0,
+                           le=100)
+
+
+command_flags("report", ReportFlags)
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,7 +117,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a results folder written by `unlearnkit bench`")
-    p.add_argument("--budget", type=float, default=0.05, help="work budget (sample passes as a fraction of Retrain's) for choosing variants")
+    add_flags(p, ReportFlags)
 
 
 def _report(args: argparse.Namespace) -> int:

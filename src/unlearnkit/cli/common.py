@@ -6,11 +6,17 @@ A command module lists its sub-commands in ``COMMANDS``; :mod:`unlearnkit.cli` i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import UnlearnKitError
+from ..options import Declared, declare, options_of, parse_text
+
+
+# Seeds are stored in manifests and records and fed to torch.manual_seed / numpy; keep them in uint32.
+SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -24,11 +30,53 @@ class Command:
 
 
 def parse_value(text: str) -> Any:
-    """``--set`` values: JSON where it parses (numbers, true/false, lists), else the plain string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    """``--set`` values: JSON where it parses (numbers, true/false, null, lists), ``nan``/``inf`` as floats (so that
+    they are refused as out of range, not as strings), else the plain string."""
+    return parse_text(text)
+
+
+def command_flags(command: str, config: type) -> type:
+    """Declare ``config``'s fields as the flags of ``unlearnkit COMMAND`` (field ``batch_size`` is ``--batch-size``):
+    they are listed by ``unlearnkit info`` and ``unlearnkit.options.declared("command")``, and :func:`add_flags`
+    adds them to a parser."""
+    return declare("command", command, config, flags=True)
+
+
+def add_flags(p: argparse.ArgumentParser, config: type, *, only: tuple[str, ...] | None = None, unset: bool = False) -> None:
+    """Add declared options of ``config`` as ``--flags`` whose values are checked against their declaration while
+    the command line is parsed — before the command runs — so a bad value is one line naming the flag, its type and
+    its range (the :class:`UnlearnKitError` leaves ``parse_args`` and :func:`unlearnkit.cli.main` prints it).
+
+    ``only`` picks fields; ``unset`` makes every default None ("not given": e.g. ``train --lr`` overrides the
+    recipe's learning rate only when given). Flags of another owner's options (the training recipe's ``--epochs``)
+    reuse that owner's declaration rather than declaring the option again."""
+    for name, d in options_of(config).items():
+        if only is not None and name not in only:
+            continue
+        flag = "--" + name.replace("_", "-")
+        d = dataclasses.replace(d, flag=flag)
+        required = d.default is dataclasses.MISSING
+        kwargs: dict[str, Any] = {"type": _checker(d), "help": f"{d.help} ({d.allowed()})", "dest": name}
+        if required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = None if unset else d.default
+            if not unset:
+                kwargs["help"] = f"{d.help} ({d.allowed()}; default {json.dumps(_plain(d.default))})"
+        kwargs["metavar"] = "{" + ",".join(map(str, d.choices)) + "}" if d.choices else name.upper()
+        p.add_argument(flag, **kwargs)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _checker(d: Declared) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
+        return d.check(parse_text(text))
+
+    check.__name__ = d.type.name  # what argparse would name in its own messages
+    return check
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:

@@ -6,18 +6,53 @@ import argparse
 import json
 import sys
 
+from dataclasses import dataclass
+
 from ..errors import UnlearnKitError
-from .common import Command, add_data_args, add_overwrite_arg, check_output, data_inputs, parse_sets, request_files, training_changes
+from ..options import option
+from ..training import TrainConfig
+from .common import (SEED_MAX, Command, add_data_args, add_flags, add_overwrite_arg, check_output, command_flags, data_inputs,
+                     parse_sets, request_files, training_changes)
+
+
+# The numeric and choice flags of these commands, declared once (type, range, help); the training recipe's own
+# options (--epochs, --lr, --batch-size) are TrainConfig's declarations.
+@dataclass
+class TrainFlags:
+    seed: int = option(0, "seed of the initialisation, the data order and random requests", ge=0, le=SEED_MAX)
+
+
+@dataclass
+class EvaluateFlags:
+    mia_shadow_size: int = option(3000, "SVC shadow points per side (0: the full convention)", ge=0, le=10**7)
+
+
+@dataclass
+class UnlearnFlags:
+    seed: int = option(0, "seed of the method and of random requests", ge=0, le=SEED_MAX)
+    prune_finetune_epochs: int | None = option(
+        None, "fine-tuning epochs after pruning, on the data as trained (default: 2 after a one-shot prune, 0 where "
+              "the spec retrains or trains)", ge=0, le=10_000)
+    prune_finetune_lr: float | None = option(None, "their learning rate (default: a fifth of the recipe's)", gt=0, le=10)
+
+
+@dataclass
+class DemoFlags:
+    seed: int = option(0, "seed of the original, the request and the methods", ge=0, le=SEED_MAX)
+
+
+command_flags("train", TrainFlags)
+command_flags("evaluate", EvaluateFlags)
+command_flags("unlearn", UnlearnFlags)
+command_flags("demo", DemoFlags)
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--model", default=None, help="model name (default: the data set's default)")
     p.add_argument("--request", default=None, help="request the training data carries (relabel:/backdoor:) or to record")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_flags(p, TrainConfig, only=("epochs", "lr", "batch_size"), unset=True)
+    add_flags(p, TrainFlags)
     p.add_argument("--device", default="auto")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="other training options (e.g. schedule=multistep)")
     p.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model options (e.g. width=128)")
@@ -35,9 +70,12 @@ def _train(args: argparse.Namespace) -> int:
     from ..api import train
     from ..recipes import default_model, default_recipe
 
+    from ..models import check_model_options
+
     out = check_output(args.out, "checkpoint", args, data_inputs(args.dataset, args.data_dir) + request_files(args.request))
     model = args.model or default_model(args.dataset)
     config = default_recipe(args.dataset, model).replace(**training_changes(args))
+    check_model_options(model, parse_sets(args.model_option))  # before the data set is read
     trained = train(
         args.dataset, model, request=args.request, config=config, seed=args.seed, device=args.device,
         data_dir=args.data_dir, model_options=parse_sets(args.model_option), out=out,
@@ -59,7 +97,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", default=None, help="the retrained checkpoint to compare with (gaps, Avg. Gap, JS, L2)")
     p.add_argument("--original", default=None, help="the original checkpoint (FR, MRR); default: the checkpoint's parent")
     p.add_argument("--request", default=None, help="request to evaluate (default: the one the checkpoint records)")
-    p.add_argument("--mia-shadow-size", type=int, default=3000, help="SVC shadow points per side (0: the full convention)")
+    add_flags(p, EvaluateFlags)
     p.add_argument("--spdgan", default=None, metavar="G",
                    help="a generator from `unlearnkit spdgan train`: adds accuracy/loss on the perturbed forget set and "
                         "the unlearning degree (with --original; with --reference also the retrained model's)")
@@ -117,7 +155,7 @@ def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="method name (see `unlearnkit info`)")
     p.add_argument("--request", default=None, help="what to forget (default: the request the checkpoint records)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a method option")
-    p.add_argument("--seed", type=int, default=0)
+    add_flags(p, UnlearnFlags, only=("seed",))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="checkpoint directory for the unlearned model")
@@ -128,33 +166,27 @@ def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune", default=None, metavar="SPEC",
                    help="prune first, then unlearn: prune the checkpoint by SPEC (omp:S, imp:S, synflow:S; see "
                         "docs/sparsity.md) and unlearn the pruned model; its mask holds through the method (and Retrain)")
-    p.add_argument("--prune-finetune-epochs", type=int, default=None,
-                   help="fine-tuning epochs after pruning, on the data as trained (default: 2 after a one-shot prune, "
-                        "0 where the spec retrains or trains)")
-    p.add_argument("--prune-finetune-lr", type=float, default=None, help="their learning rate (default: a fifth of the recipe's)")
+    add_flags(p, UnlearnFlags, only=("prune_finetune_epochs", "prune_finetune_lr"))
     p.add_argument("--pruned-out", default=None, help="also write the pruned model (before unlearning) as a checkpoint here")
 
 
 def _unlearn(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, save_unlearned
-    from ..methods import unlearn
+    from ..methods import METHODS, make_config, unlearn
 
     inputs = [args.checkpoint, *([args.data_dir] if args.data_dir else []), *request_files(args.request)]
     out = check_output(args.out, "checkpoint", args, inputs)
     if args.pruned_out is not None:
         check_output(args.pruned_out, "checkpoint", args, inputs + [args.out], option="--pruned-out")
-    checkpoint = load_checkpoint(args.checkpoint)
     options = parse_sets(args.set)
-    if args.prune is not None:  # bad specs and options fail before any pruning work
-        from ..methods import METHODS, make_config
+    if args.method not in METHODS:  # the method and its options are checked before anything is loaded
+        raise UnlearnKitError(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
+    make_config(METHODS[args.method], options)
+    checkpoint = load_checkpoint(args.checkpoint)
+    if args.prune is not None:  # bad specs fail before any pruning work
         from ..sparsity import parse_prune_spec, prune_first
 
         spec = parse_prune_spec(args.prune)
-        if args.method not in METHODS:
-            raise UnlearnKitError(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
-        make_config(METHODS[args.method], options)
-        if args.prune_finetune_epochs is not None and args.prune_finetune_epochs < 0:
-            raise UnlearnKitError("--prune-finetune-epochs must be >= 0")
     elif any(v is not None for v in (args.prune_finetune_epochs, args.prune_finetune_lr, args.pruned_out)):
         raise UnlearnKitError("--prune-finetune-epochs, --prune-finetune-lr and --pruned-out need --prune SPEC")
     data = checkpoint.dataset(args.data_dir)
@@ -184,11 +216,11 @@ def _unlearn(args: argparse.Namespace) -> int:
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's checkpoints")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's 10)")
+    add_flags(p, TrainConfig, only=("epochs",), unset=True)
     p.add_argument("--request", default="random:0.1", help="what to forget (default: a random 10 %% of the training set)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    add_flags(p, DemoFlags)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -200,19 +232,28 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def info() -> dict:
-    """What ``unlearnkit info`` lists: data sets, models, methods, metrics and request types."""
+    """What ``unlearnkit info`` lists: data sets, models, methods, metrics (with the direction that is better),
+    request types, and every declared option — of the training recipe, the models, SPD-GAN, pruning specs, the
+    hybrid policy and each sub-command's flags — with its type, range or choices, default and help."""
     from ..data import DATASET_INFO
-    from ..evaluation import METRIC_DOCS
+    from ..evaluation import METRICS
     from ..methods import METHODS
     from ..models import model_info
+    from ..options import OWNERS, options_of
     from ..requests import REQUEST_KINDS
 
+    options = {}
+    for (kind, name), owner in OWNERS.items():
+        if kind != "method" and owner.config.__module__.startswith("unlearnkit."):
+            options[f"{name} flags" if kind == "command" else name] = {
+                d.label: d.to_dict() for d in options_of(owner.config).values()}
     return {
         "datasets": DATASET_INFO,
         "models": model_info(),
         "methods": {name: info.describe() for name, info in METHODS.items()},
-        "metrics": METRIC_DOCS,
+        "metrics": {name: {"doc": doc, "better": better} for name, (doc, better) in METRICS.items()},
         "requests": sorted(REQUEST_KINDS),
+        "options": options,
     }
 
 
@@ -227,7 +268,13 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     for section, entries in data.items():
         print(f"{section}:")
-        if isinstance(entries, dict):
+        if section == "options":
+            for owner, declared in entries.items():
+                print(f"  {owner}")
+                for label, d in declared.items():
+                    default = "required" if d["required"] else f"default {json.dumps(d['default'])}"
+                    print(f"    {label:<22} {d['allowed']} ({default})")
+        elif isinstance(entries, dict):
             for name, meta in entries.items():
                 doc = meta.get("doc", meta.get("summary", meta.get("format", ""))) if isinstance(meta, dict) else meta
                 print(f"  {name:<16} {doc}")

@@ -6,27 +6,40 @@ import argparse
 import json
 
 from ..errors import UnlearnKitError
+from dataclasses import dataclass
+
+from ..options import option
 from ..sparsity.spec import OPTIONS, PRUNE_METHODS, PruneSpec
-from .common import Command, add_overwrite_arg, check_output, parse_sets
+from .common import SEED_MAX, Command, add_flags, add_overwrite_arg, check_output, command_flags, parse_sets
+
+
+@dataclass
+class PruneFlags:
+    finetune_epochs: int = option(0, "fine-tune this many epochs after pruning (recipe of the checkpoint)", ge=0,
+                                  le=10_000)
+    finetune_lr: float | None = option(None, "fine-tuning learning rate (default: a fifth of the recipe's)", gt=0, le=10)
+    seed: int | None = option(None, "seed for fine-tuning/retraining data order (default: the checkpoint's)", ge=0,
+                              le=SEED_MAX)
+
+
+command_flags("prune", PruneFlags)
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="the trained model to prune")
     p.add_argument("--method", required=True, help=f"pruning method: {', '.join(PRUNE_METHODS)}")
-    p.add_argument("--sparsity", required=True, type=float, help="fraction of the prunable weights to zero, in [0, 1)")
+    add_flags(p, PruneSpec, only=("sparsity",))
     p.add_argument("--out", required=True, help="checkpoint directory for the pruned model")
     add_overwrite_arg(p, "an existing checkpoint")
-    p.add_argument("--scope", default="global", help="global (one threshold over all layers, default) or layer")
-    p.add_argument("--layers", default="conv+linear", help="prunable weights: conv+linear (default), conv or linear")
+    add_flags(p, PruneSpec, only=("scope", "layers"))
     p.add_argument("--exclude-classifier", action="store_true", help="never prune the final linear layer")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="method options: " + "; ".join(f"{k} ({', '.join(m)})" for k, (m, _) in OPTIONS.items()
                                                        if k not in ("scope", "layers", "classifier")))
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune this many epochs after pruning (recipe of the checkpoint)")
-    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning learning rate (default: a fifth of the recipe's)")
+    add_flags(p, PruneFlags, only=("finetune_epochs", "finetune_lr"))
     p.add_argument("--at-init", action="store_true",
                    help="synflow: prune the checkpoint's architecture at its recorded seed's initialisation, then train it with its recipe")
-    p.add_argument("--seed", type=int, default=None, help="seed for fine-tuning/retraining data order (default: the checkpoint's)")
+    add_flags(p, PruneFlags, only=("seed",))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the pruning record as JSON")

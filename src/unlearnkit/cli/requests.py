@@ -12,17 +12,35 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import UnlearnKitError
-from .common import Command, printable
+from ..hybrid.cost import Policy
+from ..options import option
+from .common import SEED_MAX, Command, add_flags, command_flags, printable
+
+
+@dataclass
+class ForgetFlags:
+    mode: Literal["auto", "exact", "approx"] = option("auto", "auto: the planner decides; exact: SISA retraining; "
+                                                              "approx: modification + amend")
+    seed: int = option(0, "seed of random: request specs", ge=0, le=SEED_MAX)
+    workers: int | None = option(None, "shard retraining processes (default: the model's)", ge=1, le=256)
+
+
+@dataclass
+class RequestsListFlags:
+    state: Literal["received", "planned", "running", "done", "failed"] | None = option(None, "only requests in this state")
+
+
+command_flags("forget", ForgetFlags)
+command_flags("requests list", RequestsListFlags)
 
 
 def policy_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--beta", type=float, default=None,
-                   help="exact when it costs at most BETA x the approximate path (default 1)")
-    p.add_argument("--budget-seconds", type=float, default=None, help="exact whenever it is estimated within this many seconds")
-    p.add_argument("--budget-stages", type=float, default=None,
-                   help="the same budget in units of one shard's last stage (default 1; 0 turns it off)")
+    """--beta, --budget-seconds, --budget-stages: the hybrid Policy's declared options (given: override the model's)."""
+    add_flags(p, Policy, unset=True)
 
 
 def policy_from_args(args: argparse.Namespace, stored: dict | None = None):
@@ -40,13 +58,12 @@ def _forget_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--ids", metavar="FILE", help="training-set ids to delete, one per line ('#' comments)")
     what.add_argument("--request", metavar="SPEC", help="a request spec: random:FRACTION, class:C, ids:FILE")
-    p.add_argument("--mode", choices=["auto", "exact", "approx"], default="auto",
-                   help="auto: the planner decides; exact: SISA retraining; approx: modification + amend")
+    add_flags(p, ForgetFlags, only=("mode",))
     p.add_argument("--request-id", default=None, help="your id for this request: resubmitting it is a no-op")
-    p.add_argument("--seed", type=int, default=0, help="seed of random: request specs")
+    add_flags(p, ForgetFlags, only=("seed",))
     p.add_argument("--plan-only", action="store_true", help="print the plan and its estimates; record and change nothing")
     p.add_argument("--evaluate", action="store_true", help="record the new ensemble's test accuracy with the request")
-    p.add_argument("--workers", type=int, default=None, help="shard retraining processes (default: the model's)")
+    add_flags(p, ForgetFlags, only=("workers",))
     policy_arguments(p)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu")
@@ -114,7 +131,7 @@ def _requests_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="requests_command", metavar="ACTION", required=True)
     listing = sub.add_parser("list", help="every request, oldest first")
     listing.add_argument("--model", required=True, help="SISA model directory")
-    listing.add_argument("--state", choices=["received", "planned", "running", "done", "failed"], default=None)
+    add_flags(listing, RequestsListFlags)
     listing.add_argument("--json", action="store_true")
     show = sub.add_parser("show", help="one request: plan, costs, metrics, history")
     show.add_argument("id", help="request id")

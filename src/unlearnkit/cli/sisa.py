@@ -11,8 +11,26 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import Command, add_data_args, check_output, data_inputs, parse_sets, training_changes
+from dataclasses import dataclass
+
+from ..options import option
+from ..training import TrainConfig
+from .common import (SEED_MAX, Command, add_data_args, add_flags, check_output, command_flags, data_inputs, parse_sets,
+                     training_changes)
 from .requests import policy_arguments, policy_from_args
+
+
+@dataclass
+class SisaTrainFlags:
+    shards: int = option(5, "shards: independent models, each trained on its own part of the data", ge=1, le=1024)
+    slices: int = option(5, "slices per shard: a checkpoint after each", ge=1, le=1024)
+    seed: int = option(0, "seed of the partition, the initialisations and the data order", ge=0, le=SEED_MAX)
+    workers: int = option(2, "shard training processes", ge=1, le=256)
+    shard_threads: int | None = option(None, "torch threads per shard, now and in every retrain (default: cores / "
+                                             "workers)", ge=1, le=1024)
+
+
+command_flags("sisa train", SisaTrainFlags)
 
 
 def _sisa_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,15 +38,8 @@ def _sisa_arguments(p: argparse.ArgumentParser) -> None:
     train = sub.add_parser("train", help="train a SISA ensemble (S shards x R slices, a checkpoint after every stage)")
     add_data_args(train)
     train.add_argument("--model", default=None, help="model name (default: the data set's default)")
-    train.add_argument("--shards", type=int, default=5)
-    train.add_argument("--slices", type=int, default=5)
-    train.add_argument("--epochs", type=int, default=None, help="epochs per stage (default: the recipe's epochs / slices)")
-    train.add_argument("--lr", type=float, default=None)
-    train.add_argument("--batch-size", type=int, default=None)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--workers", type=int, default=2, help="shard training processes (default 2)")
-    train.add_argument("--shard-threads", type=int, default=None,
-                       help="torch threads per shard, now and in every retrain (default: cores / workers)")
+    add_flags(train, SisaTrainFlags)
+    add_flags(train, TrainConfig, only=("epochs", "lr", "batch_size"), unset=True)  # epochs: per stage
     train.add_argument("--device", default="cpu", help="cpu (bitwise-reproducible retraining) or cuda")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="other training options")
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model options (e.g. width=128)")

@@ -8,11 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 from ..errors import UnlearnKitError
+from ..options import option
 from ..spdgan import SpdGanConfig
-from .common import Command, add_overwrite_arg, check_output, parse_sets, request_files
+from .common import SEED_MAX, Command, add_flags, add_overwrite_arg, check_output, command_flags, parse_sets, request_files
+
+
+@dataclass
+class SpdGanTrainFlags:
+    seed: int = option(0, "seed of the request, the initialisation and the data order", ge=0, le=SEED_MAX)
+
+
+command_flags("spdgan train", SpdGanTrainFlags)
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -24,11 +33,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--request", default=None, help="what will be forgotten (default: the request the checkpoint records)")
     train.add_argument("--out", required=True, help="directory to write the generator to")
     add_overwrite_arg(train, "an existing generator")
-    train.add_argument("--epsilon", type=float, default=None, help=f"L∞ budget in pixel units (default {SpdGanConfig.epsilon})")
-    train.add_argument("--epochs", type=int, default=None, help=f"passes over the forget set (default {SpdGanConfig.epochs})")
+    add_flags(train, SpdGanConfig, only=("epsilon", "epochs"), unset=True)
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="other options: " + ", ".join(f.name for f in fields(SpdGanConfig) if f.name not in ("epsilon", "epochs")))
-    train.add_argument("--seed", type=int, default=0, help="seed of the request, the initialisation and the data order")
+    add_flags(train, SpdGanTrainFlags)
     train.add_argument("--data-dir", default=None)
     train.add_argument("--device", default="auto")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (the per-epoch losses are still printed)")

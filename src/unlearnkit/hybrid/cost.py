@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ..errors import UnlearnKitError
+from ..options import BIG, check_fields, declare, option
 
 
 @dataclass
@@ -132,17 +132,14 @@ class Policy:
     shard is cheap enough to do exactly"). The larger of the two budgets applies.
     """
 
-    beta: float = 1.0
-    budget_seconds: float | None = None
-    budget_stages: float | None = 1.0
+    beta: float = option(1.0, "exact when it costs at most BETA x the approximate path", ge=0, le=BIG)
+    budget_seconds: float | None = option(None, "exact whenever it is estimated within this many seconds (null: no "
+                                                "budget)", ge=0, le=1e9)
+    budget_stages: float | None = option(1.0, "the same budget in units of one shard's last stage (0 or null turns it "
+                                              "off)", ge=0, le=BIG)
 
     def __post_init__(self) -> None:
-        if not self.beta >= 0:
-            raise UnlearnKitError("policy beta must be >= 0")
-        for name in ("budget_seconds", "budget_stages"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise UnlearnKitError(f"policy {name} must be >= 0 or None")
+        check_fields(self)
 
     def budget(self, last_stage_seconds: float) -> float:
         candidates = [0.0]
@@ -154,3 +151,6 @@ class Policy:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+declare("policy", "the hybrid policy", Policy)

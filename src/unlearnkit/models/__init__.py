@@ -209,11 +209,19 @@ def build_model(name: str, **kwargs) -> nn.Module:
     if missing:
         raise UnlearnKitError(f"model {name!r} needs {', '.join(missing)}")
     shape = {k: v for k, v in kwargs.items() if k in _SHAPE_ARGS}
-    own = {k: v for k, v in kwargs.items() if k not in _SHAPE_ARGS}
-    # Unknown names, wrong types and out-of-range sizes are refused before any weight is allocated.
-    options = build(MODEL_OPTIONS[name], own, owner=f"model {name}") if name in MODEL_OPTIONS else None
-    checked = {k: getattr(options, k) for k in own} if options is not None else own
-    return cls(**shape, **checked)
+    own = check_model_options(name, {k: v for k, v in kwargs.items() if k not in _SHAPE_ARGS})
+    return cls(**shape, **own)
+
+
+def check_model_options(name: str, options: dict) -> dict:
+    """A model's own options checked against its declarations (unknown names, wrong types and out-of-range sizes
+    are refused before any weight is allocated); returns them as the declared types."""
+    if name not in MODELS:
+        raise UnlearnKitError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if name not in MODEL_OPTIONS:  # a model registered without declarations takes its options as given
+        return dict(options)
+    config = build(MODEL_OPTIONS[name], options, owner=f"model {name}")
+    return {k: getattr(config, k) for k in options}
 
 
 def new_model(model_name: str, data: Dataset, seed: int, options: dict | None = None) -> tuple[nn.Module, dict]:
@@ -252,6 +260,6 @@ def is_convolutional(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["MODELS", "MODEL_OPTIONS", "build_model", "new_model", "model_info", "last_layer", "Normalize", "MLP", "SmallCNN",
-           "ResNet18", "VGG16BN",
+__all__ = ["MODELS", "MODEL_OPTIONS", "build_model", "check_model_options", "new_model", "model_info", "last_layer",
+           "Normalize", "MLP", "SmallCNN", "ResNet18", "VGG16BN",
            "uses_batchnorm", "is_convolutional"]

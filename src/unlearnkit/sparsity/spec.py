@@ -3,11 +3,13 @@ or ``synflow:0.95:iterations=100``, the form the ``--prune`` options take."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, fields
+from typing import Literal
 
 from ..errors import UnlearnKitError
-from .layers import LAYER_CHOICES
+from ..options import check_fields, declare, option, options_of
 
 PRUNE_METHODS = {
     "omp": "one-shot global magnitude pruning of the given weights",
@@ -15,16 +17,10 @@ PRUNE_METHODS = {
     "synflow": "SynFlow (Tanaka et al. 2020): data-free iterative pruning by synaptic flow, meant at initialisation",
 }
 
-# option -> (methods it applies to, help)
-OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "scope": (("omp", "imp", "synflow"), "global: one threshold over all chosen layers; layer: the same sparsity in each layer"),
-    "layers": (("omp", "imp", "synflow"), "which weights are prunable: conv+linear (default), conv, linear"),
-    "classifier": (("omp", "imp", "synflow"), "whether the final linear layer is prunable (default true)"),
-    "rate": (("imp",), "fraction of the remaining weights each IMP round prunes (default 0.2)"),
-    "rewind_epoch": (("omp", "imp"), "rewind survivors to the weights after this many epochs of the dense run, then "
-                                     "retrain (IMP default 1; OMP: none from `prune`, 1 under `train --prune`)"),
-    "epochs": (("omp", "imp"), "epochs of each retraining after a rewind (default: the recipe's)"),
-    "iterations": (("synflow",), "SynFlow scoring/pruning rounds on the exponential schedule (default 100, the paper's)"),
+# option -> the pruning methods it applies to (its type, range and help are declared on PruneSpec)
+APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "scope": ("omp", "imp", "synflow"), "layers": ("omp", "imp", "synflow"), "classifier": ("omp", "imp", "synflow"),
+    "rate": ("imp",), "rewind_epoch": ("omp", "imp"), "epochs": ("omp", "imp"), "iterations": ("synflow",),
 }
 
 
@@ -32,36 +28,26 @@ OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
 class PruneSpec:
     """A pruning request. ``sparsity`` is the fraction of the prunable weights set to zero, in [0, 1)."""
 
-    method: str
-    sparsity: float
-    scope: str = "global"
-    layers: str = "conv+linear"
-    classifier: bool = True
-    rate: float = 0.2
-    rewind_epoch: int | None = None
-    epochs: int | None = None
-    iterations: int = 100
+    method: str = option(dataclasses.MISSING, "pruning method: " + ", ".join(PRUNE_METHODS))
+    sparsity: float = option(dataclasses.MISSING, "fraction of the prunable weights set to zero", ge=0, lt=1)
+    scope: Literal["global", "layer"] = option(
+        "global", "global: one threshold over all chosen layers; layer: the same sparsity in each layer")
+    layers: Literal["conv+linear", "conv", "linear"] = option("conv+linear", "which weights are prunable")
+    classifier: bool = option(True, "whether the final linear layer is prunable")
+    rate: float = option(0.2, "fraction of the remaining weights each IMP round prunes", gt=0, lt=1)
+    rewind_epoch: int | None = option(None, "rewind survivors to the weights after this many epochs of the dense run, "
+                                            "then retrain (IMP default 1; OMP: none from `prune`, 1 under `train --prune`)",
+                                      ge=0, le=10_000)
+    epochs: int | None = option(None, "epochs of each retraining after a rewind (default: the recipe's)", ge=1, le=10_000)
+    iterations: int = option(100, "SynFlow scoring/pruning rounds on the exponential schedule (the paper's 100)", ge=1,
+                             le=100_000)
 
     def __post_init__(self) -> None:
         if self.method not in PRUNE_METHODS:
             raise UnlearnKitError(f"unknown pruning method {self.method!r}; use {', '.join(PRUNE_METHODS)}")
-        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
-            raise UnlearnKitError(f"sparsity must be a number in [0, 1) (the fraction of weights set to zero), got {self.sparsity!r}")
-        object.__setattr__(self, "sparsity", float(self.sparsity))
-        if self.scope not in ("global", "layer"):
-            raise UnlearnKitError(f"pruning scope must be global or layer, got {self.scope!r}")
-        if self.layers not in LAYER_CHOICES:
-            raise UnlearnKitError(f"pruning layers must be one of {', '.join(LAYER_CHOICES)}, got {self.layers!r}")
-        if not isinstance(self.classifier, bool):
-            raise UnlearnKitError(f"classifier must be true or false, got {self.classifier!r}")
-        if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0.0 < self.rate < 1.0:
-            raise UnlearnKitError(f"IMP rate must be in (0, 1), got {self.rate!r}")
-        for key, low in (("rewind_epoch", 0), ("epochs", 1), ("iterations", 1)):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise UnlearnKitError(f"{key} must be an integer >= {low}, got {value!r}")
+        check_fields(self)
         defaults = PruneSpec.__dataclass_fields__
-        for key, (methods, _) in OPTIONS.items():
+        for key, methods in APPLIES_TO.items():
             if self.method not in methods and getattr(self, key) != defaults[key].default:
                 raise UnlearnKitError(f"option {key} does not apply to {self.method} (it applies to {', '.join(methods)})")
 
@@ -88,6 +74,11 @@ class PruneSpec:
 
     def replace(self, **changes) -> "PruneSpec":
         return PruneSpec(**{**asdict(self), **changes})
+
+
+declare("prune", "pruning spec", PruneSpec)
+# option -> (methods it applies to, help), for help texts
+OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {k: (m, options_of(PruneSpec)[k].help) for k, m in APPLIES_TO.items()}
 
 
 def parse_prune_spec(text: str | PruneSpec) -> PruneSpec:
