@@ -171,7 +171,7 @@ def test_unlearn_command_prunes_first_and_the_mask_holds(capsys, tmp_path, digit
     (["--prune", "omp:2"], "option sparsity of pruning spec must be"),
     (["--prune", "omp:0.5", "--set", "speed=3"], "has no option"),
     (["--pruned-out", "P"], "need --prune SPEC"),
-    (["--prune", "synflow:0.5", "--prune-finetune-epochs", "-1"], "must be >= 0"),
+    (["--prune", "synflow:0.5", "--prune-finetune-epochs", "-1"], "option --prune-finetune-epochs of unlearn must be an integer in [0, "),
 ])
 def test_bad_unlearn_prune_input_is_one_line(capsys, tmp_path, digits_checkpoint, argv, message):
     code, _, err = run(capsys, "unlearn", "--checkpoint", digits_checkpoint, "--method", "finetune", "--request", "class:1",

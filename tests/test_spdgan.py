@@ -219,4 +219,4 @@ def test_cli_trains_a_generator_and_evaluate_reuses_it(capsys, tmp_path):
     code, (_, err) = run("evaluate", "--checkpoint", u, "--request", "class:4", "--spdgan", g)
     assert code == 2 and "trained for request class:3" in err and err.count("\n") == 1
     code, (_, err) = run("spdgan", "train", "--checkpoint", o, "--request", "class:3", "--out", g + "2", "--epsilon", "2")
-    assert code == 2 and "option epsilon of SPD-GAN must be a finite float in (0, 1]" in err
+    assert code == 2 and "option --epsilon of SPD-GAN must be a finite float in (0, 1]" in err
