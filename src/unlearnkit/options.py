@@ -225,6 +225,11 @@ class Declared:
             out.append(("above range", _above(r, t.base)))
         return out
 
+    def bad_texts(self) -> list[tuple[str, str]]:
+        """:meth:`bad_values` as command-line words (``--set KEY=WORD``, ``--flag WORD``): :func:`parse_text` reads
+        each back to the bad value."""
+        return [(why, value if isinstance(value, str) else json.dumps(value)) for why, value in self.bad_values()]
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "owner": self.owner, "name": self.name, "flag": self.flag, "type": self.type.name,
                 "default": None if self.required else list(self.default) if isinstance(self.default, tuple) else self.default,
