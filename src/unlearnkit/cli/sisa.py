@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-
 from dataclasses import dataclass
 
 from ..options import option
@@ -28,9 +28,18 @@ class SisaTrainFlags:
     workers: int = option(2, "shard training processes", ge=1, le=256)
     shard_threads: int | None = option(None, "torch threads per shard, now and in every retrain (default: cores / "
                                              "workers)", ge=1, le=1024)
+    keep_versions: int = option(0, "superseded versions that keep their weights, for rollback (0: only the current "
+                                   "version's; earlier ones keep their hashes and metadata)", ge=0, le=100_000)
+
+
+@dataclass
+class SisaRetentionFlags:
+    keep_versions: int = option(dataclasses.MISSING, "superseded versions that keep their weights (0: only the current "
+                                                     "version's)", ge=0, le=100_000)
 
 
 command_flags("sisa train", SisaTrainFlags)
+command_flags("sisa retention", SisaRetentionFlags)
 
 
 def _sisa_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,16 +47,14 @@ def _sisa_arguments(p: argparse.ArgumentParser) -> None:
     train = sub.add_parser("train", help="train a SISA ensemble (S shards x R slices, a checkpoint after every stage)")
     add_data_args(train)
     train.add_argument("--model", default=None, help="model name (default: the data set's default)")
-    add_flags(train, SisaTrainFlags)
+    add_flags(train, SisaTrainFlags, only=("shards", "slices", "seed", "workers", "shard_threads"))
     add_flags(train, TrainConfig, only=("epochs", "lr", "batch_size"), unset=True)  # epochs: per stage
     train.add_argument("--device", default="cpu", help="cpu (bitwise-reproducible retraining) or cuda")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="other training options")
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model options (e.g. width=128)")
     train.add_argument("--no-calibrate", action="store_true", help="skip timing the cost model on this machine")
     policy_arguments(train)
-    train.add_argument("--keep-versions", type=_keep_versions, default=0, metavar="N",
-                       help="superseded versions that keep their weights, for rollback (default 0: only the current "
-                            "version's; earlier ones keep their hashes and metadata)")
+    add_flags(train, SisaTrainFlags, only=("keep_versions",))
     train.add_argument("--out", required=True, help="model directory to create")
     cal = sub.add_parser("calibrate", help="re-measure the cost model on this machine")
     cal.add_argument("--model", required=True, help="SISA model directory")
@@ -59,18 +66,7 @@ def _sisa_arguments(p: argparse.ArgumentParser) -> None:
     info.add_argument("--json", action="store_true")
     keep = sub.add_parser("retention", help="how many superseded versions keep their weights (lowering it purges now)")
     keep.add_argument("--model", required=True, help="SISA model directory")
-    keep.add_argument("--keep-versions", type=_keep_versions, required=True, metavar="N",
-                      help="superseded versions that keep their weights (0: only the current version's)")
-
-
-def _keep_versions(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, not {value}")
-    return value
+    add_flags(keep, SisaRetentionFlags)
 
 
 def _sisa(args: argparse.Namespace) -> int:
