@@ -3,10 +3,11 @@ Opacus's shared ``run_test``): parametrised over the registry, so a new method i
 
 On tiny digits data (an MLP whose first layer is half pruned), for each method:
 
-* each request effect it declares is handled: the original model is untouched (bitwise), the result is finite,
+* each request type whose effect it declares is handled (random, class, relabel, backdoor, feature): the original
+  model is untouched (bitwise), the result is finite,
   its pruning mask holds, entries a method freezes (``trainable`` masks given to the loop) do not move, and the
-  cost (seconds, sample passes) is reported; each effect it does not declare is refused with UnlearnKitError
-  before any sample pass;
+  cost (seconds, sample passes) is reported; each request of an effect it does not declare is refused with
+  UnlearnKitError before any sample pass;
 * every declared option refuses each bad value generated from its declaration (wrong type, below or above its
   range, non-finite, not a choice) with one UnlearnKitError line that names it — before any sample pass, counted
   both by the cost meter and by a forward hook on the model;
@@ -32,8 +33,9 @@ from unlearnkit.methods.base import option
 from unlearnkit.options import options_of
 from unlearnkit.training import metered
 
-# A request of each effect (what the request does to the training set).
-REQUESTS = {"remove": "random:0.1", "relabel": "relabel:0.1", "edit": "backdoor:0.05:0"}
+# Requests of every type but memorized: (its scores need many trained models), grouped by effect (what the request
+# does to the training set): a method must handle each of the types whose effect it declares.
+REQUESTS = {"remove": ["random:0.1", "class:3"], "relabel": ["relabel:0.1"], "edit": ["backdoor:0.05:0", "feature:0.5:6"]}
 SMALL = {"epochs": 1, "max_epochs": 1, "curvature_samples": 64, "retain_samples": 128, "fisher_samples": 128,
          "train_samples": 256, "forget_samples": 128, "max_iter": 5, "lissa_depth": 5, "probe_size": 64, "probes": 4,
          "batch_size": 64}
@@ -55,7 +57,7 @@ def original(digits):
 
 @pytest.fixture(scope="module")
 def requests(digits):
-    return {effect: uk.build_request(spec, digits, seed=0) for effect, spec in REQUESTS.items()}
+    return {effect: [uk.build_request(spec, digits, seed=0) for spec in specs] for effect, specs in REQUESTS.items()}
 
 
 def _small(method: str) -> dict:
@@ -104,7 +106,7 @@ def check_contract(method: str, original, digits, requests) -> None:
     model = original.model
     before = _snapshot(model)
     mask = prune_masks(model)[PRUNED_LAYER]
-    for effect, request in requests.items():
+    for effect, request in ((e, r) for e, group in requests.items() for r in group):
         kwargs = dict(device="cpu", seed=0, model_name=original.model_name, model_args=original.model_args,
                       original_test_acc=original.metrics["test_acc"], **_small(method))
         if effect not in info.kinds:
@@ -139,7 +141,7 @@ def test_every_declared_option_refuses_bad_values_before_any_pass(method, origin
     declared = options_of(METHODS[method].config)
     assert declared or METHODS[method].config is not None
     counter = PassCounter(original.model)
-    request = requests[METHODS[method].kinds[0]]
+    request = requests[METHODS[method].kinds[0]][0]
     try:
         for name, d in declared.items():
             bad = d.bad_values()
