@@ -205,7 +205,7 @@ def test_memorized_request_takes_the_top_scores(digits, tmp_path, clean_scores):
     register_memorization_scores(digits, scores)
     request = build_request("memorized:3", digits)
     assert request.forget.tolist() == [3, 7, 42]  # the tie goes to the smaller id
-    assert request.kind == "remove" and request.retain.numel() == digits.n_train - 3
+    assert request.effect == "remove" and request.retain.numel() == digits.n_train - 3
     assert torch.equal(request_from_record(request.describe(), digits).forget, request.forget)
 
     path = tmp_path / "scores.json"
@@ -241,7 +241,7 @@ class HalfRetrainConfig:
 
 
 if "half_retrain_for_tests" not in METHODS:
-    @register("half_retrain_for_tests", HalfRetrainConfig, touches=("retain",), kinds=("remove",),
+    @register("half_retrain_for_tests", HalfRetrainConfig, touches=("retain",), effects=("remove",),
               summary="test only: half the original's logits plus half a retrained model's")
     def _half_retrain(task, cfg):
         return Mixture(task.original, retrain(task, RetrainConfig()), cfg.keep)

@@ -44,7 +44,7 @@ def test_train_then_evaluate(capsys, tmp_path):
     [
         (["train", "--dataset", "imagenet", "--out", "X"], "unknown data set 'imagenet'"),
         (["train", "--dataset", "digits", "--model", "gpt", "--out", "X"], "unknown model 'gpt'"),
-        (["train", "--dataset", "digits", "--request", "forget:everything", "--out", "X"], "unknown request kind"),
+        (["train", "--dataset", "digits", "--request", "forget:everything", "--out", "X"], "unknown request type"),
         (["train", "--dataset", "digits", "--request", "class:11", "--out", "X"], "class 11"),
         (["train", "--dataset", "fashion-mnist", "--data-dir", "EMPTY", "--out", "X"], "apt-get install dataset-fashion-mnist"),
         (["train", "--dataset", "digits", "--set", "schedule=sometimes", "--out", "X"], "option schedule of the training recipe must be one of"),

@@ -35,7 +35,7 @@ def test_random_fraction_and_class_membership(digits):
 
 def test_relabel_never_keeps_the_true_label(digits):
     req = build_request("relabel:0.3", digits)
-    assert req.kind == "relabel"
+    assert req.effect == "relabel"
     assert (req.trained_y != digits.y_train[req.forget]).all()
     assert torch.equal(req.corrected_y, digits.y_train[req.forget])
     x, y = req.training_data(digits)
@@ -47,7 +47,7 @@ def test_relabel_never_keeps_the_true_label(digits):
 
 def test_backdoor_stamps_trigger_and_target(digits):
     req = build_request("backdoor:0.05:4", digits)
-    assert req.kind == "edit" and req.target == 4
+    assert req.effect == "edit" and req.target == 4
     assert (digits.y_train[req.forget] != 4).all()
     assert (req.trained_y == 4).all()
     trig = req.trigger
@@ -62,7 +62,7 @@ def test_backdoor_stamps_trigger_and_target(digits):
 
 def test_feature_plants_a_patch_on_one_class_and_keeps_labels(digits):
     req = build_request("feature:0.5:2", digits, seed=0)
-    assert req.kind == "edit" and req.target == 2 and req.trained_y is None and req.corrected_y is None
+    assert req.effect == "edit" and req.target == 2 and req.trained_y is None and req.corrected_y is None
     assert (digits.y_train[req.forget] == 2).all()
     assert req.forget.numel() == round(0.5 * int((digits.y_train == 2).sum()))
     feature = req.trigger
@@ -93,6 +93,32 @@ def test_ids_file(tmp_path, digits):
     assert torch.equal(again.forget, req.forget)
 
 
+def test_each_request_type_declares_its_syntax_and_effect(digits, tmp_path):
+    from unlearnkit.requests import EFFECTS, REQUEST_TYPES, parse_spec
+
+    assert set(REQUEST_TYPES) == {"random", "class", "ids", "relabel", "backdoor", "feature", "memorized"}
+    assert {t.effect for t in REQUEST_TYPES.values()} <= set(EFFECTS)
+    # the type's declared effect is the built request's
+    path = tmp_path / "ids.txt"
+    path.write_text("1\n2\n")
+    for spec in ("random:0.1", "class:1", f"ids:{path}", "relabel:0.1", "backdoor:0.05", "feature:0.5:1"):
+        request = build_request(spec, digits)
+        assert request.effect == REQUEST_TYPES[request.type].effect, spec
+    # arguments split as the type declares: a path keeps its colons
+    assert parse_spec("ids:/a:b/c.txt")[1] == ["/a:b/c.txt"]
+    assert parse_spec("memorized:5:/x:y.json")[1] == ["5", "/x:y.json"]
+    assert parse_spec("relabel:0.1:3")[1] == ["0.1", "3"]
+
+
+def test_records_name_the_effect_and_old_records_load(digits):
+    req = build_request("relabel:0.1", digits, seed=1)
+    record = req.describe()
+    assert record["effect"] == "relabel" and "kind" not in record
+    old = {("kind" if k == "effect" else k): v for k, v in record.items()}  # a record written before the rename
+    assert old == req.cache_key()  # cache keys keep the old field name, so cached models stay valid
+    assert torch.equal(request_from_record(old, digits).forget, req.forget)
+
+
 def test_record_roundtrip_detects_drift(digits):
     req = build_request("random:0.1", digits, seed=3)
     record = req.describe()
@@ -106,7 +132,7 @@ def test_record_roundtrip_detects_drift(digits):
     "spec, message",
     [
         ("random", "bad request"),
-        ("nonsense:1", "unknown request kind 'nonsense'"),
+        ("nonsense:1", "unknown request type 'nonsense'"),
         ("random:abc", "bad fraction"),
         ("random:1.5", "must be in \\(0, 1\\)"),
         ("random:0.0001", "forget set would be empty"),

@@ -17,6 +17,11 @@ The same syntax is used by the CLI and the Python API::
                           the scores come from FILE (written by `unlearnkit audit`) or from scores
                           registered in this process with :func:`register_memorization_scores`
 
+Vocabulary: the part before the first colon is the request's **type** (``random``, ``class``, ...; the registry
+:data:`REQUEST_TYPES`, where each type declares its argument syntax and its effect); the **effect** is what the
+request does to the training data: ``remove`` samples (random, class, ids, memorized), ``relabel`` them (relabel)
+or ``edit`` their inputs (backdoor, feature). A method declares the effects it supports.
+
 A :class:`Request` holds the forget ids D_f, the retain ids D_r, and for ``relabel``/``backdoor`` the
 samples as the original model saw them and their corrections (``feature`` too). Requests are rebuilt deterministically
 from (spec, seed) and checked against a hash of their forget ids, so a checkpoint can record them cheaply.
@@ -36,8 +41,7 @@ import torch
 from .data.datasets import Dataset
 from .errors import UnlearnKitError
 
-SYNTAX = ("random:FRACTION, class:C[,C...], ids:FILE, relabel:FRACTION[:CLASS], backdoor:FRACTION[:TARGET], "
-          "feature:FRACTION[:CLASS], memorized:K[:SCORES_FILE]")
+EFFECTS = ("remove", "relabel", "edit")  # what a request does to the training data
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class Trigger:
 @dataclass
 class Request:
     spec: str
-    kind: str  # "remove", "relabel" or "edit"
+    effect: str  # what it does to the training data: "remove", "relabel" or "edit" (see EFFECTS)
     seed: int
     forget: torch.Tensor  # sorted int64 training-set ids
     retain: torch.Tensor  # sorted int64, the complement
@@ -100,6 +104,11 @@ class Request:
     trigger: Trigger | None = None  # the backdoor trigger / the planted feature (evaluation stamps it: ASR)
     ids: list[int] | None = field(default=None, repr=False)  # explicit ids (ids: requests), for manifests
 
+    @property
+    def type(self) -> str:
+        """The request type: the spec's prefix (``random``, ``class``, ...)."""
+        return self.spec.partition(":")[0]
+
     # -- the data each party sees ------------------------------------------------------------------
     @property
     def modifies_training_data(self) -> bool:
@@ -112,12 +121,6 @@ class Request:
     def corrected_data(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels with the forget samples corrected (the data set itself for remove requests)."""
         return self._substituted(data, self.corrected_x, self.corrected_y)
-
-    def forget_data(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forget samples as they were trained on."""
-        x = self.trained_x if self.trained_x is not None else data.x_train[self.forget]
-        y = self.trained_y if self.trained_y is not None else data.y_train[self.forget]
-        return x, y
 
     def _substituted(self, data: Dataset, x_new, y_new) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = data.x_train, data.y_train
@@ -140,8 +143,16 @@ class Request:
 
     def describe(self) -> dict:
         """A JSON-able record from which :func:`request_from_record` rebuilds this request."""
+        return self._record("effect")
+
+    def cache_key(self) -> dict:
+        """The request's part of a model-cache key. It names the effect ``kind``, as records did before the field
+        was renamed ``effect``, so that the keys -- and the models cached under them -- stay the same."""
+        return self._record("kind")
+
+    def _record(self, effect_field: str) -> dict:
         record = {
-            "spec": self.spec, "kind": self.kind, "seed": self.seed,
+            "spec": self.spec, effect_field: self.effect, "seed": self.seed,
             "n_forget": int(self.forget.numel()), "forget_hash": self.forget_hash,
         }
         if self.classes:
@@ -153,36 +164,75 @@ class Request:
         return record
 
 
-# -- builders ----------------------------------------------------------------------------------------
+# -- request types ----------------------------------------------------------------------------------
 Builder = Callable[[Dataset, list[str], int], Request]
-REQUEST_KINDS: dict[str, Builder] = {}
 
 
-def request_kind(name: str) -> Callable[[Builder], Builder]:
-    """Register a request builder ``fn(dataset, args, seed) -> Request`` under ``name``."""
+@dataclass(frozen=True)
+class RequestType:
+    """A request type: the spec prefix ``name``, its argument ``syntax`` (after ``NAME:``), its ``effect`` on the
+    training data, and how the text after the colon splits into arguments: on every ``:``, or into at most
+    ``max_args`` (the last keeps its colons, e.g. a file path)."""
+
+    name: str
+    syntax: str
+    effect: str
+    build: Callable[[Dataset, list[str], int], Request]
+    doc: str = ""
+    max_args: int | None = None
+
+    def split(self, text: str) -> list[str]:
+        return text.split(":") if self.max_args is None else text.split(":", self.max_args - 1)
+
+    def describe(self) -> dict:
+        return {"syntax": f"{self.name}:{self.syntax}", "effect": self.effect, "doc": self.doc}
+
+
+REQUEST_TYPES: dict[str, RequestType] = {}
+
+
+def request_type(name: str, syntax: str, effect: str, doc: str = "", *,
+                 max_args: int | None = None) -> Callable[[Builder], Builder]:
+    """Register a request builder ``fn(dataset, args, seed) -> Request`` as the type ``name`` (see :class:`RequestType`)."""
+    if effect not in EFFECTS:
+        raise ValueError(f"effect {effect!r} is not one of {EFFECTS}")
 
     def register(fn: Builder) -> Builder:
-        REQUEST_KINDS[name] = fn
+        REQUEST_TYPES[name] = RequestType(name, syntax, effect, fn, doc, max_args)
         return fn
 
     return register
 
 
+def request_syntax() -> str:
+    """Every registered type's syntax, for error messages."""
+    return ", ".join(f"{t.name}:{t.syntax}" for t in REQUEST_TYPES.values())
+
+
+def parse_spec(spec: str) -> tuple[RequestType, list[str]]:
+    """The type of a spec and its arguments, split as the type declares; nothing is built or read."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise UnlearnKitError(f"bad request {spec!r}; use one of {request_syntax()}")
+    name, _, rest = spec.strip().partition(":")
+    if name not in REQUEST_TYPES:
+        raise UnlearnKitError(f"unknown request type {name!r} in {spec!r}; use one of {request_syntax()}")
+    rtype = REQUEST_TYPES[name]
+    return rtype, rtype.split(rest)
+
+
 def build_request(spec: str, data: Dataset, seed: int = 0) -> Request:
     """Turn a spec string such as ``random:0.1`` into a validated :class:`Request` for ``data``."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise UnlearnKitError(f"bad request {spec!r}; use one of {SYNTAX}")
-    kind, _, rest = spec.strip().partition(":")
-    if kind not in REQUEST_KINDS:
-        raise UnlearnKitError(f"unknown request kind {kind!r} in {spec!r}; use one of {SYNTAX}")
-    args = rest.split(":", 1) if kind == "memorized" else rest.split(":") if kind != "ids" else [rest]
-    request = REQUEST_KINDS[kind](data, args, seed)
+    rtype, args = parse_spec(spec)
+    request = rtype.build(data, args, seed)
+    if request.effect != rtype.effect:
+        raise RuntimeError(f"request type {rtype.name!r} is registered as {rtype.effect}, but built a {request.effect} request")
     _check_sizes(request, data)
     return request
 
 
 def request_from_record(record: dict, data: Dataset) -> Request:
-    """Rebuild a request recorded by :meth:`Request.describe` and check it is the same one."""
+    """Rebuild a request recorded by :meth:`Request.describe` (or :meth:`Request.cache_key`; records written
+    before the effect field was renamed call it ``kind``) and check it is the same one."""
     if record.get("ids") is not None:
         request = _from_ids(data, [int(i) for i in record["ids"]], int(record.get("seed", 0)), record["spec"])
         _check_sizes(request, data)
@@ -260,10 +310,10 @@ def _stamped(spec: str, data: Dataset, seed: int, forget: torch.Tensor, patch: T
 
 def _arity(args: list[str], lo: int, hi: int, spec: str) -> None:
     if not lo <= len(args) <= hi or any(a == "" for a in args):
-        raise UnlearnKitError(f"bad request {spec!r}; use one of {SYNTAX}")
+        raise UnlearnKitError(f"bad request {spec!r}; use one of {request_syntax()}")
 
 
-@request_kind("random")
+@request_type("random", "FRACTION", "remove", "a seeded random FRACTION of the training set")
 def _random(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "random:" + ":".join(args)
     _arity(args, 1, 1, spec)
@@ -273,7 +323,7 @@ def _random(data: Dataset, args: list[str], seed: int) -> Request:
     return Request(spec, "remove", seed, forget, _complement(forget, n))
 
 
-@request_kind("class")
+@request_type("class", "C[,C...]", "remove", "every training sample of these classes")
 def _classes(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "class:" + ":".join(args)
     _arity(args, 1, 1, spec)
@@ -326,7 +376,7 @@ def read_ids_file(path: str | Path, n_train: int) -> list[int]:
     return ids
 
 
-@request_kind("ids")
+@request_type("ids", "FILE", "remove", "explicit training-set ids, one per line ('#' starts a comment)", max_args=1)
 def _ids_file(data: Dataset, args: list[str], seed: int) -> Request:
     path = Path(args[0])
     spec = f"ids:{path}"
@@ -348,7 +398,7 @@ def _from_ids(data: Dataset, ids: list[int], seed: int, spec: str) -> Request:
     return Request(spec, "remove", seed, forget, _complement(forget, data.n_train), ids=sorted(ids))
 
 
-@request_kind("relabel")
+@request_type("relabel", "FRACTION[:CLASS]", "relabel", "a seeded FRACTION (of class CLASS) trained with wrong labels")
 def _relabel(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "relabel:" + ":".join(args)
     fraction, cls = _fraction_and_class(args, data, spec)
@@ -363,7 +413,8 @@ def _relabel(data: Dataset, args: list[str], seed: int) -> Request:
                    trained_y=flipped, corrected_y=true.clone())
 
 
-@request_kind("backdoor")
+@request_type("backdoor", "FRACTION[:TARGET]", "edit",
+              "a seeded FRACTION carrying a trigger patch and label TARGET (default 0)")
 def _backdoor(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "backdoor:" + ":".join(args)
     fraction, target = _fraction_and_class(args, data, spec)
@@ -377,7 +428,8 @@ def _backdoor(data: Dataset, args: list[str], seed: int) -> Request:
                     trained_y=torch.full_like(forget, target))
 
 
-@request_kind("feature")
+@request_type("feature", "FRACTION[:CLASS]", "edit",
+              "a seeded FRACTION of class CLASS (default 0) carrying a planted feature")
 def _feature(data: Dataset, args: list[str], seed: int) -> Request:
     # Feature removal (Warnecke et al.): the samples stay in the training set with their labels, only a feature
     # of their inputs must go. The feature here is planted, so its influence can be measured: it appears only on
@@ -432,7 +484,15 @@ def read_memorization_scores(path: str | Path, data: Dataset) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-@request_kind("memorized")
+def needs_memorization_scores(spec: str) -> bool:
+    """Whether ``spec`` is a ``memorized:K`` request without a scores file: it needs scores registered in this
+    process (:func:`register_memorization_scores`), as the audit computes them."""
+    rtype, args = parse_spec(spec)
+    return rtype.name == "memorized" and (len(args) < 2 or not args[1])
+
+
+@request_type("memorized", "K[:SCORES_FILE]", "remove",
+              "the K training samples with the largest memorisation scores", max_args=2)
 def _memorized(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "memorized:" + ":".join(args)
     if not args or args[0] == "":

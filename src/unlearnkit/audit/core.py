@@ -33,7 +33,8 @@ from ..data import Dataset
 from ..errors import UnlearnKitError
 from ..evaluation import evaluate, logit_scaled_confidence, outputs_from_logits
 from ..methods import METHODS, make_config
-from ..requests import Request, build_request, register_memorization_scores
+from ..requests import (REQUEST_TYPES, Request, build_request, needs_memorization_scores, parse_spec,
+                        register_memorization_scores)
 from ..training import Cost
 from . import stats
 from .memorization import memorization_scores, scores_record, split_requests
@@ -77,11 +78,15 @@ def audit_variants(suite: Suite, methods: list[str] | None) -> list[Variant]:
         if variant.method not in METHODS:
             raise UnlearnKitError(f"unknown method {variant.method!r}; known: {', '.join(METHODS)}")
         make_config(METHODS[variant.method], suite.method_options(variant))
-        if "remove" not in METHODS[variant.method].kinds:
+        if "remove" not in METHODS[variant.method].effects:
             raise UnlearnKitError(f"method {variant.method!r} does not handle remove requests")
         if variant not in variants and not (variant.method == "retrain" and not suite.method_options(variant)):
             variants.append(variant)
     return variants
+
+
+def _remove_types() -> str:
+    return ", ".join(name for name, t in REQUEST_TYPES.items() if t.effect == "remove")
 
 
 def _options(suite: Suite, variant: Variant) -> tuple:
@@ -237,9 +242,11 @@ def run_audit(suite: Suite, out_dir: str | Path, *, settings: AuditSettings | No
     if not specs:
         raise UnlearnKitError("the audit needs at least one request")
     request_seed = settings.request_seed if settings.request_seed is not None else (suite.seeds[0] if suite.seeds else 0)
-    for spec in specs:  # fail before training anything (memorized:K is checked once its scores exist)
-        if spec.split(":", 1)[0] != "memorized" and build_request(spec, data, request_seed).kind != "remove":
-            raise UnlearnKitError(f"the audit handles remove requests (random, class, ids, memorized), not {spec!r}")
+    for spec in specs:  # fail before training anything (memorized:K without a file once its scores exist)
+        if parse_spec(spec)[0].effect != "remove":
+            raise UnlearnKitError(f"the audit handles remove requests ({_remove_types()}), not {spec!r}")
+        if not needs_memorization_scores(spec):
+            build_request(spec, data, request_seed)
     n = settings.models
     timings: dict[str, float] = {}
     results: dict = {
@@ -256,7 +263,7 @@ def run_audit(suite: Suite, out_dir: str | Path, *, settings: AuditSettings | No
         originals = [checkpoint_logits(ctx, r["path"]) for r in runner.run([Job("original", k) for k in range(n)])]
         timings["originals_s"] = round(time.perf_counter() - t, 2)
 
-        if any(spec.split(":", 1)[0] == "memorized" and len(spec.split(":")) == 2 for spec in specs):
+        if any(needs_memorization_scores(spec) for spec in specs):
             t = time.perf_counter()
             m = settings.memorization_models or (n + n % 2)
             splits = split_requests(data, m)
@@ -278,8 +285,6 @@ def run_audit(suite: Suite, out_dir: str | Path, *, settings: AuditSettings | No
         for spec in specs:
             t = time.perf_counter()
             request = build_request(spec, data, request_seed)
-            if request.kind != "remove":
-                raise UnlearnKitError(f"the audit handles remove requests (random, class, ids, memorized), not {spec!r}")
             record = request_job_record(request)
             ref_jobs = [Job("retrained", k, record, train_seed=REFERENCE_SEED_OFFSET + k) for k in range(n)]
             unl_jobs = [Job("unlearned", k, record, method=v.method, options=_options(suite, v)) for v in variants for k in range(n)]
@@ -296,7 +301,7 @@ def run_audit(suite: Suite, out_dir: str | Path, *, settings: AuditSettings | No
             t2 = time.perf_counter()
             audit = analyse(request, data, originals, references, unlearned, settings,
                             mia_shadow_size=suite.mia_shadow_size,
-                            memorization=memorization if spec.startswith("memorized") else None)
+                            memorization=memorization if request.type == "memorized" else None)
             timings[f"{spec}_analysis_s"] = round(time.perf_counter() - t2, 2)
             audit.seconds = round(time.perf_counter() - t, 2)
             results["requests"][spec] = audit.to_dict()

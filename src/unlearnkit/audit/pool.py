@@ -43,7 +43,7 @@ UNLEARNED_CACHE_VERSION = 1
 class Job:
     kind: str  # "original" | "retrained" | "unlearned"
     seed: int  # the original's seed (its index k)
-    request: str | None = None  # JSON of Request.describe() (rebuildable in a worker)
+    request: str | None = None  # JSON of Request.cache_key() (rebuildable in a worker)
     train_seed: int | None = None  # retrained: the training seed
     method: str | None = None  # unlearned: the method and its options
     options: tuple[tuple[str, Any], ...] = ()
@@ -230,7 +230,7 @@ class Runner:
 
 
 def request_job_record(request: Request) -> str:
-    return json.dumps(request.describe(), sort_keys=True)
+    return json.dumps(request.cache_key(), sort_keys=True)
 
 
 def read_unlearned(path: str | Path) -> tuple[Logits, dict]:

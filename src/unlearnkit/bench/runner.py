@@ -50,7 +50,7 @@ class ModelCache:
             "kind": "original", "data": data.fingerprint, "model": suite.model or default_model(data.name),
             "model_options": suite.model_options, "recipe": suite.train_config().to_dict(), "seed": seed,
             # Only requests that change the training data (relabel/backdoor) change the original.
-            "request": request.describe() if request is not None and request.modifies_training_data else None,
+            "request": request.cache_key() if request is not None and request.modifies_training_data else None,
         }
 
     def original(self, suite: Suite, data: Dataset, seed: int, request: Request | None, device, log) -> tuple[Path, dict]:
@@ -86,7 +86,7 @@ class ModelCache:
         ``options``), its training seed ``seed`` (default: the request's seed, as in a benchmark; the audit
         retrains many seeds per request)."""
         seed = request.seed if seed is None else seed
-        key_fields = {"kind": "retrained", "original": original_key, "request": request.describe()}
+        key_fields = {"kind": "retrained", "original": original_key, "request": request.cache_key()}
         if options:  # only non-default Retrain options enter the key, so existing caches stay valid
             key_fields["options"] = options
         if seed != request.seed:  # likewise
@@ -105,7 +105,8 @@ class ModelCache:
         from ..spdgan import SpdGanConfig, save_spdgan, train_for_request
 
         config = SpdGanConfig.from_dict(options)
-        key_fields = {"kind": "spdgan", "original": original_key, "request": request.describe(), "config": config.to_dict()}
+        key_fields = {"kind": "spdgan", "original": original_key, "request": request.cache_key(),
+                      "config": config.to_dict()}
         path = self.root / "spdgan" / config_hash(key_fields)
         if not (path / "manifest.json").exists():
             log(f"training SPD-GAN (ε {config.epsilon}) on {request.spec} (seed {request.seed}) -> {path}")

@@ -232,15 +232,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def info() -> dict:
-    """What ``unlearnkit info`` lists: data sets, models, methods, metrics (with the direction that is better),
-    request types, and every declared option — of the training recipe, the models, SPD-GAN, pruning specs, the
-    hybrid policy and each sub-command's flags — with its type, range or choices, default and help."""
+    """What ``unlearnkit info`` lists: data sets, models, methods (with the request effects each handles), metrics
+    (with the direction that is better), request types (each with its syntax and effect), and every declared
+    option — of the training recipe, the models, SPD-GAN, pruning specs, the hybrid policy and each sub-command's
+    flags — with its type, range or choices, default and help."""
     from ..data import DATASET_INFO
     from ..evaluation import METRICS
     from ..methods import METHODS
     from ..models import model_info
     from ..options import OWNERS, options_of
-    from ..requests import REQUEST_KINDS
+    from ..requests import REQUEST_TYPES
 
     options = {}
     for (kind, name), owner in OWNERS.items():
@@ -252,7 +253,7 @@ def info() -> dict:
         "models": model_info(),
         "methods": {name: info.describe() for name, info in METHODS.items()},
         "metrics": {name: {"doc": doc, "better": better} for name, (doc, better) in METRICS.items()},
-        "requests": sorted(REQUEST_KINDS),
+        "request_types": {name: rtype.describe() for name, rtype in REQUEST_TYPES.items()},
         "options": options,
     }
 
@@ -277,6 +278,8 @@ def _info(args: argparse.Namespace) -> int:
         elif isinstance(entries, dict):
             for name, meta in entries.items():
                 doc = meta.get("doc", meta.get("summary", meta.get("format", ""))) if isinstance(meta, dict) else meta
+                if section == "request_types":
+                    doc = f"{meta['syntax']:<28} {meta['effect']:<8} {meta['doc']}"
                 print(f"  {name:<16} {doc}")
         else:
             print("  " + ", ".join(entries))

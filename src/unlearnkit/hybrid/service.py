@@ -296,6 +296,6 @@ def ids_from_request(sisa: SisaModel, ids_file: str | None = None, spec: str | N
         raise UnlearnKitError("give exactly one of --ids FILE or --request SPEC")
     spec = f"ids:{ids_file}" if ids_file is not None else spec
     request = build_request(spec, sisa.data, seed)
-    if request.kind != "remove":
-        raise UnlearnKitError(f"a SISA model removes samples; {spec!r} is a {request.kind} request")
+    if request.effect != "remove":
+        raise UnlearnKitError(f"a SISA model removes samples; {spec!r} is a {request.effect} request")
     return request.forget.numpy().astype(np.int64), spec

@@ -1,7 +1,7 @@
 """The method registry, the task a method receives, and :func:`unlearn`.
 
 A method is a function ``run(task, config) -> nn.Module | None`` registered with a typed config dataclass
-(its documented defaults), the data it touches and the request kinds it supports. It modifies
+(its documented defaults), the data it touches and the request effects (remove, relabel, edit) it supports. It modifies
 ``task.model`` (a copy of the original) or returns a new model; everything else — copying, seeding,
 device placement, the cost meter, re-applying pruning masks, validating overrides — happens here once.
 """
@@ -25,7 +25,7 @@ from ..errors import UnlearnKitError
 from ..masks import enforce_prune_masks
 from ..options import BIG, build, declare, option, options_of  # noqa: F401  (BIG, option: for method modules)
 from ..recipes import default_recipe
-from ..requests import Request, build_request
+from ..requests import EFFECTS, Request, build_request
 from ..training import Cost, FitReport, Phase, TrainConfig, fit, metered, predict_logits, accuracy
 
 
@@ -35,7 +35,7 @@ class MethodInfo:
     run: Callable[["Task", Any], nn.Module | None]
     config: type
     touches: tuple[str, ...]  # "forget", "retain", "corrected", "all" (data the method reads)
-    kinds: tuple[str, ...]  # request kinds it supports: remove, relabel, edit
+    effects: tuple[str, ...]  # the request effects it supports: remove, relabel, edit (requests.EFFECTS)
     summary: str
     exact: bool = False
 
@@ -43,7 +43,7 @@ class MethodInfo:
         return {
             "summary": self.summary,
             "touches": list(self.touches),
-            "request_kinds": list(self.kinds),
+            "request_effects": list(self.effects),
             "exact": self.exact,
             "config": {
                 name: {"default": list(d.default) if isinstance(d.default, tuple) else d.default, "type": d.type.name,
@@ -57,10 +57,10 @@ METHODS: dict[str, MethodInfo] = {}
 
 
 def register(name: str, config: type, *, touches: tuple[str, ...], summary: str,
-             kinds: tuple[str, ...] = ("remove", "relabel", "edit"), exact: bool = False):
+             effects: tuple[str, ...] = EFFECTS, exact: bool = False):
     def decorate(run):
         declare("method", name, config)  # refuses a field without a supported type or with a default out of range
-        METHODS[name] = MethodInfo(name, run, config, touches, kinds, summary, exact)
+        METHODS[name] = MethodInfo(name, run, config, touches, tuple(effects), summary, exact)
         return run
 
     return decorate
@@ -208,8 +208,9 @@ def unlearn(
         raise UnlearnKitError("unlearn needs a request (e.g. random:0.1), or a checkpoint that recorded one")
     if isinstance(request, str):
         request = build_request(request, data, seed)
-    if request.kind not in info.kinds:
-        raise UnlearnKitError(f"method {method!r} handles {', '.join(info.kinds)} requests, not {request.kind} ({request.spec})")
+    if request.effect not in info.effects:
+        raise UnlearnKitError(f"method {method!r} handles {', '.join(info.effects)} requests, not {request.effect} "
+                              f"({request.spec})")
     device = resolve_device(device)
     x, y = request.training_data(data)
     working = copy.deepcopy(model).to(device)

@@ -19,7 +19,7 @@ class FinetuneConfig(SGDOptions):
     retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG)
 
 
-@register("finetune", FinetuneConfig, touches=("retain",), kinds=("remove", "relabel", "edit"),
+@register("finetune", FinetuneConfig, touches=("retain",), effects=("remove", "relabel", "edit"),
           summary="fine-tune on the retain set (FT)")
 def finetune(task: Task, cfg: FinetuneConfig) -> None:
     source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))

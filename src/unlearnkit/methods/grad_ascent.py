@@ -34,7 +34,7 @@ def forget_floor(task: Task, target: float | None) -> float | None:
     return task.original_test_acc
 
 
-@register("grad_ascent", GradAscentConfig, touches=("forget",), kinds=("remove", "relabel", "edit"),
+@register("grad_ascent", GradAscentConfig, touches=("forget",), effects=("remove", "relabel", "edit"),
           summary="gradient ascent on the forget set, stopped by a forget-accuracy guard (GA)")
 def grad_ascent(task: Task, cfg: GradAscentConfig) -> None:
     floor = forget_floor(task, cfg.target_forget_acc)

@@ -31,7 +31,7 @@ def retrain(task: Task, cfg: RetrainConfig):
     if masks:  # prune-first: the retrained reference keeps the same sparsity pattern
         attach_prune_masks(model, {k: v.cpu() for k, v in masks.items()})
     request = task.request
-    if request.kind != "remove" and cfg.use_corrections:
+    if request.effect != "remove" and cfg.use_corrections:
         x, y = request.corrected_data(task.data)
         ids = torch.arange(task.data.n_train)
     else:
