@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     retained = np.flatnonzero(keep)
     retained = np.sort(np.random.default_rng(args.seed).choice(retained, min(retained.size, int(data.x_test.shape[0])),
                                                                  replace=False))
-    request = Request(spec="sisa-stream", kind="remove", seed=args.seed, forget=torch.from_numpy(deleted),
+    request = Request(spec="sisa-stream", effect="remove", seed=args.seed, forget=torch.from_numpy(deleted),
                       retain=torch.from_numpy(retained))
     needed = torch.from_numpy(np.concatenate([deleted, retained]))
 

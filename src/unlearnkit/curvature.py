@@ -63,10 +63,6 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def zeros_like_parameters(model: nn.Module) -> Vector:
-    return {n: torch.zeros_like(p, memory_format=torch.contiguous_format).detach() for n, p in trainable_parameters(model).items()}
-
-
 def flatten(vector: Vector, names: list[str] | None = None) -> torch.Tensor:
     """Concatenate the entries of ``vector`` (in ``names`` order, default its own) into one 1-D tensor."""
     names = list(vector) if names is None else names
@@ -738,7 +734,7 @@ def diagonal_inverse(diag: Vector, v: Vector, *, damping: float, mask: Mask | No
 
 __all__ = [
     "Vector", "Mask", "LossFn", "Data", "FISHER_KINDS", "CGInfo",
-    "trainable_parameters", "zeros_like_parameters", "flatten", "unflatten", "dot", "apply_mask",
+    "trainable_parameters", "flatten", "unflatten", "dot", "apply_mask",
     "gradient", "per_sample_gradients", "fisher_diagonal", "hvp", "hutchinson_diagonal", "exact_hessian_diagonal",
     "top_eigenvalue", "lissa", "conjugate_gradient", "woodfisher_inverse", "diagonal_inverse",
 ]

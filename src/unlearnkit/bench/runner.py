@@ -30,9 +30,6 @@ from ..recipes import default_model
 from ..requests import Request, build_request
 from .suite import Suite, Variant
 
-KEY_METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "rte_s", "retrain_s")
-
-
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -110,7 +110,7 @@ def approximate_delete(sisa: SisaModel, version: Version, new_ids: np.ndarray, s
         members = prov.members[shard]
         retain = members[~removed[members]]
         shard_seed = derived_seed("approx", seed, shard)
-        request = Request(spec=f"sisa-shard:{shard}", kind="remove", seed=shard_seed,
+        request = Request(spec=f"sisa-shard:{shard}", effect="remove", seed=shard_seed,
                           forget=torch.from_numpy(forget).long(), retain=torch.from_numpy(retain).long())
         original = sisa.store.model_from_state(states[shard])
         touched = np.isin(prov.member_slices[shard], np.unique(prov.slice_of[forget]))

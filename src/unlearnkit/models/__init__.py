@@ -252,14 +252,10 @@ def last_layer(model: nn.Module) -> nn.Linear:
     return head
 
 
-def uses_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def is_convolutional(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 __all__ = ["MODELS", "MODEL_OPTIONS", "build_model", "check_model_options", "new_model", "model_info", "last_layer",
            "Normalize", "MLP", "SmallCNN", "ResNet18", "VGG16BN",
-           "uses_batchnorm", "is_convolutional"]
+           "is_convolutional"]

@@ -30,7 +30,6 @@ import torch
 from ..errors import UnlearnKitError
 
 ACTIVE, DELETED_EXACT, DELETED_APPROX = 0, 1, 2
-STATUS_NAMES = {ACTIVE: "active", DELETED_EXACT: "deleted (exact)", DELETED_APPROX: "deleted (approximate)"}
 
 
 def derived_seed(*parts: object) -> int:

@@ -209,9 +209,6 @@ class SisaStore:
     def stage_dir(self, shard: int, stage: int, key: str) -> Path:
         return self.path / STAGES / f"shard-{shard:02d}" / f"stage-{stage:02d}-{key[:24]}"
 
-    def has_stage(self, shard: int, stage: int, key: str) -> bool:
-        return (self.stage_dir(shard, stage, key) / "manifest.json").is_file()
-
     def save_stage(self, shard: int, stage: int, key: str, model: nn.Module, extra: dict) -> Path:
         """Write a stage checkpoint. ``extra`` must name the ids its history left out (``excluded``)."""
         spec = self.meta["model"]
