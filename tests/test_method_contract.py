@@ -109,7 +109,7 @@ def check_contract(method: str, original, digits, requests) -> None:
     for effect, request in ((e, r) for e, group in requests.items() for r in group):
         kwargs = dict(device="cpu", seed=0, model_name=original.model_name, model_args=original.model_args,
                       original_test_acc=original.metrics["test_acc"], **_small(method))
-        if effect not in info.kinds:
+        if effect not in info.effects:
             with metered() as cost, pytest.raises(UnlearnKitError, match=f"handles .* not {effect}"):
                 unlearn(model, request, digits, method, **kwargs)
             assert cost.forward == cost.backward == 0
@@ -141,7 +141,7 @@ def test_every_declared_option_refuses_bad_values_before_any_pass(method, origin
     declared = options_of(METHODS[method].config)
     assert declared or METHODS[method].config is not None
     counter = PassCounter(original.model)
-    request = requests[METHODS[method].kinds[0]][0]
+    request = requests[METHODS[method].effects[0]][0]
     try:
         for name, d in declared.items():
             bad = d.bad_values()
@@ -197,7 +197,7 @@ def test_a_registered_method_gets_the_contract(temporary_method, original, digit
         source = Source(task.x, task.y, task.request.retain[:64], batch_size=32)
         task.fit(Phase(source), TrainConfig(epochs=cfg.epochs, lr=cfg.lr, augment=False))
 
-    temporary_method("remove_only", _Steps, remove_only, kinds=("remove",))
+    temporary_method("remove_only", _Steps, remove_only, effects=("remove",))
     check_contract("remove_only", original, digits, requests)  # relabel and edit are refused before any pass
     test_every_declared_option_refuses_bad_values_before_any_pass("remove_only", original, digits, requests)
 
@@ -209,7 +209,7 @@ def test_the_contract_catches_a_method_that_breaks_it(temporary_method, original
                 p.mul_(1.0)  # harmless
             next(task.model.parameters()).add_(float("nan"))  # a non-finite result
 
-    temporary_method("broken", _Steps, scribbles_on_the_original, kinds=("remove",))
+    temporary_method("broken", _Steps, scribbles_on_the_original, effects=("remove",))
     with pytest.raises(AssertionError, match="not finite"):
         check_contract("broken", original, digits, requests)
 

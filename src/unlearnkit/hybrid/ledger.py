@@ -45,7 +45,6 @@ import numpy as np
 from ..errors import UnlearnKitError
 from ..sisa.layout import ids_digest
 
-STATES = ("received", "planned", "running", "done", "failed")
 UNFINISHED = ("received", "planned", "running")
 MODES = ("auto", "exact", "approx")
 SCHEMA_VERSION = 2
