@@ -35,7 +35,8 @@ from unlearnkit.training import metered
 
 # Requests of every type but memorized: (its scores need many trained models), grouped by effect (what the request
 # does to the training set): a method must handle each of the types whose effect it declares.
-REQUESTS = {"remove": ["random:0.1", "class:3"], "relabel": ["relabel:0.1"], "edit": ["backdoor:0.05:0", "feature:0.5:6"]}
+REQUESTS = {"remove": ["random:0.1", "class:3"], "relabel": ["relabel:0.1"],
+            "edit": ["backdoor:0.05:0", "feature:0.5:6"]}
 SMALL = {"epochs": 1, "max_epochs": 1, "curvature_samples": 64, "retain_samples": 128, "fisher_samples": 128,
          "train_samples": 256, "forget_samples": 128, "max_iter": 5, "lissa_depth": 5, "probe_size": 64, "probes": 4,
          "batch_size": 64}
@@ -227,7 +228,8 @@ def test_every_method_the_package_registers_is_checked():
 
     import unlearnkit.methods as package
 
-    modules = {f"unlearnkit.methods.{m.name}" for m in pkgutil.iter_modules(package.__path__)} - {"unlearnkit.methods.base"}
+    modules = {f"unlearnkit.methods.{m.name}" for m in pkgutil.iter_modules(package.__path__)}
+    modules -= {"unlearnkit.methods.base"}
     registered_by = {METHODS[name].run.__module__ for name in SHIPPED}
     assert modules <= registered_by, f"method modules that register nothing: {modules - registered_by}"
     assert len(SHIPPED) >= 17

@@ -19,7 +19,8 @@ from unlearnkit.errors import UnlearnKitError
 from unlearnkit.options import OWNERS, build, declare, declared, option, options_of, parse_text
 from unlearnkit.training import TrainConfig
 
-SHIPPED = [d for d in declared() if d.kind != "method" and OWNERS[(d.kind, d.owner)].config.__module__.startswith("unlearnkit.")]
+SHIPPED = [d for d in declared()
+           if d.kind != "method" and OWNERS[(d.kind, d.owner)].config.__module__.startswith("unlearnkit.")]
 
 
 @dataclasses.dataclass
@@ -54,7 +55,7 @@ def test_the_message_names_type_and_range():
     assert d["limit"].allowed() == "a finite float in [0, 5] or null"
     with pytest.raises(UnlearnKitError) as caught:
         TrainConfig().replace(lr="abc")
-    assert str(caught.value) == "option lr of the training recipe must be a finite float in (0, 10]; got 'abc'"
+    assert str(caught.value) == RECIPE.format("lr") + "a finite float in (0, 10]; got 'abc'"
 
 
 def test_a_default_outside_its_range_is_refused_at_declaration():
@@ -101,32 +102,39 @@ def test_every_command_flag_refuses_bad_words_on_the_command_line(d, capsys):
         assert err.count("\n") == 1 and err.startswith(f"unlearnkit: error: option {d.flag} of {d.owner} must be "), err
 
 
+TRAIN = ["train", "--dataset", "digits"]
+RECIPE = "option {} of the training recipe must be "
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--dataset", "digits", "--set", "lr=abc"], "option lr of the training recipe must be a finite float in (0, 10]; got 'abc'"),
-    (["train", "--dataset", "digits", "--set", "epochs=1.5"], "option epochs of the training recipe must be an integer"),
-    (["train", "--dataset", "digits", "--set", "epochs=abc"], "option epochs of the training recipe must be an integer"),
-    (["train", "--dataset", "digits", "--set", "momentum=-5"], "option momentum of the training recipe must be a finite float in [0, 1)"),
-    (["train", "--dataset", "digits", "--set", "weight_decay=-1"], "option weight_decay of the training recipe"),
-    (["train", "--dataset", "digits", "--set", "milestones=abc"], "option milestones of the training recipe must be a list"),
-    (["train", "--dataset", "digits", "--set", "gamma=abc"], "option gamma of the training recipe"),
-    (["train", "--dataset", "digits", "--set", "batch_size=2.5"], "option batch_size of the training recipe must be an integer"),
-    (["train", "--dataset", "digits", "--set", "augment=maybe"], "option augment of the training recipe must be true or false"),
-    (["train", "--dataset", "digits", "--set", "augment=1"], "option augment of the training recipe must be true or false"),
-    (["train", "--dataset", "digits", "--set", "epochs=true"], "option epochs of the training recipe must be an integer"),
-    (["train", "--dataset", "digits", "--set", "grad_clip=-1"], "option grad_clip of the training recipe"),
-    (["train", "--dataset", "digits", "--set", "lr=Infinity"], "got inf"),
-    (["train", "--dataset", "digits", "--set", "lr=1e30"], "got 1e+30"),
-    (["train", "--dataset", "digits", "--set", "lr=nan"], "got nan"),
-    (["train", "--dataset", "digits", "--model-option", "width=-5"], "option width of model mlp must be an integer in [1, "),
-    (["train", "--dataset", "digits", "--model-option", "depth=abc"], "option depth of model mlp must be an integer"),
-    (["sisa", "train", "--dataset", "digits", "--workers", "-5"], "option --workers of sisa train must be an integer in [1, "),
-    (["forget", "--model", "M", "--ids", "I", "--beta", "nan"], "option --beta of the hybrid policy must be a finite float"),
-    (["unlearn", "--checkpoint", "C", "--method", "topk_perturb", "--set", "sigma=-1"], "option sigma of topk_perturb"),
+    ([*TRAIN, "--set", "lr=abc"], RECIPE.format("lr") + "a finite float in (0, 10]; got 'abc'"),
+    ([*TRAIN, "--set", "epochs=1.5"], RECIPE.format("epochs") + "an integer"),
+    ([*TRAIN, "--set", "epochs=abc"], RECIPE.format("epochs") + "an integer"),
+    ([*TRAIN, "--set", "momentum=-5"], RECIPE.format("momentum") + "a finite float in [0, 1)"),
+    ([*TRAIN, "--set", "weight_decay=-1"], RECIPE.format("weight_decay")),
+    ([*TRAIN, "--set", "milestones=abc"], RECIPE.format("milestones") + "a list"),
+    ([*TRAIN, "--set", "gamma=abc"], RECIPE.format("gamma")),
+    ([*TRAIN, "--set", "batch_size=2.5"], RECIPE.format("batch_size") + "an integer"),
+    ([*TRAIN, "--set", "augment=maybe"], RECIPE.format("augment") + "true or false"),
+    ([*TRAIN, "--set", "augment=1"], RECIPE.format("augment") + "true or false"),
+    ([*TRAIN, "--set", "epochs=true"], RECIPE.format("epochs") + "an integer"),
+    ([*TRAIN, "--set", "grad_clip=-1"], RECIPE.format("grad_clip")),
+    ([*TRAIN, "--set", "lr=Infinity"], "got inf"),
+    ([*TRAIN, "--set", "lr=1e30"], "got 1e+30"),
+    ([*TRAIN, "--set", "lr=nan"], "got nan"),
+    ([*TRAIN, "--model-option", "width=-5"], "option width of model mlp must be an integer in [1, "),
+    ([*TRAIN, "--model-option", "depth=abc"], "option depth of model mlp must be an integer"),
+    (["sisa", "train", "--dataset", "digits", "--workers", "-5"],
+     "option --workers of sisa train must be an integer in [1, "),
+    (["forget", "--model", "M", "--ids", "I", "--beta", "nan"],
+     "option --beta of the hybrid policy must be a finite float"),
+    (["unlearn", "--checkpoint", "C", "--method", "topk_perturb", "--set", "sigma=-1"],
+     "option sigma of topk_perturb"),
 ])
 def test_the_issue_cases_are_one_line_errors_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main([*argv, "--out", str(tmp_path / "out")] if argv[0] in ("train", "unlearn") or argv[:2] == ["sisa", "train"]
-                else argv)
+    writes = argv[0] in ("train", "unlearn") or argv[:2] == ["sisa", "train"]
+    code = main([*argv, "--out", str(tmp_path / "out")] if writes else argv)
     out, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and err.startswith("unlearnkit: error: ") and message in err, err
     assert list(tmp_path.iterdir()) == []  # nothing written

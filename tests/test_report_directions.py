@@ -87,7 +87,8 @@ def test_audit_ranks_follow_the_declared_directions():
         return {"population": {"avg_gap": [gap, 0]}, "ulira": {"accuracy": acc, "tpr_at_1pct_fpr": tpr},
                 "challenge": {"score": score}}
 
-    ranks = rankings({"retrain": result(0, 50, 1, 1), "a": result(1.0, 48.0, 5.0, 0.2), "b": result(2.0, 70.0, 2.0, 0.6)})
+    ranks = rankings({"retrain": result(0, 50, 1, 1), "a": result(1.0, 48.0, 5.0, 0.2),
+                      "b": result(2.0, 70.0, 2.0, 0.6)})
     assert ranks["Avg. Gap"] == {"a": 1, "b": 2}
     assert ranks["U-LiRA acc."] == {"a": 1, "b": 2}
     assert ranks["TPR@1% FPR"] == {"b": 1, "a": 2}

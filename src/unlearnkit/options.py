@@ -64,7 +64,9 @@ class Range:
             return ""
         left = "(" if self.gt is not None or self.low is None else "["
         right = ")" if self.lt is not None or self.high is None else "]"
-        return f"{left}{_num(self.low) if self.low is not None else '-inf'}, {_num(self.high) if self.high is not None else 'inf'}{right}"
+        low = _num(self.low) if self.low is not None else "-inf"
+        high = _num(self.high) if self.high is not None else "inf"
+        return f"{left}{low}, {high}{right}"
 
 
 def _num(v: float) -> str:
@@ -207,11 +209,12 @@ class Declared:
         if t.base is tuple:
             out += [("string for a list", "abc")]
             if t.item in (int, float):
-                out += [("string item", ["abc"] * (self.length or 1)), ("non-finite item", [math.nan] * (self.length or 1))]
+                n = self.length or 1
+                out += [("string item", ["abc"] * n), ("non-finite item", [math.nan] * n)]
                 if r.low is not None:
-                    out.append(("item below range", [r.low - 1] * (self.length or 1)))
+                    out.append(("item below range", [r.low - 1] * n))
                 if r.high is not None:
-                    out.append(("item above range", [r.high + 1] * (self.length or 1)))
+                    out.append(("item above range", [r.high + 1] * n))
             if self.length is not None:
                 out.append(("wrong length", [r.low if r.low is not None else 1] * (self.length + 1)))
             return out
@@ -232,7 +235,8 @@ class Declared:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "owner": self.owner, "name": self.name, "flag": self.flag, "type": self.type.name,
-                "default": None if self.required else list(self.default) if isinstance(self.default, tuple) else self.default,
+                "default": None if self.required else list(self.default) if isinstance(self.default, tuple)
+                else self.default,
                 "required": self.required,
                 "low": self.low, "high": self.high, "low_open": self.range.gt is not None,
                 "high_open": self.range.lt is not None,
@@ -420,7 +424,8 @@ def markdown_table(kind: str, name: str) -> str:
         return "No options."
     rows = ["| option | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
     for d in options_of(owner.config).values():
-        rows.append(f"| `{d.label}` | {_cell(d.type.name)} | `{_default_text(d)}` | {_cell(d.allowed())} | {_cell(d.help)} |")
+        rows.append(f"| `{d.label}` | {_cell(d.type.name)} | `{_default_text(d)}` | {_cell(d.allowed())} "
+                    f"| {_cell(d.help)} |")
     return "\n".join(rows)
 
 

@@ -42,13 +42,14 @@ def command_flags(command: str, config: type) -> type:
     return declare("command", command, config, flags=True)
 
 
-def add_flags(p: argparse.ArgumentParser, config: type, *, only: tuple[str, ...] | None = None, unset: bool = False) -> None:
+def add_flags(p: argparse.ArgumentParser, config: type, *, only: tuple[str, ...] | None = None,
+              unset: str | None = None) -> None:
     """Add declared options of ``config`` as ``--flags`` whose values are checked against their declaration while
     the command line is parsed — before the command runs — so a bad value is one line naming the flag, its type and
     its range (the :class:`UnlearnKitError` leaves ``parse_args`` and :func:`unlearnkit.cli.main` prints it).
 
     ``only`` picks fields; ``unset`` makes every default None ("not given": e.g. ``train --lr`` overrides the
-    recipe's learning rate only when given). Flags of another owner's options (the training recipe's ``--epochs``)
+    recipe's learning rate only when given) and says what applies then (e.g. "the recipe's"). Flags of another owner's options (the training recipe's ``--epochs``)
     reuse that owner's declaration rather than declaring the option again."""
     for name, d in options_of(config).items():
         if only is not None and name not in only:
@@ -59,10 +60,12 @@ def add_flags(p: argparse.ArgumentParser, config: type, *, only: tuple[str, ...]
         kwargs: dict[str, Any] = {"type": _checker(d), "help": f"{d.help} ({d.allowed()})", "dest": name}
         if required:
             kwargs["required"] = True
+        elif unset is not None:
+            kwargs["default"] = None
+            kwargs["help"] = f"{d.help} ({d.allowed()}; default: {unset})"
         else:
-            kwargs["default"] = None if unset else d.default
-            if not unset:
-                kwargs["help"] = f"{d.help} ({d.allowed()}; default {json.dumps(_plain(d.default))})"
+            kwargs["default"] = d.default
+            kwargs["help"] = f"{d.help} ({d.allowed()}; default {json.dumps(_plain(d.default))})"
         kwargs["metavar"] = "{" + ",".join(map(str, d.choices)) + "}" if d.choices else name.upper()
         p.add_argument(flag, **kwargs)
 

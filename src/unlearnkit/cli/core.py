@@ -51,7 +51,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--model", default=None, help="model name (default: the data set's default)")
     p.add_argument("--request", default=None, help="request the training data carries (relabel:/backdoor:) or to record")
-    add_flags(p, TrainConfig, only=("epochs", "lr", "batch_size"), unset=True)
+    add_flags(p, TrainConfig, only=("epochs", "lr", "batch_size"), unset="the recipe's")
     add_flags(p, TrainFlags)
     p.add_argument("--device", default="auto")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="other training options (e.g. schedule=multistep)")
@@ -216,7 +216,7 @@ def _unlearn(args: argparse.Namespace) -> int:
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's checkpoints")
-    add_flags(p, TrainConfig, only=("epochs",), unset=True)
+    add_flags(p, TrainConfig, only=("epochs",), unset="the recipe's")
     p.add_argument("--request", default="random:0.1", help="what to forget (default: a random 10 %% of the training set)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")

@@ -40,7 +40,7 @@ command_flags("requests list", RequestsListFlags)
 
 def policy_arguments(p: argparse.ArgumentParser) -> None:
     """--beta, --budget-seconds, --budget-stages: the hybrid Policy's declared options (given: override the model's)."""
-    add_flags(p, Policy, unset=True)
+    add_flags(p, Policy, unset="the model's stored policy, else the declared default in docs/options.md")
 
 
 def policy_from_args(args: argparse.Namespace, stored: dict | None = None):

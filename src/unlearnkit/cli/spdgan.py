@@ -33,7 +33,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--request", default=None, help="what will be forgotten (default: the request the checkpoint records)")
     train.add_argument("--out", required=True, help="directory to write the generator to")
     add_overwrite_arg(train, "an existing generator")
-    add_flags(train, SpdGanConfig, only=("epsilon", "epochs"), unset=True)
+    add_flags(train, SpdGanConfig, only=("epsilon", "epochs"), unset="the SPD-GAN default, see docs/options.md")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="other options: " + ", ".join(f.name for f in fields(SpdGanConfig) if f.name not in ("epsilon", "epochs")))
     add_flags(train, SpdGanTrainFlags)
