@@ -7,12 +7,13 @@ from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .data import Dataset, load_dataset  # noqa: E402
 from .errors import UnlearnKitError  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
+from .importing import import_model  # noqa: E402
 from .methods import METHODS, unlearn  # noqa: E402
 from .models import build_model  # noqa: E402
 from .requests import Request, build_request  # noqa: E402
 from .training import TrainConfig, fit  # noqa: E402
 
 __all__ = [
-    "__version__", "train", "unlearn", "evaluate", "METHODS", "accuracy_report", "load_checkpoint", "save_checkpoint", "Dataset", "load_dataset",
+    "__version__", "train", "import_model", "unlearn", "evaluate", "METHODS", "accuracy_report", "load_checkpoint", "save_checkpoint", "Dataset", "load_dataset",
     "UnlearnKitError", "build_model", "Request", "build_request", "TrainConfig", "fit",
 ]

@@ -40,6 +40,9 @@ class Dataset:
     crop_padding: int = 0
     horizontal_flip: bool = False
     source: str = ""
+    # (mean, std, fingerprint) computed elsewhere in bounded memory (``images.image_stats``), for readers of
+    # users' data and memory-mapped tensors; None: computed here from the tensors in memory.
+    stats: tuple[tuple[float, ...], tuple[float, ...], str] | None = field(default=None, repr=False)
     mean: tuple[float, ...] = field(init=False)
     std: tuple[float, ...] = field(init=False)
     fingerprint: str = field(init=False)
@@ -57,6 +60,9 @@ class Dataset:
                 raise UnlearnKitError(f"{self.name} {split}: labels must be int64 of length {x.shape[0]}")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
                 raise UnlearnKitError(f"{self.name} {split}: labels outside 0..{self.num_classes - 1}")
+        if self.stats is not None:
+            self.mean, self.std, self.fingerprint = (tuple(self.stats[0]), tuple(self.stats[1]), self.stats[2])
+            return
         flat = self.x_train.transpose(0, 1).reshape(self.channels, -1)
         self.mean = tuple(float(v) for v in flat.mean(1))
         self.std = tuple(max(float(v), 1e-6) for v in flat.std(1))
@@ -78,6 +84,9 @@ class Dataset:
 
     def model_args(self) -> dict:
         """The shape arguments every registered model takes."""
+        if self.x_train.shape[2] != self.x_train.shape[3]:
+            raise UnlearnKitError(f"{self.name}: the registered models need square images, these are "
+                                  f"{self.x_train.shape[2]}x{self.x_train.shape[3]}; resize them (--resize HxW)")
         return {
             "in_channels": self.channels,
             "image_size": self.image_size,
@@ -93,8 +102,9 @@ class Dataset:
             "n_train": self.n_train,
             "n_test": int(self.x_test.shape[0]),
             "num_classes": self.num_classes,
-            "shape": [self.channels, self.image_size, self.image_size],
+            "shape": [self.channels, int(self.x_train.shape[2]), int(self.x_train.shape[3])],
             "source": self.source,
+            "class_names": list(self.class_names),
         }
 
     def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "Dataset":
@@ -299,8 +309,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, subset
     """
     base, parsed_subset = _parse_name(name)
     subset = subset or parsed_subset
+    from . import readers
+
+    if readers.is_spec(base):  # imagefolder:PATH, npz:PATH, hf:PATH, prepared:DIR (docs/your-own-model.md)
+        data = readers.load_spec(base, data_dir)
+        return data.subset(*subset) if subset else data
     if base not in DATASETS:
-        raise UnlearnKitError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+        raise UnlearnKitError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}, or "
+                              f"{', '.join(k + ':PATH' for k in readers.KINDS)}")
     key = (base, str(data_dir))
     if key not in _CACHE:
         _CACHE[key] = DATASETS[base](data_dir)

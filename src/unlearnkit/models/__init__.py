@@ -201,7 +201,14 @@ _SHAPE_ARGS = ("in_channels", "image_size", "num_classes", "mean", "std")
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; ``kwargs`` are the shape arguments plus the model's own options."""
+    """Build a registered model; ``kwargs`` are the shape arguments plus the model's own options.
+
+    ``imported`` builds a user's model from its factory (``kwargs``: factory, factory_args, classifier_layer;
+    see :mod:`unlearnkit.models.imported`)."""
+    if name == "imported":
+        from .imported import build_imported
+
+        return build_imported(**kwargs)
     if name not in MODELS:
         raise UnlearnKitError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     cls = MODELS[name]
@@ -225,8 +232,10 @@ def check_model_options(name: str, options: dict) -> dict:
 
 
 def new_model(model_name: str, data: Dataset, seed: int, options: dict | None = None) -> tuple[nn.Module, dict]:
-    """A freshly initialised registered model for ``data`` (initialisation seeded by ``seed``) and its arguments."""
-    args = {**data.model_args(), **(options or {})}
+    """A freshly initialised registered model for ``data`` (initialisation seeded by ``seed``) and its arguments.
+
+    An ``imported`` model is built by its factory from its own arguments (no shape arguments from the data)."""
+    args = dict(options or {}) if model_name == "imported" else {**data.model_args(), **(options or {})}
     seed_everything(seed)
     return build_model(model_name, **args), args
 
@@ -246,9 +255,16 @@ def model_info() -> dict[str, dict]:
 
 
 def last_layer(model: nn.Module) -> nn.Linear:
+    """The classifier: the layer an imported model's checkpoint names, else the model's ``classifier``."""
+    from .imported import CLASSIFIER_ATTR, classifier
+
+    name = getattr(model, CLASSIFIER_ATTR, None)
+    if name is not None:
+        return classifier(model, name)
     head = getattr(model, "classifier", None)
     if not isinstance(head, nn.Linear):
-        raise UnlearnKitError(f"{type(model).__name__} has no linear 'classifier' layer")
+        raise UnlearnKitError(f"{type(model).__name__} has no linear 'classifier' layer; an imported model names "
+                              f"it with --classifier-layer NAME (or has a linear layer)")
     return head
 
 

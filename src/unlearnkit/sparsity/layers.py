@@ -48,6 +48,10 @@ def prunable_names(model: nn.Module, *, layers: str = "conv+linear", include_cla
 
 
 def _classifier(model: nn.Module) -> nn.Module:
+    from ..models.imported import CLASSIFIER_ATTR
+
+    if getattr(model, CLASSIFIER_ATTR, None):  # an imported model's named classifier
+        return model.get_submodule(getattr(model, CLASSIFIER_ATTR))
     head = getattr(model, "classifier", None)
     if isinstance(head, nn.Linear):
         return head

@@ -1,0 +1,76 @@
+"""Users' own data by spec: ``imagefolder:PATH``, ``npz:PATH``, ``hf:PATH?image=img&label=label`` and
+``prepared:DIR`` (a disk-backed copy written by ``unlearnkit data prepare``).
+
+A spec is ``KIND:PATH`` with options as a query string (``?resize=32x32``, ``?image=img&label=label``); the
+data set's name is the canonical spec (absolute path, options sorted), which is what checkpoints record and
+load again. ``data_dir``, when given, replaces PATH (data that moved; the fingerprint still has to match).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from ..errors import UnlearnKitError
+from . import hf, imagefolder, npz
+from .images import file_signature, materialize
+
+# kind -> (plan(path, options), options it accepts, files whose stats key the cache)
+READERS = {
+    "imagefolder": (imagefolder.plan, imagefolder.OPTIONS, imagefolder.signature_files),
+    "npz": (npz.plan, npz.OPTIONS, lambda p: [Path(p)]),
+    "hf": (hf.plan, hf.OPTIONS, hf.signature_files),
+}
+KINDS = (*READERS, "prepared")
+
+_CACHE: dict[tuple, object] = {}
+
+
+def is_spec(name: str) -> bool:
+    return name.partition(":")[0] in KINDS and ":" in name
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    kind, _, rest = spec.partition(":")
+    if kind not in KINDS:
+        raise UnlearnKitError(f"unknown data kind {kind!r}; use {', '.join(k + ':PATH' for k in KINDS)}")
+    path, _, query = rest.partition("?")
+    if not path:
+        raise UnlearnKitError(f"{spec!r} names no path; use {kind}:PATH")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise UnlearnKitError(f"bad options {query!r} in {spec!r}; use ?key=value&key=value") from None
+    options = dict(pairs)
+    if len(options) != len(pairs):
+        raise UnlearnKitError(f"an option is repeated in {spec!r}")
+    known = READERS[kind][1] if kind in READERS else {}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UnlearnKitError(f"{kind}: has no option {unknown[0]!r}" + (f"; it takes {', '.join(known)}" if known else ""))
+    return kind, path, options
+
+
+def plan_spec(spec: str, data_dir: str | os.PathLike | None = None):
+    """The :class:`~unlearnkit.data.images.Plan` for a reader spec (``prepared:`` has none: it is already decoded)."""
+    kind, path, options = parse_spec(spec)
+    if kind == "prepared":
+        raise UnlearnKitError("prepared: data is already prepared")
+    return READERS[kind][0](data_dir if data_dir is not None else path, options)
+
+
+def load_spec(spec: str, data_dir: str | os.PathLike | None = None):
+    """Load a data set from its spec; in-memory readers are cached per process until a file changes."""
+    from .prepared import load_prepared
+
+    kind, path, options = parse_spec(spec)
+    path = str(data_dir) if data_dir is not None else path
+    if kind == "prepared":
+        return load_prepared(path, options)
+    plan_fn, _, files = READERS[kind]
+    key = (kind, str(Path(path).resolve()), tuple(sorted(options.items())), file_signature(files(path)))
+    if key not in _CACHE:
+        _CACHE.clear()  # one user data set at a time: they can be large
+        _CACHE[key] = materialize(plan_fn(path, options))
+    return _CACHE[key]
