@@ -36,6 +36,7 @@ def test_the_tutorial_runs_as_written(tmp_path, monkeypatch, capsys):
     kinds = [kind for kind, _ in found]
     assert kinds.count("python") >= 4 and "bash" in kinds and "toml" in kinds
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # as for a script saved beside my_model.py
     monkeypatch.setattr(sys, "argv", ["unlearnkit"])
     namespace: dict = {"__name__": "tutorial"}
     ran_commands = []
@@ -56,6 +57,7 @@ def test_the_tutorial_runs_as_written(tmp_path, monkeypatch, capsys):
     finally:
         sys.modules.pop("my_model", None)
     out = capsys.readouterr().out
+    print(out)  # shown with -s: the tutorial's output
     assert ran_commands == ["import", "unlearn", "unlearn", "evaluate", "data"]
     # the CLI wrote checkpoints; the Python part printed the table with a row per method
     assert all((tmp_path / "runs" / name / "manifest.json").is_file() for name in ("imported", "retrained", "salun"))

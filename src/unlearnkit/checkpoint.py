@@ -211,6 +211,8 @@ def validate_model_spec(spec: Any, where: Path) -> None:
 
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise _damaged(where, "has a 'model' entry without a model name")
+    if spec["name"] == "imported":
+        return _validate_imported(spec, where)
     if spec["name"] not in MODELS:
         raise _damaged(where, f"names an unknown model {spec['name'][:40]!r}; known: {', '.join(MODELS)}")
     args = spec.get("args", {})
@@ -231,6 +233,21 @@ def validate_model_spec(spec: Any, where: Path) -> None:
         build(MODEL_OPTIONS[spec["name"]], own, owner=f"model {spec['name']}")
     except UnlearnKitError as exc:
         raise _damaged(where, f"has a bad model argument: {str(exc)[:200]}") from None
+
+
+def _validate_imported(spec: dict, where: Path) -> None:
+    """An imported model (models/imported.py): a factory name, JSON keyword arguments, an optional layer name."""
+    args = spec.get("args")
+    if not isinstance(args, dict) or set(args) - {"factory", "factory_args", "classifier_layer"}:
+        raise _damaged(where, "has imported-model arguments other than factory, factory_args, classifier_layer")
+    factory = args.get("factory")
+    if not isinstance(factory, str) or not 3 <= len(factory) <= 300 or factory.count(":") != 1:
+        raise _damaged(where, "has an imported model without a 'module:function' factory")
+    if not isinstance(args.get("factory_args", {}), dict):
+        raise _damaged(where, "has imported-model factory_args that are not a record")
+    layer = args.get("classifier_layer")
+    if layer is not None and not (isinstance(layer, str) and 0 < len(layer) <= 300):
+        raise _damaged(where, "has an imported-model classifier_layer that is not a layer name")
 
 
 def weights_file(path: Path, manifest: dict) -> Path:
@@ -268,6 +285,8 @@ def _checked_model(path: Path, spec: dict, weights: Path) -> tuple[nn.Module, se
         with torch.device("meta"):
             meta = build_model(spec["name"], **args)
     except UnlearnKitError as exc:
+        if spec["name"] == "imported":  # the user's factory: its own message (e.g. not importable from here)
+            raise
         raise _damaged(path / MANIFEST, f"has model arguments that build no model: {exc}") from None
     except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError) as exc:
         raise _damaged(path / MANIFEST, f"has model arguments that build no model: {type(exc).__name__}: {str(exc)[:120]}") from None

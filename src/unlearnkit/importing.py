@@ -76,6 +76,7 @@ def import_model(
     out: str | os.PathLike | None = None,
     device: str | torch.device | None = "auto",
     data_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
     echo: bool = False,
 ) -> ImportedCheckpoint:
     """Import a model trained elsewhere; with ``out``, write it as a checkpoint directory there.
@@ -84,6 +85,7 @@ def import_model(
     name or spec (``imagefolder:PATH``, ``npz:PATH``, ``hf:PATH``, ``prepared:DIR``, a built-in name) or a
     :class:`Dataset`. ``recipe`` (a TrainConfig or a TOML file) is what Retrain trains with; default
     :data:`DEFAULT_RECIPE`. Returns a checkpoint that ``unlearn``/``evaluate`` take as they take any other.
+    An existing checkpoint at ``out`` is replaced only with ``overwrite`` (the rule of :mod:`unlearnkit.outputs`).
     """
     from .api import accuracy_report
 
@@ -97,6 +99,11 @@ def import_model(
     else:
         recipe_source = "given"
     weights = Path(weights)
+    if out is not None:
+        from .outputs import prepare_output
+
+        source = data.source if isinstance(data, Dataset) else _spec_path(data)
+        out = prepare_output(out, "checkpoint", inputs=[weights, source, data_dir], overwrite=overwrite)
     state = read_weights(weights)
     load_factory(factory)
     data = data if isinstance(data, Dataset) else load_dataset(data, data_dir)
@@ -161,6 +168,12 @@ def import_model(
 
         manifest = read_manifest(path)
     return ImportedCheckpoint(path=path, model=model.cpu().eval(), manifest=manifest, data=data)
+
+
+def _spec_path(spec: str) -> str | None:
+    from .data.readers import is_spec, parse_spec
+
+    return parse_spec(spec)[1] if is_spec(spec) else None
 
 
 def _module_file(factory: str) -> str | None:

@@ -12,13 +12,14 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import UnlearnKitError
-from . import audit, bench, core, prune, requests, sisa, spdgan
+from . import audit, bench, byod, core, prune, requests, sisa, spdgan
 from ..options import option
 from .common import Command, add_flags, command_flags, parse_sets, parse_value, printable, split_top_level
 
 # One line per command module, in the order `unlearnkit --help` lists them.
 COMMAND_MODULES = (
     core,      # train, unlearn, evaluate, demo, info
+    byod,      # import, data prepare | show (your own model and data)
     bench,     # bench, report
     prune,     # prune
     spdgan,    # spdgan train | show

@@ -32,11 +32,14 @@ FORMAT = "unlearnkit-prepared/1"
 META = "prepared.json"
 
 
-def prepare(plan: Plan, out: str | os.PathLike, *, echo: bool = False) -> Path:
-    """Decode ``plan`` chunk by chunk into memory-mapped ``.npy`` files in ``out`` (written atomically)."""
-    out = Path(out)
-    if out.exists() and not (out / META).is_file():
-        raise UnlearnKitError(f"{out} exists and is not a prepared data set; choose a new --out")
+def prepare(plan: Plan, out: str | os.PathLike, *, overwrite: bool = False, echo: bool = False) -> Path:
+    """Decode ``plan`` chunk by chunk into memory-mapped ``.npy`` files in ``out`` (written atomically).
+
+    ``out`` follows the rule of every writing command (:func:`unlearnkit.outputs.prepare_output`): never inside
+    the input, and an existing prepared data set is replaced only with ``overwrite``."""
+    from ..outputs import prepare_output
+
+    out = prepare_output(out, "prepared", inputs=[plan.source], overwrite=overwrite)
     with atomic_path(out) as staged:
         staged.mkdir()
         for split in SPLITS:
