@@ -7,7 +7,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -89,6 +88,7 @@ def test_import_round_trip_unlearn_two_methods_and_retrain(workspace):
     ckpt = uk.import_model("byod_net:build", root / "net.safetensors", f"imagefolder:{root / 'digits'}",
                            factory_args={"num_classes": 10, "hidden": 32}, out=out, device="cpu",
                            recipe=uk.TrainConfig(epochs=10, batch_size=32, lr=0.05))
+    assert ckpt.path == out and ckpt.dataset() is not None
     manifest = uk.load_checkpoint(out).manifest
     assert manifest["model"] == {"name": "imported", "args": {"factory": "byod_net:build",
                                  "factory_args": {"num_classes": 10, "hidden": 32}, "classifier_layer": "head"}}
