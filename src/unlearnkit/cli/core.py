@@ -237,6 +237,7 @@ def info() -> dict:
     option — of the training recipe, the models, SPD-GAN, pruning specs, the hybrid policy and each sub-command's
     flags — with its type, range or choices, default and help."""
     from ..data import DATASET_INFO
+    from ..data.readers import READER_INFO
     from ..evaluation import METRICS
     from ..methods import METHODS
     from ..models import model_info
@@ -250,6 +251,7 @@ def info() -> dict:
                 d.label: d.to_dict() for d in options_of(owner.config).values()}
     return {
         "datasets": DATASET_INFO,
+        "data_kinds": READER_INFO,  # your own data (docs/your-own-model.md)
         "models": model_info(),
         "methods": {name: info.describe() for name, info in METHODS.items()},
         "metrics": {name: {"doc": doc, "better": better} for name, (doc, better) in METRICS.items()},

@@ -296,15 +296,6 @@ DATASET_INFO = {
     "cifar100": {"default_dir": None, "format": "CIFAR python batches", "shape": [3, 32, 32], "classes": 100},
     "svhn": {"default_dir": None, "format": "SVHN .mat", "shape": [3, 32, 32], "classes": 10},
     "digits": {"default_dir": None, "format": "scikit-learn", "shape": [1, 8, 8], "classes": 10},
-    # Users' own data (data/readers.py, docs/your-own-model.md): shape and classes come from the files.
-    "imagefolder:PATH": {"default_dir": None, "format": "your images: PATH/train/<class>/*.png|jpg, PATH/test/<class>/*",
-                         "shape": None, "classes": None},
-    "npz:PATH": {"default_dir": None, "format": "your arrays: x_train, y_train, x_test, y_test in an .npz",
-                 "shape": None, "classes": None},
-    "hf:PATH": {"default_dir": None, "format": "a Hugging Face datasets save_to_disk folder or parquet files "
-                "(?image=COL&label=COL)", "shape": None, "classes": None},
-    "prepared:DIR": {"default_dir": None, "format": "memory-mapped copy written by `unlearnkit data prepare`",
-                     "shape": None, "classes": None},
 }
 
 _CACHE: dict[tuple[str, str], Dataset] = {}

@@ -23,6 +23,13 @@ READERS = {
     "hf": (hf.plan, hf.OPTIONS, hf.signature_files),
 }
 KINDS = (*READERS, "prepared")
+# What `unlearnkit info` lists beside the registered data sets.
+READER_INFO = {
+    "imagefolder:PATH": {"format": "your images: PATH/train/<class>/*.png|jpg, PATH/test/<class>/* (Pillow)"},
+    "npz:PATH": {"format": "your arrays: x_train, y_train, x_test, y_test in an .npz"},
+    "hf:PATH": {"format": "Hugging Face datasets (save_to_disk or parquet), ?image=COL&label=COL, offline"},
+    "prepared:DIR": {"format": "a memory-mapped copy written by `unlearnkit data prepare`"},
+}
 
 _CACHE: dict[tuple, object] = {}
 
