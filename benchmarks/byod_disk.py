@@ -88,7 +88,7 @@ def child(mode: str, spec: str, model_name: str, batch_size: int) -> dict:
     import torch
 
     from unlearnkit._util import sha256_tensors
-    from unlearnkit.api import new_model
+    from unlearnkit.models import new_model
     from unlearnkit.data import load_dataset
     from unlearnkit.training import TrainConfig, train_classifier
 

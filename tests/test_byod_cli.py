@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from unlearnkit.cli import main
-from unlearnkit.data.readers import _CACHE
+from unlearnkit.data.datasets import USER_DATA_CACHE as _CACHE
 
 NET = textwrap.dedent('''
     import torch.nn as nn

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import unlearnkit as uk
-from unlearnkit.data.readers import _CACHE
+from unlearnkit.data.datasets import USER_DATA_CACHE as _CACHE
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.models import last_layer
 

@@ -21,7 +21,7 @@ from .checkpoint import Checkpoint, save_checkpoint
 from .data import Dataset, load_dataset
 from .errors import UnlearnKitError
 from .models.imported import IMPORTED, build_imported, find_classifier, load_factory, read_weights, load_weights
-from .training import TrainConfig
+from .training import TrainConfig, accuracy, predict_logits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,8 +87,6 @@ def import_model(
     :data:`DEFAULT_RECIPE`. Returns a checkpoint that ``unlearn``/``evaluate`` take as they take any other.
     An existing checkpoint at ``out`` is replaced only with ``overwrite`` (the rule of :mod:`unlearnkit.outputs`).
     """
-    from .api import accuracy_report
-
     # Everything that can be checked cheaply is checked before the data is read.
     recipe_source = "default"
     if recipe is None:
@@ -130,7 +128,9 @@ def import_model(
     model = build_imported(**args)  # the object every later load builds, with its classifier recorded
     load_weights(model, state, f"in {weights}")
     device = resolve_device(device)
-    metrics = accuracy_report(model.to(device), data, device=device)
+    model.to(device)
+    metrics = {"train_acc": round(accuracy(predict_logits(model, data.x_train, device=device), data.y_train), 3),
+               "test_acc": round(accuracy(predict_logits(model, data.x_test, device=device), data.y_test), 3)}
     if echo:
         how = "named by --classifier-layer" if classifier_layer else "the last linear layer" if head else ""
         print(f"imported {factory}: {sum(p.numel() for p in model.parameters()):,} parameters, "

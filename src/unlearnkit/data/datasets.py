@@ -299,6 +299,7 @@ DATASET_INFO = {
 }
 
 _CACHE: dict[tuple[str, str], Dataset] = {}
+USER_DATA_CACHE: dict[tuple, Dataset] = {}
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, subset: tuple[int, int] | None = None) -> Dataset:
@@ -312,7 +313,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, subset
     from . import readers
 
     if readers.is_spec(base):  # imagefolder:PATH, npz:PATH, hf:PATH, prepared:DIR (docs/your-own-model.md)
-        data = readers.load_spec(base, data_dir)
+        key = readers.cache_key(base, data_dir)
+        if key is None:
+            data = Dataset(**readers.load_spec(base, data_dir))
+        else:  # decoded once per process until a file changes; one user data set at a time (they can be large)
+            if key not in USER_DATA_CACHE:
+                USER_DATA_CACHE.clear()
+                USER_DATA_CACHE[key] = Dataset(**readers.load_spec(base, data_dir))
+            data = USER_DATA_CACHE[key]
         return data.subset(*subset) if subset else data
     if base not in DATASETS:
         raise UnlearnKitError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}, or "

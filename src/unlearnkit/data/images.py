@@ -140,27 +140,25 @@ def image_stats(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tens
     return (tuple(float(v) for v in mean), tuple(max(float(v), 1e-6) for v in std), digest.hexdigest()[:16])
 
 
-def materialize(plan: Plan):
-    """The plan's images decoded into memory, as a :class:`~unlearnkit.data.Dataset`."""
+def materialize(plan: Plan) -> dict:
+    """The plan's images decoded into memory: the arguments of a :class:`~unlearnkit.data.Dataset`."""
     tensors = {}
     for split in SPLITS:
         x = torch.empty((plan.count(split), *plan.shape), dtype=torch.float32)
         for start, block in plan.chunks(split):
             x[start : start + block.shape[0]] = torch.from_numpy(block)
         tensors[split] = x
-    return dataset_from_tensors(plan.name, plan.source, plan.class_names, tensors["train"],
-                                torch.from_numpy(plan.labels["train"]), tensors["test"],
-                                torch.from_numpy(plan.labels["test"]))
+    return dataset_arguments(plan.name, plan.source, plan.class_names, tensors["train"],
+                             torch.from_numpy(plan.labels["train"]), tensors["test"],
+                             torch.from_numpy(plan.labels["test"]))
 
 
-def dataset_from_tensors(name: str, source: str, class_names: tuple[str, ...], x_train: torch.Tensor,
-                         y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor):
-    """A Dataset whose statistics come from :func:`image_stats` (the same for in-memory and disk-backed)."""
-    from .datasets import Dataset
-
-    return Dataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                   num_classes=len(class_names), class_names=tuple(class_names), source=source,
-                   stats=image_stats(x_train, y_train, x_test, y_test))
+def dataset_arguments(name: str, source: str, class_names: tuple[str, ...], x_train: torch.Tensor,
+                      y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor) -> dict:
+    """``Dataset(**arguments)`` with statistics from :func:`image_stats` (the same in memory and disk-backed)."""
+    return dict(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                num_classes=len(class_names), class_names=tuple(class_names), source=source,
+                stats=image_stats(x_train, y_train, x_test, y_test))
 
 
 def file_signature(paths: list[Path]) -> tuple:

@@ -26,7 +26,7 @@ import torch
 
 from .._util import atomic_path, read_json_record, versions
 from ..errors import UnlearnKitError
-from .images import SPLITS, Plan, dataset_from_tensors
+from .images import SPLITS, Plan, dataset_arguments
 
 FORMAT = "unlearnkit-prepared/1"
 META = "prepared.json"
@@ -52,7 +52,7 @@ def prepare(plan: Plan, out: str | os.PathLike, *, overwrite: bool = False, echo
             x.flush()
             del x
             np.save(staged / f"y_{split}.npy", plan.labels[split])
-        data = _open(staged, plan.name, plan.source, plan.class_names)
+        data = _open(staged, plan.name, plan.source, plan.class_names)  # statistics of what was written
         meta = {
             "format": FORMAT,
             "name": plan.name,
@@ -61,7 +61,7 @@ def prepare(plan: Plan, out: str | os.PathLike, *, overwrite: bool = False, echo
             "shape": list(plan.shape),
             "n_train": plan.count("train"),
             "n_test": plan.count("test"),
-            "fingerprint": data.fingerprint,
+            "fingerprint": data["stats"][2],
             "bytes": sum((staged / f"x_{s}.npy").stat().st_size for s in SPLITS),
             "versions": versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -89,11 +89,12 @@ def _open(root: Path, name: str, source: str, class_names):
         if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0] or y.dtype != np.int64:
             raise UnlearnKitError(f"{root}: {split} arrays do not fit together ({x.shape}, {y.dtype} {y.shape})")
         tensors[split] = (torch.from_numpy(x), torch.from_numpy(y))
-    return dataset_from_tensors(f"prepared:{root}", source, tuple(class_names), *tensors["train"], *tensors["test"])
+    return dataset_arguments(f"prepared:{root}", source, tuple(class_names), *tensors["train"], *tensors["test"])
 
 
-def load_prepared(root: str | os.PathLike, options: dict[str, str] | None = None):
-    """A prepared data set, memory-mapped; its fingerprint is checked against the one written at prepare time."""
+def load_prepared(root: str | os.PathLike, options: dict[str, str] | None = None) -> dict:
+    """A prepared data set, memory-mapped (the arguments of a Dataset); its fingerprint is checked against the
+    one written at prepare time."""
     if options:
         raise UnlearnKitError(f"prepared: data sets take no options (got {', '.join(options)})")
     root = Path(root).resolve()
@@ -104,7 +105,7 @@ def load_prepared(root: str | os.PathLike, options: dict[str, str] | None = None
         data = _open(root, f"prepared:{root}", meta["name"], meta["class_names"])
     except KeyError as exc:
         raise UnlearnKitError(f"{root / META} lacks {exc}") from None
-    if data.fingerprint != meta.get("fingerprint"):
-        raise UnlearnKitError(f"the arrays in {root} have fingerprint {data.fingerprint}, but {META} says "
+    if data["stats"][2] != meta.get("fingerprint"):
+        raise UnlearnKitError(f"the arrays in {root} have fingerprint {data['stats'][2]}, but {META} says "
                               f"{meta.get('fingerprint')}: they changed since `data prepare`; prepare them again")
     return data

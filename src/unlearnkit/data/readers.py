@@ -31,9 +31,6 @@ READER_INFO = {
     "prepared:DIR": {"format": "a memory-mapped copy written by `unlearnkit data prepare`"},
 }
 
-_CACHE: dict[tuple, object] = {}
-
-
 def is_spec(name: str) -> bool:
     return name.partition(":")[0] in KINDS and ":" in name
 
@@ -67,17 +64,22 @@ def plan_spec(spec: str, data_dir: str | os.PathLike | None = None):
     return READERS[kind][0](data_dir if data_dir is not None else path, options)
 
 
-def load_spec(spec: str, data_dir: str | os.PathLike | None = None):
-    """Load a data set from its spec; in-memory readers are cached per process until a file changes."""
+def cache_key(spec: str, data_dir: str | os.PathLike | None = None) -> tuple | None:
+    """What identifies the decoded data of a reader spec (changes when any of its files does); None for
+    ``prepared:`` data, which is mapped, not decoded, and needs no cache."""
+    kind, path, options = parse_spec(spec)
+    if kind == "prepared":
+        return None
+    path = str(data_dir) if data_dir is not None else path
+    return (kind, str(Path(path).resolve()), tuple(sorted(options.items())), file_signature(READERS[kind][2](path)))
+
+
+def load_spec(spec: str, data_dir: str | os.PathLike | None = None) -> dict:
+    """The arguments of the :class:`~unlearnkit.data.Dataset` a spec names (``data_dir`` replaces its path)."""
     from .prepared import load_prepared
 
     kind, path, options = parse_spec(spec)
     path = str(data_dir) if data_dir is not None else path
     if kind == "prepared":
         return load_prepared(path, options)
-    plan_fn, _, files = READERS[kind]
-    key = (kind, str(Path(path).resolve()), tuple(sorted(options.items())), file_signature(files(path)))
-    if key not in _CACHE:
-        _CACHE.clear()  # one user data set at a time: they can be large
-        _CACHE[key] = materialize(plan_fn(path, options))
-    return _CACHE[key]
+    return materialize(READERS[kind][0](path, options))
