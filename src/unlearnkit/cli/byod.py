@@ -8,7 +8,7 @@ import json
 import sys
 
 from ..errors import UnlearnKitError
-from .common import Command
+from .common import Command, add_overwrite_arg, check_output, data_inputs
 
 
 def with_resize(spec: str, resize: str | None) -> str:
@@ -43,7 +43,7 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
                    help="training options Retrain uses (epochs, batch_size, lr, optimizer, schedule, ...; the fields of "
                         "the built-in recipes); default: 10 epochs SGD lr 0.05 momentum 0.9, cosine, batch 128")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+    add_overwrite_arg(p, "an existing checkpoint")
     p.add_argument("--device", default="auto")
 
 
@@ -56,7 +56,10 @@ def _import(args: argparse.Namespace) -> int:
         raise UnlearnKitError(f"--factory-args is not JSON: {exc}") from None
     if not isinstance(factory_args, dict):
         raise UnlearnKitError(f"--factory-args must be a JSON object of keyword arguments, got {args.factory_args!r}")
-    ckpt = import_model(args.factory, args.weights, with_resize(args.dataset, args.resize), factory_args=factory_args,
+    dataset = with_resize(args.dataset, args.resize)
+    check_output(args.out, "checkpoint", args, [args.weights, *data_inputs(dataset, args.data_dir),
+                                                *([args.recipe] if args.recipe else [])])
+    ckpt = import_model(args.factory, args.weights, dataset, factory_args=factory_args,
                         classifier_layer=args.classifier_layer, recipe=args.recipe, out=args.out, device=args.device,
                         data_dir=args.data_dir, overwrite=args.overwrite, echo=True)
     print(f"checkpoint written to {ckpt.path}")
@@ -71,7 +74,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     prepare.add_argument("--dataset", required=True, help="imagefolder:PATH, npz:PATH or hf:PATH?...")
     prepare.add_argument("--resize", default=None, metavar="HxW", help="resize every image (image folders and hf: data)")
     prepare.add_argument("--out", required=True, help="folder to write (new, or a prepared data set with --overwrite)")
-    prepare.add_argument("--overwrite", action="store_true", help="replace an existing prepared data set at --out")
+    add_overwrite_arg(prepare, "an existing prepared data set")
     show = sub.add_parser("show", help="read a data set and print what unlearnkit sees (classes, shape, fingerprint)")
     show.add_argument("dataset", help="a data set name or spec")
     show.add_argument("--resize", default=None, metavar="HxW")
@@ -87,9 +90,7 @@ def _data(args: argparse.Namespace) -> int:
         spec = with_resize(args.dataset, args.resize)
         if parse_spec(spec)[0] == "prepared":
             raise UnlearnKitError(f"{args.dataset} is already prepared")
-        from ..outputs import prepare_output
-
-        prepare_output(args.out, "prepared", inputs=[parse_spec(spec)[1]], overwrite=args.overwrite)  # before decoding
+        check_output(args.out, "prepared", args, [parse_spec(spec)[1]])  # before decoding anything
         path = prepare(plan_spec(spec), args.out, overwrite=args.overwrite, echo=sys.stderr.isatty())
         meta = json.loads((path / "prepared.json").read_text())
         print(f"prepared {meta['n_train']} training and {meta['n_test']} test images of {meta['name']} "

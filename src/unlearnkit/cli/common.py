@@ -147,8 +147,11 @@ def data_inputs(dataset: str | None, data_dir: str | None) -> list[str]:
     if data_dir is not None:
         return [data_dir]
     from ..data import DATASET_INFO
+    from ..data.readers import is_spec, parse_spec
 
     base = (dataset or "").split("[", 1)[0].strip()
+    if is_spec(base):  # imagefolder:PATH, npz:PATH, hf:PATH, prepared:DIR
+        return [parse_spec(base)[1]]
     default = (DATASET_INFO.get(base) or {}).get("default_dir")
     return [default] if default else []
 

@@ -191,6 +191,11 @@ def _unlearn(args: argparse.Namespace) -> int:
         raise UnlearnKitError("--prune-finetune-epochs, --prune-finetune-lr and --pruned-out need --prune SPEC")
     data = checkpoint.dataset(args.data_dir)
     request = checkpoint.resolve_request(data, args.request, args.seed, required=True)
+    from ..importing import RECIPE_USERS
+
+    if args.method in RECIPE_USERS and checkpoint.manifest.get("recipe_source") == "default":
+        print(f"note: {args.method} trains with the default recipe recorded when the model was imported; "
+              f"`unlearnkit import --recipe FILE.toml` records yours (docs/your-own-model.md)", file=sys.stderr)
     dense = None
     if args.prune is not None:
         dense, checkpoint = checkpoint, prune_first(
