@@ -109,3 +109,61 @@ def test_report_stats_and_provenance():
     assert stats([None])[2] == 0 and stats([5.0]) == (5.0, 0.0, 1)
     record = {"machine": {"processor": "X", "cpu_count": 2, "torch_threads": 1}, "versions": {"torch": "9"}}
     assert provenance(record, shared_cpu=True) == "Machine: X, 2 CPUs (shared), torch threads 1. Versions: torch 9."
+
+
+def test_cached_models_reproduce_from_their_recorded_settings(tmp_path):
+    """Each cached model records every input that decides its weights (``cache_key``: recipe, data, seed, torch
+    build, device, threads); training again from those settings gives the same weights bit for bit, and a model
+    made under other settings (here: another thread count) is never taken for it."""
+    import torch
+
+    from unlearnkit import api
+    from unlearnkit.bench.runner import ModelCache, config_hash
+    from unlearnkit.data import load_dataset
+    from unlearnkit.requests import build_request
+    from unlearnkit.training import TrainConfig
+
+    suite = suite_from_dict(SUITE)
+    data = load_dataset(suite.dataset)
+    quiet = lambda m: None  # noqa: E731
+    path, key = ModelCache(tmp_path / "a").original(suite, data, 0, None, "cpu", quiet)
+    manifest = json.loads((path / "manifest.json").read_text())
+    recorded = manifest["cache_key"]
+    assert recorded == json.loads(json.dumps(key)) and path.name == config_hash(key)
+    assert recorded["runtime"] == manifest["runtime"] == {"torch": torch.__version__, "device": "cpu", "torch_threads": 1}
+
+    # Train it again from nothing but the recorded settings.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recorded["runtime"]["torch_threads"])
+    try:
+        again = api.train(load_dataset(suite.dataset), recorded["model"], config=TrainConfig.from_dict(recorded["recipe"]),
+                          seed=recorded["seed"], model_options=recorded["model_options"],
+                          device=recorded["runtime"]["device"], out=tmp_path / "again")
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((again.path / "manifest.json").read_text())["weights"]["sha256"] == manifest["weights"]["sha256"]
+
+    # The retrained model too: two fresh caches, the same bits.
+    request = build_request("class:1", data, 0)
+    hashes = []
+    for name in ("a", "b"):
+        cache = ModelCache(tmp_path / name)
+        original_path, original_key = cache.original(suite, data, 0, request, "cpu", quiet)
+        retrained = cache.retrained(original_path, original_key, request, data, "cpu", quiet)
+        retrained_manifest = json.loads((retrained / "manifest.json").read_text())
+        assert retrained_manifest["cache_key"]["runtime"]["torch_threads"] == 1
+        hashes.append(retrained_manifest["weights"]["sha256"])
+    assert hashes[0] == hashes[1]
+
+    # Another thread count is another key, hence another model; a directory at a key's path that records other
+    # settings (or none, as before keys held the runtime) is refused, not reused.
+    torch.set_num_threads(2)
+    try:
+        two = ModelCache.original_key(suite, data, 0, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert two["runtime"]["torch_threads"] == 2 and config_hash(two) != config_hash(key)
+    del manifest["cache_key"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnlearnKitError, match="made under other settings"):
+        ModelCache(tmp_path / "a").original(suite, data, 0, None, "cpu", quiet)

@@ -23,7 +23,7 @@ from .errors import UnlearnKitError
 from .models import new_model
 from .recipes import default_model, default_recipe
 from .requests import Request, build_request
-from .training import FitReport, TrainConfig, accuracy, predict_logits, train_classifier
+from .training import FitReport, TrainConfig, accuracy, predict_logits, train_classifier, weights_runtime
 
 if TYPE_CHECKING:
     from .sparsity import PruneSpec
@@ -48,6 +48,7 @@ class Trained:
     metrics: dict
     path: Path | None = None
     pruning: dict | None = None  # the pruning record when trained with ``prune=``
+    runtime: dict | None = None  # torch build, device type and threads it was trained with (training.weights_runtime)
 
 
 def train(
@@ -65,6 +66,7 @@ def train(
     echo: bool = False,
     prune: str | PruneSpec | None = None,
     keep_diverged: bool = False,
+    measure_train_acc: bool = False,
 ) -> Trained:
     """Train a model on ``data`` (on the poisoned/relabelled data if ``request`` changes it).
 
@@ -73,6 +75,10 @@ def train(
     model instead; see :func:`unlearnkit.sparsity.train_sparse`. A run whose loss became non-finite (the loop
     rolled back to the start of that epoch and stopped) is an :class:`UnlearnKitError` and writes nothing, unless
     ``keep_diverged``: then the rolled-back model is kept and its manifest says ``stopped_early``.
+    The metrics hold ``test_acc`` (after the last epoch) and ``train_acc_last_epoch``, the running accuracy of the
+    last epoch's batches as trained (augmented, in training mode: free, the loop computes it anyway);
+    ``measure_train_acc`` adds ``train_acc``, an extra inference pass over the whole training set (about a fifth of
+    a one-epoch run).
     """
     if prune is not None:  # a bad spec fails before any data is read
         from .sparsity import parse_prune_spec
@@ -118,7 +124,6 @@ def train(
 
         report, pruning = train_sparse(net, prune, run, config, input_shape=input_shape_of(args), echo=echo)
     metrics = {
-        "train_acc": round(accuracy(predict_logits(net, x, device=device), y), 3),
         "test_acc": report.history[-1]["test_acc"] if report.history else
         round(accuracy(predict_logits(net, data.x_test, device=device), data.y_test), 3),
         "train_seconds": round(report.cost.seconds, 3),
@@ -126,7 +131,13 @@ def train(
     if report.diverged and not keep_diverged:
         raise UnlearnKitError(f"training diverged ({report.stopped_early}); nothing was written: lower the learning "
                               "rate, or pass --keep-diverged to keep the rolled-back model")
-    trained = Trained(net, model_name, args, data, request, config, seed, report, metrics, pruning=pruning)
+    last_acc = [r["acc"] for r in report.history if "acc" in r]
+    if last_acc:
+        metrics["train_acc_last_epoch"] = last_acc[-1]
+    if measure_train_acc:
+        metrics["train_acc"] = round(accuracy(predict_logits(net, x, device=device), y), 3)
+    trained = Trained(net, model_name, args, data, request, config, seed, report, metrics, pruning=pruning,
+                      runtime=weights_runtime(device))
     if out is not None:
         trained.path = save_trained(trained, out, data_dir=data_dir)
     return trained
@@ -143,6 +154,7 @@ def save_trained(trained: Trained, out: str | os.PathLike, *, data_dir=None, kin
             "train": trained.config.to_dict(),
             "metrics": trained.metrics,
             "cost": trained.report.cost.to_dict(),
+            **({"runtime": trained.runtime} if trained.runtime is not None else {}),
             **({"pruning": trained.pruning} if trained.pruning is not None else {}),
             **({"stopped_early": {"reason": trained.report.stopped_early, "diverged": trained.report.diverged}}
                if trained.report.stopped_early else {}),

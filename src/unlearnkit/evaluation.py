@@ -325,7 +325,7 @@ def evaluate(
                                   "compute them with model_outputs(..., perturbed_forget=...)")
     else:
         outputs = model_outputs(model, data, request, device, perturbed_forget=perturbed)
-    _, y_train = request.training_data(data)
+    y_train = request.training_labels(data)
     forget, retain = request.forget, request.retain
     mask = test_mask(data, request)
     m: dict[str, float] = {

@@ -118,6 +118,14 @@ class Request:
         """Images and labels the original model is trained on (poisoned for relabel/backdoor)."""
         return self._substituted(data, self.trained_x, self.trained_y)
 
+    def training_labels(self, data: Dataset) -> torch.Tensor:
+        """The labels of :meth:`training_data` (without copying the images)."""
+        if self.trained_y is None:
+            return data.y_train
+        y = data.y_train.clone()
+        y[self.forget] = self.trained_y
+        return y
+
     def corrected_data(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels with the forget samples corrected (the data set itself for remove requests)."""
         return self._substituted(data, self.corrected_x, self.corrected_y)

@@ -175,6 +175,14 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
     return 1.0
 
 
+def weights_runtime(device: str | torch.device | None = "auto") -> dict:
+    """What besides the recipe, data and seed decides trained weights bit for bit: the torch build, the device
+    type and the intra-op thread count (on the CPU a 1-thread and a 2-thread run of the same seed sum in a
+    different order, and their weights differ after the first step). Recorded in every trained checkpoint and part
+    of every model-cache key, so a model made under other settings is never taken for this one."""
+    return {"torch": torch.__version__, "device": resolve_device(device).type, "torch_threads": torch.get_num_threads()}
+
+
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     """Move to ``device``; convolutional models use channels-last memory (faster on CPU and GPU)."""
     model.to(device)

@@ -120,7 +120,7 @@ def _original(ctx: Context, seed: int) -> tuple[Path, dict]:
 
 
 def unlearned_dir(ctx: Context, job: Job) -> Path:
-    original_key = ModelCache.original_key(ctx.suite, ctx.data, job.seed)
+    original_key = ModelCache.original_key(ctx.suite, ctx.data, job.seed, device=ctx.device)
     config = asdict(make_config(METHODS[job.method], dict(job.options)))  # resolved: a changed default changes the key
     key = {"kind": "unlearned", "version": UNLEARNED_CACHE_VERSION, "original": original_key,
            "request": json.loads(job.request), "method": job.method, "config": config, "seed": job.seed}

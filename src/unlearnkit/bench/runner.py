@@ -24,40 +24,75 @@ from .. import api
 from .._util import machine, resolve_device, versions, write_json_atomic
 from ..checkpoint import load_checkpoint, save_unlearned
 from ..data import Dataset, load_dataset
+from ..errors import UnlearnKitError
 from ..evaluation import evaluate, model_outputs
 from ..methods import METHODS, make_config, unlearn
 from ..recipes import default_model
 from ..requests import Request, build_request
+from ..training import weights_runtime
 from .suite import Suite, Variant
 
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def cached(path: Path, key_fields: dict) -> bool:
+    """Whether ``path`` holds the model made under ``key_fields``. The key is recorded in the model's manifest
+    (``cache_key``); a model there made under other settings (an older key without the torch build, device and
+    thread count, or a copied directory) is refused with its differences, never reused silently."""
+    if not (path / "manifest.json").exists():
+        return False
+    try:
+        recorded = json.loads((path / "manifest.json").read_text()).get("cache_key")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    expected = json.loads(json.dumps(key_fields, default=str))
+    if recorded != expected:
+        differences = ", ".join(_key_differences(recorded or {}, expected)) or "no recorded settings"
+        raise UnlearnKitError(f"cached model {path} was made under other settings ({differences}); "
+                              f"delete it or use another cache directory")
+    return True
+
+
+def _key_differences(recorded: dict, expected: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(recorded) | set(expected)):
+        a, b = recorded.get(k), expected.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _key_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: recorded {json.dumps(a)}, wanted {json.dumps(b)}")
+    return out
+
+
 @dataclass
 class ModelCache:
-    """Originals and retrained models as checkpoints under ``root``, keyed by a hash of their config."""
+    """Originals and retrained models as checkpoints under ``root``, keyed by a hash of every input that decides
+    their weights (configuration, data, seed and :func:`~unlearnkit.training.weights_runtime`: torch build, device
+    type, thread count); each model's manifest records its key as ``cache_key``."""
 
     root: Path
 
     @staticmethod
-    def original_key(suite: Suite, data: Dataset, seed: int, request: Request | None = None) -> dict:
-        """The configuration an original is cached under."""
+    def original_key(suite: Suite, data: Dataset, seed: int, request: Request | None = None, device="auto") -> dict:
+        """The configuration an original is cached under (trained on ``device`` in this process's threads)."""
         return {
             "kind": "original", "data": data.fingerprint, "model": suite.model or default_model(data.name),
             "model_options": suite.model_options, "recipe": suite.train_config().to_dict(), "seed": seed,
             # Only requests that change the training data (relabel/backdoor) change the original.
             "request": request.cache_key() if request is not None and request.modifies_training_data else None,
+            "runtime": weights_runtime(device),
         }
 
     def original(self, suite: Suite, data: Dataset, seed: int, request: Request | None, device, log) -> tuple[Path, dict]:
-        key_fields = self.original_key(suite, data, seed, request)
+        key_fields = self.original_key(suite, data, seed, request, device)
         model_name = key_fields["model"]
         path = self.root / "originals" / config_hash(key_fields)
-        if not (path / "manifest.json").exists():
+        if not cached(path, key_fields):
             log(f"training original {model_name} (seed {seed}) -> {path}")
-            api.train(data, model_name, request=request if key_fields["request"] else None, config=suite.train_config(), seed=seed,
-                      device=device, model_options=suite.model_options, out=path)
+            trained = api.train(data, model_name, request=request if key_fields["request"] else None,
+                                config=suite.train_config(), seed=seed, device=device, model_options=suite.model_options)
+            api.save_trained(trained, path, extra={"cache_key": key_fields})
         if suite.prune is None:
             return path, key_fields
         return self.pruned(path, key_fields, suite, device, log)
@@ -69,12 +104,12 @@ class ModelCache:
         spec = parse_prune_spec(suite.prune)
         epochs = prune_first_finetune_epochs(spec) if suite.prune_finetune_epochs is None else suite.prune_finetune_epochs
         key_fields = {"kind": "pruned", "parent": dense_key, "prune": spec.to_dict(), "finetune_epochs": epochs,
-                      "finetune_lr": suite.prune_finetune_lr}
+                      "finetune_lr": suite.prune_finetune_lr, "runtime": weights_runtime(device)}
         path = self.root / "pruned" / config_hash(key_fields)
-        if not (path / "manifest.json").exists():
+        if not cached(path, key_fields):
             log(f"pruning {dense_path} by {spec} (fine-tune {epochs} epochs) -> {path}")
             prune_first(load_checkpoint(dense_path), spec, finetune_epochs=epochs, finetune_lr=suite.prune_finetune_lr,
-                        device=device, out=path)
+                        device=device, out=path, extra={"cache_key": key_fields})
         return path, key_fields
 
     def retrained(self, original_path: Path, original_key: dict, request: Request, data: Dataset, device, log,
@@ -83,17 +118,19 @@ class ModelCache:
         ``options``), its training seed ``seed`` (default: the request's seed, as in a benchmark; the audit
         retrains many seeds per request)."""
         seed = request.seed if seed is None else seed
-        key_fields = {"kind": "retrained", "original": original_key, "request": request.cache_key()}
-        if options:  # only non-default Retrain options enter the key, so existing caches stay valid
+        key_fields = {"kind": "retrained", "original": original_key, "request": request.cache_key(),
+                      "runtime": weights_runtime(device)}
+        if options:  # only non-default Retrain options enter the key
             key_fields["options"] = options
         if seed != request.seed:  # likewise
             key_fields["seed"] = seed
         path = self.root / "retrained" / config_hash(key_fields)
-        if not (path / "manifest.json").exists():
+        if not cached(path, key_fields):
             log(f"retraining without {request.spec} (seed {seed}) -> {path}")
             checkpoint = load_checkpoint(original_path)
             result = unlearn(checkpoint, request, data, "retrain", seed=seed, device=device, **(options or {}))
-            save_unlearned(path, result, checkpoint, request, data, seed=seed, kind="retrained")
+            save_unlearned(path, result, checkpoint, request, data, seed=seed, kind="retrained",
+                           extra={"cache_key": key_fields})
         return path
 
     def spdgan(self, original_path: Path, original_key: dict, request: Request, data: Dataset, options: dict,
@@ -103,13 +140,15 @@ class ModelCache:
 
         config = SpdGanConfig.from_dict(options)
         key_fields = {"kind": "spdgan", "original": original_key, "request": request.cache_key(),
-                      "config": config.to_dict()}
+                      "config": config.to_dict(),
+                      "runtime": weights_runtime(device)}
         path = self.root / "spdgan" / config_hash(key_fields)
-        if not (path / "manifest.json").exists():
+        if not cached(path, key_fields):
             log(f"training SPD-GAN (ε {config.epsilon}) on {request.spec} (seed {request.seed}) -> {path}")
             checkpoint = load_checkpoint(original_path)
             gan = train_for_request(checkpoint.model, data, request, config, seed=request.seed, device=device,
                                     original_path=original_path, original_file_sha256=checkpoint.manifest["weights"]["sha256"])
+            gan.manifest = {**gan.manifest, "cache_key": key_fields}
             save_spdgan(path, gan)
         return path
 
@@ -173,7 +212,10 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
             common = {"suite": suite.name, "dataset": data.name, "data_fingerprint": data.fingerprint,
                       "model": original.manifest["model"]["name"], "request": spec, "seed": seed,
                       "retrain_s": retrain_s, "original": str(original_path), "retrained": str(retrained_path),
-                      "prune": suite.prune, "sparsity": (original.manifest.get("pruning") or {}).get("achieved_sparsity", 0.0)}
+                      "prune": suite.prune, "sparsity": (original.manifest.get("pruning") or {}).get("achieved_sparsity", 0.0),
+                      # what the two models are, bit for bit, and the torch build/device/threads that made them
+                      "models": {name: {"sha256": c.manifest["weights"]["sha256"], "runtime": c.manifest.get("runtime")}
+                                 for name, c in (("original", original), ("retrained", retrained))}}
             if spdgan_path is not None:
                 common["spdgan"] = str(spdgan_path)
             original_outputs = model_outputs(original.model, data, request, device, perturbed_forget=perturbed)

@@ -38,7 +38,7 @@ from ..masks import attach_prune_masks
 from ..models import build_model
 from ..recipes import default_recipe
 from ..requests import Request
-from ..training import Cost, FitReport, TrainConfig, accuracy, metered, predict_logits, train_classifier
+from ..training import Cost, FitReport, TrainConfig, accuracy, metered, predict_logits, train_classifier, weights_runtime
 from .layers import global_sparsity, layer_sparsity, prunable_names
 from .magnitude import (alive_masks, iterative_magnitude_prune, magnitude_prune, snapshot, train_with_snapshot)
 from .spec import PruneSpec, parse_prune_spec
@@ -312,17 +312,19 @@ def prune_checkpoint(
         "cost": total.to_dict(),
         "pruning": pruning,
         "parent": {"path": str(checkpoint.path), "sha256": manifest["weights"]["sha256"], "kind": manifest.get("kind")},
+        "runtime": weights_runtime(trainer.device),
     }
     return Pruned(model, extra, history, data, request)
 
 
-def save_pruned(pruned: Pruned, checkpoint: Checkpoint, out: str | Path, *, data_dir: str | None = None) -> Path:
+def save_pruned(pruned: Pruned, checkpoint: Checkpoint, out: str | Path, *, data_dir: str | None = None,
+                extra: dict | None = None) -> Path:
     import json
 
     spec = checkpoint.manifest["model"]
     log = "".join(json.dumps(r) + "\n" for r in pruned.history)
     return save_checkpoint(out, pruned.model, model_name=spec["name"], model_args=spec["args"], dataset=pruned.data,
-                           data_dir=data_dir, request=pruned.request, kind="pruned", extra=pruned.manifest_extra,
+                           data_dir=data_dir, request=pruned.request, kind="pruned", extra={**pruned.manifest_extra, **(extra or {})},
                            files={"train_log.jsonl": log} if log else None)
 
 
@@ -378,6 +380,7 @@ def prune_first(
     data_dir: str | None = None,
     out: str | Path | None = None,
     echo: bool = False,
+    extra: dict | None = None,
 ) -> Checkpoint:
     """The model to unlearn from under seed 000's "prune first, then unlearn": ``checkpoint`` pruned by
     ``spec`` (SynFlow: at the recorded seed's initialisation, then trained), then fine-tuned
@@ -387,6 +390,7 @@ def prune_first(
     round-trip through the file); otherwise the returned checkpoint lives in memory only: its ``path`` is
     the parent's and its manifest is the pruned one (``kind`` "pruned", ``pruning``, ``parent``, the
     recipe and metrics), so :func:`unlearnkit.unlearn` and every method take it as they take a file.
+    ``extra`` adds entries to the written manifest (the benchmark cache records its key there).
     """
     spec = parse_prune_spec(spec)
     epochs = prune_first_finetune_epochs(spec) if finetune_epochs is None else finetune_epochs
@@ -395,7 +399,7 @@ def prune_first(
     if out is not None:
         from ..checkpoint import load_checkpoint
 
-        return load_checkpoint(save_pruned(pruned, checkpoint, out, data_dir=data_dir))
+        return load_checkpoint(save_pruned(pruned, checkpoint, out, data_dir=data_dir, extra=extra))
     manifest = {**checkpoint.manifest, **pruned.manifest_extra, "kind": "pruned",
                 "request": checkpoint.manifest.get("request")}
     manifest["weights"] = {**checkpoint.manifest["weights"], "sha256": None, "in_memory": True}
