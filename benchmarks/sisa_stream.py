@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         return Outputs(train, torch.softmax(predict_logits(net, data.x_test, device="cpu"), 1))
 
     log("evaluating the final ensembles ...")
-    kw = {"mia_shadow_size": args.mia_shadow_size, "seed": args.seed, "device": "cpu"}
+    kw = {"mia_shadow_size": args.mia_shadow_size, "mia_attack": "svc", "seed": args.seed, "device": "cpu"}
     reference = evaluate(outputs(streams["always-exact"]["model"].ensemble()), request, data, **kw)
     quality = {"always-exact": reference.metrics}
     for name in ("always-approx", "hybrid"):

@@ -41,13 +41,46 @@ def test_svc_efficacy_is_the_conventional_svc():
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(np.r_[members, non_members][:, None], np.r_[np.ones(300), np.zeros(300)])
     expected = 100 * np.mean(clf.predict(targets[:, None]) == 0)
     assert svc_efficacy(members, non_members, targets) == pytest.approx(expected)
+    # Distinct target values are predicted once: repeated targets count as often as they occur.
+    repeated = np.r_[targets, targets[:30], np.ones(20)]
+    expected = 100 * np.mean(clf.predict(repeated[:, None]) == 0)
+    assert svc_efficacy(members, non_members, repeated) == expected
+
+
+def test_binned_svc_agrees_with_the_svc_on_every_point():
+    """The default attack fits the same SVC on quantile-binned, count-weighted points: it summarises the 3,000
+    points to at most 2 x bins weighted ones (each bin's mean per side, weights summing to the counts) and calls
+    the targets as the SVC on every point does, up to a fraction of a point."""
+    from unlearnkit.evaluation import MIA_BINS, _binned
+
+    rng = np.random.default_rng(1)
+    members, non_members, targets = rng.beta(9, 1, 1500), rng.beta(4, 1, 1500), rng.beta(6, 1, 2000)
+    x, y, w = _binned(members, non_members, 64)
+    assert len(x) <= 128 and w[y == 1].sum() == 1500 and w[y == 0].sum() == 1500
+    assert x.min() >= min(members.min(), non_members.min()) and x.max() <= max(members.max(), non_members.max())
+    exact = svc_efficacy(members, non_members, targets)
+    binned = svc_efficacy(members, non_members, targets, bins=MIA_BINS)
+    assert 20 < exact < 80 and abs(binned - exact) <= 0.5, (exact, binned)
+    assert abs(svc_efficacy(members, non_members, targets, bins=64) - exact) <= 2.0  # coarser, still close
+
+
+def test_an_unknown_mia_attack_is_refused_before_any_pass():
+    data = make_tiny(n_train=60, n_test=20)
+    request = uk.build_request("random:0.2", data, seed=0)
+
+    class Refuses(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("evaluated a model before checking the attack")
+
+    with pytest.raises(uk.UnlearnKitError, match="unknown MIA attack 'lira'"):
+        evaluate(Refuses(), request, data, mia_attack="lira")
 
 
 def test_mia_follows_the_convention():
     data = make_tiny(n_train=300, n_test=80)
     outputs = _fixed_outputs(data)
     request = uk.build_request("random:0.2", data, seed=1)
-    got = mia_efficacy(outputs, data, request, data.y_train, shadow_size=None)
+    got = mia_efficacy(outputs, data, request, data.y_train, shadow_size=None, attack="svc")
     # Members: the first |test| retain samples; non-members: the test set; targets: the forget set.
     members = request.retain[:80]
     feature = lambda p, y: p.numpy()[np.arange(len(y)), y.numpy()]

@@ -133,7 +133,7 @@ def _phi(logits: Logits, labels: torch.Tensor, ids: torch.Tensor) -> np.ndarray:
 
 def analyse(request: Request, data: Dataset, originals: list[Logits], references: list[dict],
             unlearned: dict[str, list[tuple[Logits, dict]]], settings: AuditSettings, *,
-            mia_shadow_size: int | None, memorization: np.ndarray | None = None) -> RequestAudit:
+            mia_shadow_size: int | None, memorization: np.ndarray | None = None, mia_attack: str = "svc") -> RequestAudit:
     """Per-example attacks and population metrics for every method of one request.
 
     ``references`` holds, per k, the retrained reference's logits and manifest cost (``{"logits", "cost"}``);
@@ -149,10 +149,10 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
     ref_retain = np.stack([_phi(l, labels, retain_ids) for l in ref_logits])
 
     # Population metrics of the retrained references and originals, once; every method is compared with them.
-    ref_evals = [evaluate(outputs_from_logits(l.train, l.test), request, data, mia_shadow_size=mia_shadow_size, seed=k)
+    ref_evals = [evaluate(outputs_from_logits(l.train, l.test), request, data, mia_shadow_size=mia_shadow_size, mia_attack=mia_attack, seed=k)
                  for k, l in enumerate(ref_logits)]
     orig_evals = [evaluate(outputs_from_logits(l.train, l.test), request, data, reference=ref_evals[k],
-                           mia_shadow_size=mia_shadow_size, seed=k) for k, l in enumerate(originals)]
+                           mia_shadow_size=mia_shadow_size, mia_attack=mia_attack, seed=k) for k, l in enumerate(originals)]
     ref_ra = float(np.mean([e["RA"] for e in ref_evals]))
     ref_ta = float(np.mean([e["TA"] for e in ref_evals]))
     ref_passes = float(np.mean([_passes(r["cost"]) for r in references]))
@@ -187,7 +187,7 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
             c = record["cost"]
             evals.append(evaluate(outputs_from_logits(l.train, l.test), request, data, reference=ref_evals[k],
                                   original=orig_evals[k], cost=Cost(c["seconds"], c["forward_samples"], c["backward_samples"]),
-                                  retrain_seconds=references[k]["cost"]["seconds"], mia_shadow_size=mia_shadow_size, seed=k))
+                                  retrain_seconds=references[k]["cost"]["seconds"], mia_shadow_size=mia_shadow_size, mia_attack=mia_attack, seed=k))
         ra = float(np.mean([e["RA"] for e in evals]))
         ta = float(np.mean([e["TA"] for e in evals]))
         forget_quality = float(points.mean())
@@ -300,7 +300,7 @@ def run_audit(suite: Suite, out_dir: str | Path, *, settings: AuditSettings | No
             timings[f"{spec}_models_s"] = round(time.perf_counter() - t, 2)
             t2 = time.perf_counter()
             audit = analyse(request, data, originals, references, unlearned, settings,
-                            mia_shadow_size=suite.mia_shadow_size,
+                            mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack,
                             memorization=memorization if request.type == "memorized" else None)
             timings[f"{spec}_analysis_s"] = round(time.perf_counter() - t2, 2)
             audit.seconds = round(time.perf_counter() - t, 2)

@@ -223,10 +223,10 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
             # evaluated once alone for it and once against the retrained model for its own row.
             reference = evaluate(model_outputs(retrained.model, data, request, device, perturbed_forget=perturbed),
                                  request, data, original=evaluate(original_outputs, request, data,
-                                                                  mia_shadow_size=suite.mia_shadow_size, seed=seed),
-                                 mia_shadow_size=suite.mia_shadow_size, seed=seed)
+                                                                  mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed),
+                                 mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
             original_eval = evaluate(original_outputs, request, data, reference=reference,
-                                     mia_shadow_size=suite.mia_shadow_size, seed=seed)
+                                     mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
             if not reference_path.exists():
                 ref_metrics = dict(reference.metrics, avg_gap=0.0, rte_s=retrain_s, rte_ratio=1.0,
                                    **{f"gap_{k}": 0.0 for k in ("UA", "RA", "TA", "MIA")})
@@ -242,7 +242,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
                 evaluation = evaluate(model_outputs(result.model, data, request, device, perturbed_forget=perturbed),
                                       request, data,
                                       reference=reference, original=original_eval, cost=result.cost,
-                                      retrain_seconds=retrain_s, mia_shadow_size=suite.mia_shadow_size, seed=seed)
+                                      retrain_seconds=retrain_s, mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
                 record = {**common, "method": variant.method, "variant": variant.label, "options": result.config,
                           **evaluation.metrics, "cost": result.cost.to_dict(),
                           "notes": {k: v for k, v in result.notes.items() if k != "history"},
