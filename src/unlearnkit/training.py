@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -176,11 +178,20 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
 
 
 def weights_runtime(device: str | torch.device | None = "auto") -> dict:
-    """What besides the recipe, data and seed decides trained weights bit for bit: the torch build, the device
-    type and the intra-op thread count (on the CPU a 1-thread and a 2-thread run of the same seed sum in a
-    different order, and their weights differ after the first step). Recorded in every trained checkpoint and part
-    of every model-cache key, so a model made under other settings is never taken for this one."""
-    return {"torch": torch.__version__, "device": resolve_device(device).type, "torch_threads": torch.get_num_threads()}
+    """What besides the recipe, data and seed decides trained weights bit for bit: the torch build, the device type,
+    the intra-op thread count, and the CPU kernels torch dispatches to — ATen's vector capability and oneDNN's
+    instruction set (a cap through ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA``, else the CPU's features, by
+    a short hash). Each of them changes the order of floating-point sums: on one AVX-512 machine a 1-thread and a
+    2-thread run of a seed differ, and so do runs capped to AVX2 by either variable. Recorded in every trained
+    checkpoint and part of every model-cache key, so a model made under other settings is never taken for this one."""
+    features = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    isa = sorted(k for k, v in features.items() if v is True)
+    return {
+        "torch": torch.__version__, "device": resolve_device(device).type, "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_features": hashlib.sha256(" ".join(isa).encode()).hexdigest()[:12],
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+    }
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
