@@ -68,7 +68,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     original = uk.load_checkpoint(args.original)
-    retrained = {"random:0.1": uk.load_checkpoint(args.retrained_random), "class:0": uk.load_checkpoint(args.retrained_class)}
+    retrained = {"random:0.1": uk.load_checkpoint(args.retrained_random),
+                 "class:0": uk.load_checkpoint(args.retrained_class)}
     data = original.dataset()
     request = uk.build_request("random:0.1", data, 0)
     model, reference = original.model, retrained["random:0.1"].model
@@ -127,23 +128,27 @@ def report(r: dict) -> str:
     m, q = r["median_cpu_s"], r["ratio_to_floor"]
     lines = [
         "# Cost of `evaluate` against its floor, and agreement of the MIA attacks", "",
-        f"Command: `{r['command']}`. Machine: {r['machine']['processor']}, {r['machine']['cpu_count']} CPUs (shared with "
-        f"other jobs), torch threads {r['machine']['torch_threads']}. Versions: "
+        f"Command: `{r['command']}`. Machine: {r['machine']['processor']}, {r['machine']['cpu_count']} CPUs "
+        f"(shared with other jobs), torch threads {r['machine']['torch_threads']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
         "Fashion-MNIST, small CNN, request random:0.1 (seed 0). CPU-seconds (`time.process_time`), median of "
         f"{len(r['rounds_cpu_s'])} interleaved rounds in one process. The floor is the forward passes evaluate needs: "
-        "the model and the retrained reference over the 60,000 training images (as trained) and the 10,000 test images.", "",
+        "the model and the retrained reference over the 60,000 training images (as trained) and the 10,000 test "
+        "images.", "",
         "| what | CPU-s | × floor |", "| --- | --- | --- |",
         f"| floor: forward passes, models channels-last (as loaded now) | {m['floor']:.2f} | 1.00 |",
         f"| the same passes, models NCHW (as loaded before) | {m['floor_nchw']:.2f} | {q['floor_nchw']:.2f} |",
-        f"| `evaluate(model, reference=)`, default MIA attack `binned` ({r['mia_bins']} bins) | {m['evaluate_binned']:.2f} | "
-        f"**{q['evaluate_binned']:.2f}** |",
-        f"| the same with `mia_attack=\"svc\"` (SVC on every point; the suites' choice) | {m['evaluate_svc']:.2f} | {q['evaluate_svc']:.2f} |",
-        f"| the same with `svc` and NCHW models (≈ before) | {m['evaluate_nchw_svc']:.2f} | {q['evaluate_nchw_svc']:.2f} |",
+        f"| `evaluate(model, reference=)`, default MIA attack `binned` ({r['mia_bins']} bins) | "
+        f"{m['evaluate_binned']:.2f} | **{q['evaluate_binned']:.2f}** |",
+        f"| the same with `mia_attack=\"svc\"` (SVC on every point; the suites' choice) | {m['evaluate_svc']:.2f} | "
+        f"{q['evaluate_svc']:.2f} |",
+        f"| the same with `svc` and NCHW models (≈ before) | {m['evaluate_nchw_svc']:.2f} | "
+        f"{q['evaluate_nchw_svc']:.2f} |",
         "", f"Target: ≤ {r['target_ratio']} × floor.", "",
         f"MIA-efficacy (%): `binned` against `svc` (same RBF SVC, C=3, gamma=\"auto\"). Largest difference "
         f"{r['mia_max_abs_diff']:.3f} points, mean {r['mia_mean_abs_diff']:.3f}.", "",
-        "| request | model | per side | MIA svc | binned | entropy svc | binned | m-entropy svc | binned | CPU-s svc | binned |",
+        "| request | model | per side | MIA svc | binned | entropy svc | binned | m-entropy svc | binned "
+        "| CPU-s svc | binned |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for a in r["mia_agreement"]:
@@ -153,8 +158,9 @@ def report(r: dict) -> str:
     if r.get("train"):
         t = r["train"]
         lines += ["", f"`train`, 1 epoch (small CNN, Fashion-MNIST): {t['one_epoch_cpu_s']:.1f} CPU-s; the final "
-                  f"full-training-set accuracy pass (now only with `--train-acc`) costs {t['final_train_pass_cpu_s']:.1f} "
-                  f"CPU-s, {100 * t['share_of_run_with_pass']:.0f} % of a run that includes it."]
+                  f"full-training-set accuracy pass (now only with `--train-acc`) costs "
+                  f"{t['final_train_pass_cpu_s']:.1f} CPU-s, {100 * t['share_of_run_with_pass']:.0f} % of a run that "
+                  "includes it."]
     return "\n".join(lines) + "\n"
 
 
