@@ -138,7 +138,8 @@ def test_cached_models_reproduce_from_their_recorded_settings(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(recorded["runtime"]["torch_threads"])
     try:
-        again = api.train(load_dataset(suite.dataset), recorded["model"], config=TrainConfig.from_dict(recorded["recipe"]),
+        again = api.train(load_dataset(suite.dataset), recorded["model"],
+                          config=TrainConfig.from_dict(recorded["recipe"]),
                           seed=recorded["seed"], model_options=recorded["model_options"],
                           device=recorded["runtime"]["device"], out=tmp_path / "again")
     finally:

@@ -255,7 +255,8 @@ MIA_ATTACKS = ("binned", "svc")
 MIA_BINS = 512  # quantile bins per feature for mia_attack="binned"
 
 
-def svc_efficacy(members: np.ndarray, non_members: np.ndarray, targets: np.ndarray, *, bins: int | None = None) -> float:
+def svc_efficacy(members: np.ndarray, non_members: np.ndarray, targets: np.ndarray, *,
+                 bins: int | None = None) -> float:
     """% of ``targets`` that an RBF SVC (C=3, gamma='auto') fitted on members (1) vs non-members (0) calls 0.
 
     ``bins=None`` fits every point (the convention); ``bins=B`` fits the same SVC on the points summarised by B

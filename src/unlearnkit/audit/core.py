@@ -133,7 +133,8 @@ def _phi(logits: Logits, labels: torch.Tensor, ids: torch.Tensor) -> np.ndarray:
 
 def analyse(request: Request, data: Dataset, originals: list[Logits], references: list[dict],
             unlearned: dict[str, list[tuple[Logits, dict]]], settings: AuditSettings, *,
-            mia_shadow_size: int | None, memorization: np.ndarray | None = None, mia_attack: str = "svc") -> RequestAudit:
+            mia_shadow_size: int | None, memorization: np.ndarray | None = None,
+            mia_attack: str = "svc") -> RequestAudit:
     """Per-example attacks and population metrics for every method of one request.
 
     ``references`` holds, per k, the retrained reference's logits and manifest cost (``{"logits", "cost"}``);
@@ -149,10 +150,12 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
     ref_retain = np.stack([_phi(l, labels, retain_ids) for l in ref_logits])
 
     # Population metrics of the retrained references and originals, once; every method is compared with them.
-    ref_evals = [evaluate(outputs_from_logits(l.train, l.test), request, data, mia_shadow_size=mia_shadow_size, mia_attack=mia_attack, seed=k)
+    ref_evals = [evaluate(outputs_from_logits(l.train, l.test), request, data, mia_shadow_size=mia_shadow_size,
+                          mia_attack=mia_attack, seed=k)
                  for k, l in enumerate(ref_logits)]
     orig_evals = [evaluate(outputs_from_logits(l.train, l.test), request, data, reference=ref_evals[k],
-                           mia_shadow_size=mia_shadow_size, mia_attack=mia_attack, seed=k) for k, l in enumerate(originals)]
+                           mia_shadow_size=mia_shadow_size, mia_attack=mia_attack, seed=k)
+                  for k, l in enumerate(originals)]
     ref_ra = float(np.mean([e["RA"] for e in ref_evals]))
     ref_ta = float(np.mean([e["TA"] for e in ref_evals]))
     ref_passes = float(np.mean([_passes(r["cost"]) for r in references]))
@@ -187,7 +190,8 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
             c = record["cost"]
             evals.append(evaluate(outputs_from_logits(l.train, l.test), request, data, reference=ref_evals[k],
                                   original=orig_evals[k], cost=Cost(c["seconds"], c["forward_samples"], c["backward_samples"]),
-                                  retrain_seconds=references[k]["cost"]["seconds"], mia_shadow_size=mia_shadow_size, mia_attack=mia_attack, seed=k))
+                                  retrain_seconds=references[k]["cost"]["seconds"], mia_shadow_size=mia_shadow_size,
+                                  mia_attack=mia_attack, seed=k))
         ra = float(np.mean([e["RA"] for e in evals]))
         ta = float(np.mean([e["TA"] for e in evals]))
         forget_quality = float(points.mean())

@@ -91,7 +91,8 @@ class ModelCache:
         if not cached(path, key_fields):
             log(f"training original {model_name} (seed {seed}) -> {path}")
             trained = api.train(data, model_name, request=request if key_fields["request"] else None,
-                                config=suite.train_config(), seed=seed, device=device, model_options=suite.model_options)
+                                config=suite.train_config(), seed=seed, device=device,
+                                model_options=suite.model_options)
             api.save_trained(trained, path, extra={"cache_key": key_fields})
         if suite.prune is None:
             return path, key_fields
@@ -212,7 +213,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
             common = {"suite": suite.name, "dataset": data.name, "data_fingerprint": data.fingerprint,
                       "model": original.manifest["model"]["name"], "request": spec, "seed": seed,
                       "retrain_s": retrain_s, "original": str(original_path), "retrained": str(retrained_path),
-                      "prune": suite.prune, "sparsity": (original.manifest.get("pruning") or {}).get("achieved_sparsity", 0.0),
+                      "prune": suite.prune,
+                      "sparsity": (original.manifest.get("pruning") or {}).get("achieved_sparsity", 0.0),
                       # what the two models are, bit for bit, and the torch build/device/threads that made them
                       "models": {name: {"sha256": c.manifest["weights"]["sha256"], "runtime": c.manifest.get("runtime")}
                                  for name, c in (("original", original), ("retrained", retrained))}}
@@ -223,7 +225,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
             # evaluated once alone for it and once against the retrained model for its own row.
             reference = evaluate(model_outputs(retrained.model, data, request, device, perturbed_forget=perturbed),
                                  request, data, original=evaluate(original_outputs, request, data,
-                                                                  mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed),
+                                                                  mia_shadow_size=suite.mia_shadow_size,
+                                                                  mia_attack=suite.mia_attack, seed=seed),
                                  mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
             original_eval = evaluate(original_outputs, request, data, reference=reference,
                                      mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
@@ -242,7 +245,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
                 evaluation = evaluate(model_outputs(result.model, data, request, device, perturbed_forget=perturbed),
                                       request, data,
                                       reference=reference, original=original_eval, cost=result.cost,
-                                      retrain_seconds=retrain_s, mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
+                                      retrain_seconds=retrain_s, mia_shadow_size=suite.mia_shadow_size,
+                                      mia_attack=suite.mia_attack, seed=seed)
                 record = {**common, "method": variant.method, "variant": variant.label, "options": result.config,
                           **evaluation.metrics, "cost": result.cost.to_dict(),
                           "notes": {k: v for k, v in result.notes.items() if k != "history"},

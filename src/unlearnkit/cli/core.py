@@ -94,7 +94,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"stopped early: {trained.report.stopped_early}", file=sys.stderr)
     m = trained.metrics
     train_acc = (f"train accuracy {m['train_acc']:.2f} %" if "train_acc" in m else
-                 f"train accuracy {m.get('train_acc_last_epoch', float('nan')):.2f} % (last epoch, running, as trained)")
+                 f"train accuracy {m.get('train_acc_last_epoch', float('nan')):.2f} % "
+                 "(last epoch, running, as trained)")
     print(f"test accuracy {m['test_acc']:.2f} %, {train_acc}, {m['train_seconds']:.0f} s")
     if trained.pruning is not None:
         print(f"pruned by {trained.pruning['spec']}: sparsity {trained.pruning['achieved_sparsity']:.4f} of the prunable weights")

@@ -38,7 +38,8 @@ from ..masks import attach_prune_masks
 from ..models import build_model
 from ..recipes import default_recipe
 from ..requests import Request
-from ..training import Cost, FitReport, TrainConfig, accuracy, metered, predict_logits, train_classifier, weights_runtime
+from ..training import (Cost, FitReport, TrainConfig, accuracy, metered, predict_logits, train_classifier,
+                        weights_runtime)
 from .layers import global_sparsity, layer_sparsity, prunable_names
 from .magnitude import (alive_masks, iterative_magnitude_prune, magnitude_prune, snapshot, train_with_snapshot)
 from .spec import PruneSpec, parse_prune_spec
@@ -324,7 +325,8 @@ def save_pruned(pruned: Pruned, checkpoint: Checkpoint, out: str | Path, *, data
     spec = checkpoint.manifest["model"]
     log = "".join(json.dumps(r) + "\n" for r in pruned.history)
     return save_checkpoint(out, pruned.model, model_name=spec["name"], model_args=spec["args"], dataset=pruned.data,
-                           data_dir=data_dir, request=pruned.request, kind="pruned", extra={**pruned.manifest_extra, **(extra or {})},
+                           data_dir=data_dir, request=pruned.request, kind="pruned",
+                           extra={**pruned.manifest_extra, **(extra or {})},
                            files={"train_log.jsonl": log} if log else None)
 
 
