@@ -7,10 +7,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.unlearnkit-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install data clean bench-smoke
+.PHONY: demo test lint install data clean bench-smoke
 
 demo: $(STAMP) data
 	$(BIN)/unlearnkit demo --out $(DEMO_OUT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -54,7 +54,11 @@ def main() -> int:
         def progress(outcome) -> None:
             done[0] += 1
             mark = "ok  " if outcome.ok else "FAIL"
-            print(f"[{done[0]:>3}/{len(cases)}] {mark} {outcome.case} ({outcome.seconds:.1f} s)", file=sys.stderr, flush=True)
+            print(
+                f"[{done[0]:>3}/{len(cases)}] {mark} {outcome.case} ({outcome.seconds:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         outcomes = runner(cases, fixtures, Path(tmp) / "runs", workers=args.workers, progress=progress)
     wall = time.perf_counter() - started
@@ -96,21 +100,28 @@ def main() -> int:
 def report(record: dict) -> str:
     s = record["summary"]
     lines = [
-        "# Bad input against the real CLI", "",
+        "# Bad input against the real CLI",
+        "",
         f"Command: `{record['command']}` ({record['mode']} mode), {record['date']}, {record['wall_s']:.0f} s. "
         f"Machine: {record['machine']['processor']}, {record['machine']['cpu_count']} CPUs (shared with other jobs); "
         f"unlearnkit {record['versions']['unlearnkit']}, torch {record['versions']['torch']}, "
-        f"Python {record['versions']['python']}.", "",
-        "Each case runs `unlearnkit ARGV` in its own sandbox folder (copies of a digits checkpoint, a 2 x 2 SISA model, "
+        f"Python {record['versions']['python']}.",
+        "",
+        "Each case runs `unlearnkit ARGV` in its own sandbox folder (copies of a digits checkpoint, a 2 x 2 SISA "
+        "model, "
         "a user's folder with a file, ...). It passes when the exit status is 2, stderr is one `unlearnkit:` line (or "
         "argparse's usage and one error line; after progress lines for a device that fills up or a loss that "
         "diverges), there is no traceback, no file in the sandbox was created, changed or removed (the inputs' bytes "
-        "are unchanged) and no secret from an input file is echoed. The cases are defined in `tests/badinput.py`.", "",
+        "are unchanged) and no secret from an input file is echoed. The cases are defined in `tests/badinput.py`.",
+        "",
         f"**{s['cases']} distinct cases, {s['passed']} passed: {s['tracebacks']} tracebacks, "
         f"{s['silent_acceptances']} silent acceptances, {s['cases_with_files_changed']} with files created/changed/"
-        f"removed, {s['secrets_leaked']} secrets echoed, {s['not_one_line']} not one line.**", "",
-        "| class | cases |", "| --- | ---: |",
-        *[f"| {k} | {v} |" for k, v in sorted(s["by_class"].items())], "",
+        f"removed, {s['secrets_leaked']} secrets echoed, {s['not_one_line']} not one line.**",
+        "",
+        "| class | cases |",
+        "| --- | ---: |",
+        *[f"| {k} | {v} |" for k, v in sorted(s["by_class"].items())],
+        "",
         "| case | class | exit | traceback | accepted | files changed | error line |",
         "| --- | --- | ---: | --- | --- | --- | --- |",
     ]

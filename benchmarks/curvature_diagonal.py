@@ -33,9 +33,8 @@ from scipy.stats import spearmanr
 
 from unlearnkit import curvature as C
 from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic
-from unlearnkit.data import augment_for
 from unlearnkit.checkpoint import load_checkpoint
-from unlearnkit.data import Source
+from unlearnkit.data import Source, augment_for
 from unlearnkit.training import TrainConfig, metered, train_classifier
 
 CHUNK = 8  # Hutchinson probes per call
@@ -106,7 +105,9 @@ def simulate(truth: np.ndarray, variance: np.ndarray, probes: list[int], seed: i
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default="/work/main/runs/fmnist", help="a trained small-cnn checkpoint on fashion-mnist")
+    parser.add_argument(
+        "--checkpoint", default="/work/main/runs/fmnist", help="a trained small-cnn checkpoint on fashion-mnist"
+    )
     parser.add_argument("--out", default="benchmarks/results/curvature")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadier on a shared CPU)")
     parser.add_argument("--seed", type=int, default=0)
@@ -114,7 +115,9 @@ def main(argv=None) -> int:
     parser.add_argument("--exact-samples", default="50,100,250")
     parser.add_argument("--sampled-samples", default="50,100,250,500,1000,2500")
     parser.add_argument("--hutchinson-samples", type=int, default=128)
-    parser.add_argument("--hutchinson-probes", type=int, default=1056, help="a multiple of 8; P vs 10P needs 11P of them")
+    parser.add_argument(
+        "--hutchinson-probes", type=int, default=1056, help="a multiple of 8; P vs 10P needs 11P of them"
+    )
     parser.add_argument("--identity-samples", type=int, default=64)
     parser.add_argument("--identity-entries", type=int, default=8, help="entries checked per parameter tensor")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to test this script")
@@ -130,7 +133,9 @@ def main(argv=None) -> int:
         args.reference_samples, args.exact_samples, args.sampled_samples = 100, "10", "10,20"
         args.hutchinson_samples, args.hutchinson_probes, args.identity_samples, args.identity_entries = 16, 88, 8, 2
     torch.set_num_threads(args.threads)
-    command = "PYTHONPATH=src python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = "PYTHONPATH=src python " + " ".join(
+        shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+    )
 
     if not Path(args.checkpoint).exists():
         from unlearnkit.api import train
@@ -152,10 +157,21 @@ def main(argv=None) -> int:
         offset += size
         return Source(data.x_train, data.y_train, idx, shuffle=False)
 
-    results: dict = {"benchmark": "curvature_diagonal", "command": command, "machine": machine(), "versions": versions(),
-                     "threads": torch.get_num_threads(), "checkpoint": str(args.checkpoint), "model": manifest["model"]["name"],
-                     "parameters": params, "checkpoint_test_acc": manifest.get("metrics", {}).get("test_acc"),
-                     "dataset": data.name, "n_train": data.n_train, "seed": args.seed, "quick": args.quick}
+    results: dict = {
+        "benchmark": "curvature_diagonal",
+        "command": command,
+        "machine": machine(),
+        "versions": versions(),
+        "threads": torch.get_num_threads(),
+        "checkpoint": str(args.checkpoint),
+        "model": manifest["model"]["name"],
+        "parameters": params,
+        "checkpoint_test_acc": manifest.get("metrics", {}).get("test_acc"),
+        "dataset": data.name,
+        "n_train": data.n_train,
+        "seed": args.seed,
+        "quick": args.quick,
+    }
 
     log("training epoch (before)")
     epoch_before = epoch_cost(model, data, manifest)
@@ -178,7 +194,9 @@ def main(argv=None) -> int:
         for size in [int(s) for s in sizes.split(",")]:
             source = block_source(size)
             with metered() as cost:
-                estimate = flat(C.fisher_diagonal(model, source, kind=kind, generator=torch.Generator().manual_seed(args.seed)))
+                estimate = flat(
+                    C.fisher_diagonal(model, source, kind=kind, generator=torch.Generator().manual_seed(args.seed))
+                )
             rows.append({"estimator": f"ggn-{kind}", "samples": size, "probes": None, "cost": cost_dict(cost),
                          "spearman_vs_reference": spearman(estimate, reference),
                          "spearman_vs_reference_nonzero": spearman(estimate, reference, nonzero)})
@@ -189,7 +207,9 @@ def main(argv=None) -> int:
     for row in rows:
         if row["estimator"] == "ggn-sampled" and row["samples"] in exact_blocks:
             source, exact = exact_blocks[row["samples"]]
-            sampled = flat(C.fisher_diagonal(model, source, kind="sampled", generator=torch.Generator().manual_seed(args.seed)))
+            sampled = flat(
+                C.fisher_diagonal(model, source, kind="sampled", generator=torch.Generator().manual_seed(args.seed))
+            )
             row["spearman_vs_exact_same_samples"] = spearman(sampled, exact)
 
     log(f"Hutchinson on {args.hutchinson_samples} samples, {args.hutchinson_probes} probes in chunks of {CHUNK}")
@@ -200,8 +220,17 @@ def main(argv=None) -> int:
     chunks, chunk_costs = [], []
     for c in range(args.hutchinson_probes // CHUNK):
         with metered() as cost:
-            chunks.append(flat(C.hutchinson_diagonal(model, hutch_source, probes=CHUNK, batch_probes=CHUNK,
-                                                     generator=torch.Generator().manual_seed(10_000 + c))).astype(np.float32))
+            chunks.append(
+                flat(
+                    C.hutchinson_diagonal(
+                        model,
+                        hutch_source,
+                        probes=CHUNK,
+                        batch_probes=CHUNK,
+                        generator=torch.Generator().manual_seed(10_000 + c),
+                    )
+                ).astype(np.float32)
+            )
         chunk_costs.append(cost_dict(cost))
         if c % 16 == 0:
             log(f"  chunk {c + 1}/{args.hutchinson_probes // CHUNK}: {chunk_costs[-1]['seconds']:.1f}s")
@@ -246,7 +275,9 @@ def main(argv=None) -> int:
         if p is not None:
             projected = {k: per_probe[k] * p for k in per_probe}
             results["hutchinson"][key.replace("probes_for", "projected_cost_for")] = relative(
-                {"seconds": projected["seconds"], "forward": projected["forward"], "backward": projected["backward"]}, epoch)
+                {"seconds": projected["seconds"], "forward": projected["forward"], "backward": projected["backward"]},
+                epoch,
+            )
     results["ggn_rows"] = rows
 
     out = Path(args.out)
@@ -266,7 +297,8 @@ def report(r: dict) -> str:
         f"{r['threads']} torch thread(s); torch {r['versions']['torch']}. Command: `{r['command']}`.",
         "",
         f"One training epoch (same run, before/after): {e['before']['seconds']:.1f} s / {e['after']['seconds']:.1f} s, "
-        f"{int(e['mean']['forward']):,} forward + {int(e['mean']['backward']):,} backward sample passes. Costs below are in "
+        f"{int(e['mean']['forward']):,} forward + {int(e['mean']['backward']):,} backward sample passes. Costs below "
+        "are in "
         "epochs: by seconds and by sample passes (an HVP sample counts 1 forward + 2 backward; a Gauss-Newton "
         "sample 1 forward + K=10 backward, a sampled-Fisher sample 1 + 1).",
         "",
@@ -281,7 +313,8 @@ def report(r: dict) -> str:
         f"## Data samples (reference: exact diagonal on {r['reference']['samples']:,} other samples, "
         f"{r['reference']['zero_fraction'] * 100:.1f} % of its entries exactly zero)",
         "",
-        "| estimator | samples | reference ÷ samples | Spearman vs reference | same, nonzero entries | vs exact on same samples | seconds | epochs (s) | epochs (passes) |",
+        "| estimator | samples | reference ÷ samples | Spearman vs reference | same, nonzero entries | vs exact on "
+        "same samples | seconds | epochs (s) | epochs (passes) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in r["ggn_rows"]:
@@ -302,15 +335,21 @@ def report(r: dict) -> str:
     for row in h["measured"]:
         rel = row["relative_to_epoch"]
         ten = row.get("spearman_vs_10x_probes")
-        lines.append(f"| {row['probes']} | {'' if ten is None else f'{ten:.3f}'} | {row['spearman_vs_exact_same_samples']:.3f} | "
-                     f"{row['spearman_vs_reference']:.3f} | {rel['seconds']:.1f} | {rel['epochs_by_seconds']:.3f} | "
-                     f"{rel['epochs_by_passes']:.3f} |")
+        lines.append(
+            f"| {row['probes']} | {'' if ten is None else f'{ten:.3f}'} | {row['spearman_vs_exact_same_samples']:.3f} "
+            "| "
+            f"{row['spearman_vs_reference']:.3f} | {rel['seconds']:.1f} | {rel['epochs_by_seconds']:.3f} | "
+            f"{rel['epochs_by_passes']:.3f} |"
+        )
     lines += [
         "",
         f"Median per-entry noise-to-signal ratio of one probe: {h['median_noise_to_signal']:.0f}. Extrapolation from "
         "the measured per-entry probe variance (Gaussian model; measured vs simulated at the probe counts run: "
-        + ", ".join(f"{m['probes']}: {m['spearman_vs_exact_same_samples']:.3f} vs "
-                    f"{next(s['vs_truth'] for s in h['simulated'] if s['probes'] == m['probes']):.3f}" for m in h["measured"])
+        + ", ".join(
+            f"{m['probes']}: {m['spearman_vs_exact_same_samples']:.3f} vs "
+            f"{next(s['vs_truth'] for s in h['simulated'] if s['probes'] == m['probes']):.3f}"
+            for m in h["measured"]
+        )
         + "):",
         "",
     ]
@@ -321,8 +360,10 @@ def report(r: dict) -> str:
             lines.append(f"- {label}: not reached within {h['simulated'][-1]['probes']:,} probes.")
         else:
             c = h[key.replace("probes_for", "projected_cost_for")]
-            lines.append(f"- {label}: ≈ {p:,} probes on {h['samples']} samples ≈ {c['epochs_by_seconds']:.1f} epochs by "
-                         f"seconds, {c['epochs_by_passes']:.1f} by passes.")
+            lines.append(
+                f"- {label}: ≈ {p:,} probes on {h['samples']} samples ≈ {c['epochs_by_seconds']:.1f} epochs by "
+                f"seconds, {c['epochs_by_passes']:.1f} by passes."
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic  # noqa: E402
 from unlearnkit.data import load_dataset  # noqa: E402
-from unlearnkit.hybrid import Ledger, Unlearner  # noqa: E402
+from unlearnkit.hybrid import Ledger  # noqa: E402
 from unlearnkit.sisa import SisaModel, train_sisa  # noqa: E402
 from unlearnkit.training import TrainConfig  # noqa: E402
 
@@ -134,8 +134,17 @@ def main() -> None:
     data = load_dataset("digits")
     base_path = work / "base"
     shutil.rmtree(work, ignore_errors=True)
-    base = train_sisa(data, "mlp", out=base_path, shards=2, slices=3, config=TrainConfig(epochs=8, batch_size=64, lr=0.05),
-                      seed=0, workers=1, threads=1)
+    base = train_sisa(
+        data,
+        "mlp",
+        out=base_path,
+        shards=2,
+        slices=3,
+        config=TrainConfig(epochs=8, batch_size=64, lr=0.05),
+        seed=0,
+        workers=1,
+        threads=1,
+    )
     log("trained the base model")
 
     references, durations = {}, {}
@@ -168,7 +177,9 @@ def main() -> None:
         killed_at, kill_codes = [], []
         for step, kill in enumerate(kills):
             point, _, count = kill.partition(":")
-            fault, timed = (None, rng.uniform(0.5, 1.0) * durations[mode, workers]) if point == "timed" else (kill, None)
+            fault, timed = (
+                (None, rng.uniform(0.5, 1.0) * durations[mode, workers]) if point == "timed" else (kill, None)
+            )
             command = ["forget", "--model", str(path), "--ids", str(ids_file), "--mode", mode, "--request-id", "victim",
                        "--workers", str(workers)] if step == 0 else ["requests", "resume", "--model", str(path)]
             code, text, _ = cli(command, fault, timed)
@@ -194,7 +205,9 @@ def main() -> None:
         ledger.close()
         try:
             final = sisa.version(1).states
-            bitwise = all(torch.equal(got[k], want[k]) for got, want in zip(final, references[mode, workers]) for k in want)
+            bitwise = all(
+                torch.equal(got[k], want[k]) for got, want in zip(final, references[mode, workers]) for k in want
+            )
         except Exception as exc:  # noqa: BLE001 - a damaged model is a failed trial, recorded as such
             bitwise, text = False, f"{text}\n{type(exc).__name__}: {exc}"
         deleted = np.zeros(sisa.provenance.n, dtype=bool)
@@ -203,16 +216,28 @@ def main() -> None:
         by_design = [h for h in holders if h.get("approximate")]
         remaining = [h for h in holders if not h.get("approximate")]
         temporaries = len(sisa.store.temporaries())
-        rows.append({
-            "trial": number, "name": name, "mode": mode, "workers": workers, "killed_at": killed_at,
-            "all_kills_landed": all(c == -signal.SIGKILL for c in kill_codes), "resume_exit": code,
-            "resubmitted": resubmitted,
-            "one_done": one_done, "bitwise_equal": bitwise, "artefacts_trained_on_deleted": len(remaining),
-            "remaining": remaining, "approximate_current_shards": len(by_design), "temporaries_left": temporaries,
-            "pending_purges": pending, "purged_rows": purged, "ok": bool(resume_ok and one_done and bitwise and not remaining
-                                                                         and not temporaries and not pending),
-            "tail": "" if resume_ok else text,
-        })
+        rows.append(
+            {
+                "trial": number,
+                "name": name,
+                "mode": mode,
+                "workers": workers,
+                "killed_at": killed_at,
+                "all_kills_landed": all(c == -signal.SIGKILL for c in kill_codes),
+                "resume_exit": code,
+                "resubmitted": resubmitted,
+                "one_done": one_done,
+                "bitwise_equal": bitwise,
+                "artefacts_trained_on_deleted": len(remaining),
+                "remaining": remaining,
+                "approximate_current_shards": len(by_design),
+                "temporaries_left": temporaries,
+                "pending_purges": pending,
+                "purged_rows": purged,
+                "ok": bool(resume_ok and one_done and bitwise and not remaining and not temporaries and not pending),
+                "tail": "" if resume_ok else text,
+            }
+        )
         log(f"trial {number:2d} {name:<48} killed={killed_at} done-once={one_done} bitwise={bitwise} "
             f"holders={len(remaining)} (+{len(by_design)} approx by design) tmp={temporaries}")
         shutil.rmtree(path, ignore_errors=True)
@@ -220,15 +245,21 @@ def main() -> None:
     out = Path(args.out)
     results = {
         "command": "PYTHONPATH=src python benchmarks/kill_trials.py" + (f" --only {args.only}" if args.only else ""),
-        "machine": machine(), "versions": versions(), "seconds": round(time.perf_counter() - began, 1),
+        "machine": machine(),
+        "versions": versions(),
+        "seconds": round(time.perf_counter() - began, 1),
         "model": "digits, mlp, 2 shards x 3 slices, 8 epochs per stage, 1 thread",
         "reference_seconds": {f"{m}-{w}w": round(s, 2) for (m, w), s in durations.items()},
         "trials": rows,
-        "summary": {"trials": len(rows), "ok": sum(r["ok"] for r in rows),
-                    "one_done": sum(r["one_done"] for r in rows), "bitwise_equal": sum(r["bitwise_equal"] for r in rows),
-                    "artefacts_trained_on_deleted": sum(r["artefacts_trained_on_deleted"] for r in rows),
-                    "temporaries_left": sum(r["temporaries_left"] for r in rows),
-                    "kills_landed": sum(r["all_kills_landed"] for r in rows)},
+        "summary": {
+            "trials": len(rows),
+            "ok": sum(r["ok"] for r in rows),
+            "one_done": sum(r["one_done"] for r in rows),
+            "bitwise_equal": sum(r["bitwise_equal"] for r in rows),
+            "artefacts_trained_on_deleted": sum(r["artefacts_trained_on_deleted"] for r in rows),
+            "temporaries_left": sum(r["temporaries_left"] for r in rows),
+            "kills_landed": sum(r["all_kills_landed"] for r in rows),
+        },
     }
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "README.md", markdown(results))
@@ -241,7 +272,8 @@ def markdown(results: dict) -> str:
     lines = [
         "# SIGKILL trials of `unlearnkit forget`",
         "",
-        f"Command: `{results['command']}` ({results['seconds']:.0f} s). Model: {results['model']}. Every trial kills a real "
+        f"Command: `{results['command']}` ({results['seconds']:.0f} s). Model: {results['model']}. Every trial kills "
+        "a real "
         "`forget` process (and, where listed, the `requests resume` runs after it) with SIGKILL at a named point "
         "(`UNLEARNKIT_FAULT`) or after a random delay (0.5-1 x the uninterrupted run's time), then runs "
         "`requests resume` to the end. \"Trained on deleted ids\" counts files under the model directory that were "
@@ -253,15 +285,20 @@ def markdown(results: dict) -> str:
         f"the uninterrupted run, {s['artefacts_trained_on_deleted']} artefacts trained on deleted ids after recovery, "
         f"{s['temporaries_left']} temporary folders left; {s['kills_landed']} trials had every kill land.**",
         "",
-        "| # | mode | workers | killed | one `done` | bitwise equal | trained on deleted ids | approx. shards (by design) | temp. left | purge rows |",
+        "| # | mode | workers | killed | one `done` | bitwise equal | trained on deleted ids | approx. shards (by "
+        "design) | temp. left | purge rows |",
         "| ---: | --- | ---: | --- | :---: | :---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["trials"]:
-        killed = "; ".join(r["killed_at"]) + ("; then resubmitted (killed before it reached the ledger)" if r["resubmitted"] else "")
-        lines.append(f"| {r['trial']} | {r['mode']} | {r['workers']} | {killed} | "
-                     f"{'yes' if r['one_done'] else '**no**'} | {'yes' if r['bitwise_equal'] else '**no**'} | "
-                     f"{r['artefacts_trained_on_deleted']} | {r['approximate_current_shards']} | {r['temporaries_left']} | "
-                     f"{r['purged_rows']} |")
+        killed = "; ".join(r["killed_at"]) + (
+            "; then resubmitted (killed before it reached the ledger)" if r["resubmitted"] else ""
+        )
+        lines.append(
+            f"| {r['trial']} | {r['mode']} | {r['workers']} | {killed} | "
+            f"{'yes' if r['one_done'] else '**no**'} | {'yes' if r['bitwise_equal'] else '**no**'} | "
+            f"{r['artefacts_trained_on_deleted']} | {r['approximate_current_shards']} | {r['temporaries_left']} | "
+            f"{r['purged_rows']} |"
+        )
     m = results["machine"]
     lines += ["", f"Uninterrupted runs (s, one `forget` process, including its start): {results['reference_seconds']}.",
               "", f"Machine: {m.get('processor')}, {m.get('cpu_count')} CPUs (shared with other sessions). Versions: "

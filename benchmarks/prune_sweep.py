@@ -29,16 +29,48 @@ import torch
 from unlearnkit._util import machine, save_figure, versions, write_json_atomic, write_text_atomic
 from unlearnkit.bench import load_records, load_suite, provenance, run_suite, stats, with_prune, write_report
 
-TITLES = {"UA": "UA", "MIA": "MIA-efficacy", "RA": "RA", "TA": "TA", "avg_gap": "Avg. Gap", "TA_all": "clean test accuracy",
-          "ASR": "attack success rate (ASR)", "forget_acc_corrected": "accuracy on D_f as trained (triggered images) against the true labels",
-          "MIA_entropy": "MIA-efficacy (entropy)"}
+TITLES = {
+    "UA": "UA",
+    "MIA": "MIA-efficacy",
+    "RA": "RA",
+    "TA": "TA",
+    "avg_gap": "Avg. Gap",
+    "TA_all": "clean test accuracy",
+    "ASR": "attack success rate (ASR)",
+    "forget_acc_corrected": "accuracy on D_f as trained (triggered images) against the true labels",
+    "MIA_entropy": "MIA-efficacy (entropy)",
+}
 METRICS = [(k, TITLES[k]) for k in ("UA", "MIA", "RA", "TA", "avg_gap")]
-NAMES = {"retrain": "Retrain (same sparsity)", "original": "Original (no unlearning)", "finetune": "FT",
-         "finetune[lr=0.01]": "FT (lr 0.01)", "grad_ascent": "GA", "fisher": "FF", "influence": "IU", "l1_sparse": "ℓ1-sparse",
-         "grad_ascent[target_forget_acc=0]": "GA (no early stop)", "random_label": "RL", "salun": "SalUn", "scrub": "SCRUB",
-         "boundary_shrink": "Boundary Shrink"}
-ORDER = ["retrain", "original", "finetune", "finetune[lr=0.01]", "grad_ascent", "grad_ascent[target_forget_acc=0]", "fisher",
-         "influence", "l1_sparse", "random_label", "salun", "scrub", "boundary_shrink"]
+NAMES = {
+    "retrain": "Retrain (same sparsity)",
+    "original": "Original (no unlearning)",
+    "finetune": "FT",
+    "finetune[lr=0.01]": "FT (lr 0.01)",
+    "grad_ascent": "GA",
+    "fisher": "FF",
+    "influence": "IU",
+    "l1_sparse": "ℓ1-sparse",
+    "grad_ascent[target_forget_acc=0]": "GA (no early stop)",
+    "random_label": "RL",
+    "salun": "SalUn",
+    "scrub": "SCRUB",
+    "boundary_shrink": "Boundary Shrink",
+}
+ORDER = [
+    "retrain",
+    "original",
+    "finetune",
+    "finetune[lr=0.01]",
+    "grad_ascent",
+    "grad_ascent[target_forget_acc=0]",
+    "fisher",
+    "influence",
+    "l1_sparse",
+    "random_label",
+    "salun",
+    "scrub",
+    "boundary_shrink",
+]
 
 
 def folder(sparsity: float) -> str:
@@ -63,7 +95,9 @@ def summarise(records: list[dict]) -> dict:
     for r in records:
         if r["variant"] == "retrain":
             c = r.get("cost") or {}
-            retrain_work[(r["request"], r["seed"], r.get("prune"))] = c.get("forward_samples", 0) + c.get("backward_samples", 0)
+            retrain_work[(r["request"], r["seed"], r.get("prune"))] = c.get("forward_samples", 0) + c.get(
+                "backward_samples", 0
+            )
     for r in records:
         nominal = 0.0 if r.get("prune") is None else float(r["prune"].split(":")[1])
         grouped[r["request"]][r["variant"]][nominal].append(r)
@@ -115,12 +149,20 @@ def markdown(summary: dict, sparsities: list[float], metrics=METRICS) -> str:
                 cells = [_fmt(rows[variant].get(s), key) for s in sparsities]
                 lines.append(f"| {NAMES.get(variant, variant)} | " + " | ".join(cells) + " |")
             lines.append("")
-        lines += ["### Work (sample passes, % of the same-sparsity Retrain's)", "",
-                  "| method | " + " | ".join(f"{s:g}" for s in sparsities) + " |", "| --- |" + " --- |" * len(sparsities)]
+        lines += [
+            "### Work (sample passes, % of the same-sparsity Retrain's)",
+            "",
+            "| method | " + " | ".join(f"{s:g}" for s in sparsities) + " |",
+            "| --- |" + " --- |" * len(sparsities),
+        ]
         for variant in variants_in(rows):
             if variant in ("retrain", "original"):
                 continue
-            lines.append(f"| {NAMES.get(variant, variant)} | " + " | ".join(_fmt(rows[variant].get(s), "work_pct") for s in sparsities) + " |")
+            lines.append(
+                f"| {NAMES.get(variant, variant)} | "
+                + " | ".join(_fmt(rows[variant].get(s), "work_pct") for s in sparsities)
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -176,14 +218,20 @@ def write_sweep_report(out: Path, command: str, suite_path: str | None, metrics=
             if info.get("command"):
                 runs.append(info["command"])
     header = [
-        f"# {title or 'Sparsity sweep: prune first, then unlearn'} ({first['dataset']}, {first['model']})", "",
+        f"# {title or 'Sparsity sweep: prune first, then unlearn'} ({first['dataset']}, {first['model']})",
+        "",
         f"Records: {len(records)} (from `{out}/*/records`). " + provenance(first, shared_cpu=True),
-        f"Suite: `{suite_path}`. Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(runs)) + f"; report: `{command}`.", "",
+        f"Suite: `{suite_path}`. Commands: "
+        + "; ".join(f"`{c}`" for c in dict.fromkeys(runs))
+        + f"; report: `{command}`.",
+        "",
         "Originals: the dense 10-epoch original of each seed; at sparsity S > 0, that model pruned by global one-shot "
         "magnitude pruning (conv and linear weights, classifier included) and fine-tuned 2 epochs at lr 0.01 on the "
         "full training set (`sparsity.prune_first`). Retrain: 10 epochs from a fresh initialisation on D_r under the "
-        "pruned original's mask. Methods at their registry defaults unless the variant names options. Cells: mean ± std "
-        "over seeds (n = 3 unless marked). Gaps and Avg. Gap are to the Retrain of the same sparsity and seed.", "",
+        "pruned original's mask. Methods at their registry defaults unless the variant names options. Cells: mean ± "
+        "std "
+        "over seeds (n = 3 unless marked). Gaps and Avg. Gap are to the Retrain of the same sparsity and seed.",
+        "",
     ] + ([note, ""] if note else [])
     text = "\n".join(header) + "\n" + markdown(summary, sparsities, metrics)
     text += "\n" + "\n".join(f"![{p.stem}](plots/{p.name})" for p in plot(summary, sparsities, out, metrics)) + "\n"

@@ -42,7 +42,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True, help="trained dense checkpoint (read only)")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
-    parser.add_argument("--with-rewind", action="store_true", help="also run the prune-rewind-retrain OMP recipe at 0.95")
+    parser.add_argument(
+        "--with-rewind", action="store_true", help="also run the prune-rewind-retrain OMP recipe at 0.95"
+    )
     parser.add_argument("--out", default="benchmarks/results/pruning")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -143,32 +145,38 @@ def render_report(r: dict) -> str:
     lines = [
         "# Pruning: accuracy and fine-tune cost",
         "",
-        f"Dense checkpoint `{r['checkpoint']['path']}` ({r['recipe_epochs']} epochs, seed 0): **{dense:.2f} %** test accuracy; "
+        f"Dense checkpoint `{r['checkpoint']['path']}` ({r['recipe_epochs']} epochs, seed 0): **{dense:.2f} %** test "
+        "accuracy; "
         f"{r['prunable_weights']:,} prunable weights (conv and linear weights, classifier included).",
         "",
         f"OMP = global one-shot magnitude pruning of the trained weights; fine-tune = {ft_epochs} epochs of the recipe "
         f"(SGD, momentum 0.9, weight decay 5e-4, augmentation, cosine) at lr {r['omp'][0]['finetune']['lr']:g} "
         "(a fifth of the recipe's), masks held by the training loop.",
         "",
-        "| sparsity | test acc after OMP | after fine-tune (per epoch) | Δ to dense | fine-tune s | fine-tune / full training (s, side by side) | prune s |",
+        "| sparsity | test acc after OMP | after fine-tune (per epoch) | Δ to dense | fine-tune s | fine-tune / full "
+        "training (s, side by side) | prune s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in r["omp"]:
         ft = row["finetune"]
         lines.append(
             f"| {row['sparsity']} | {row['test_acc_pruned']:.2f} | {row['test_acc_finetuned']:.2f} "
-            f"({' → '.join(f'{a:.2f}' for a in row['test_acc_finetune_by_epoch'])}) | {row['test_acc_finetuned'] - dense:+.2f} "
-            f"| {ft['seconds']:.0f} | {ft['seconds'] / train_s:.2f} | {row['prune_seconds']:.2f} |")
+            f"({' → '.join(f'{a:.2f}' for a in row['test_acc_finetune_by_epoch'])}) | "
+            f"{row['test_acc_finetuned'] - dense:+.2f} "
+            f"| {ft['seconds']:.0f} | {ft['seconds'] / train_s:.2f} | {row['prune_seconds']:.2f} |"
+        )
     full = r["omp_0.95_finetune_full_lr"]
+    omp95 = next(x for x in r["omp"] if x["sparsity"] == 0.95)
     lines += [
         "",
         f"Fine-tune sample passes: {r['omp'][0]['finetune']['backward_samples']:,} backward "
-        f"({r['omp'][0]['finetune']['backward_samples'] / r['checkpoint']['train_cost']['backward_samples']:.2f} of the "
+        f"({r['omp'][0]['finetune']['backward_samples'] / r['checkpoint']['train_cost']['backward_samples']:.2f} of "
+        "the "
         "original training's).",
         "",
         f"At 0.95 the same fine-tune at the recipe's full lr {full['lr']:g}: "
         f"{' → '.join(f'{a:.2f}' for a in full['test_acc_finetune_by_epoch'])} % (default lr: "
-        f"{' → '.join(f'{a:.2f}' for a in next(x for x in r['omp'] if x['sparsity'] == 0.95)['test_acc_finetune_by_epoch'])} %).",
+        f"{' → '.join(f'{a:.2f}' for a in omp95['test_acc_finetune_by_epoch'])} %).",
         "",
         "## SynFlow at initialisation, then training",
         "",
@@ -185,11 +193,17 @@ def render_report(r: dict) -> str:
     ]
     omp95 = next(x for x in r["omp"] if x["sparsity"] == 0.95)["layers"]
     for name in omp95:
-        lines.append(f"| {name} | {omp95[name]:.4f} | {syn['layers'][name]:.4f} | {r['omp_at_init_layers_0.95'][name]:.4f} |")
+        lines.append(
+            f"| {name} | {omp95[name]:.4f} | {syn['layers'][name]:.4f} | {r['omp_at_init_layers_0.95'][name]:.4f} |"
+        )
     if r.get("omp_rewind_retrain"):
         rw = r["omp_rewind_retrain"]
-        lines += ["", f"Seed-000 OMP recipe at 0.95 (prune, rewind to epoch 1, retrain {r['recipe_epochs']} epochs): {rw['test_acc']:.2f} % "
-                      f"in {rw['seconds']:.0f} s."]
+        lines += [
+            "",
+            f"Seed-000 OMP recipe at 0.95 (prune, rewind to epoch 1, retrain {r['recipe_epochs']} epochs): "
+            f"{rw['test_acc']:.2f} % "
+            f"in {rw['seconds']:.0f} s.",
+        ]
     lines += [
         "",
         f"Machine: {r['machine']['processor']}, {r['machine']['cpu_count']} cores shared with other sessions, "

@@ -26,16 +26,25 @@ from unlearnkit.bench import load_records, provenance, stats
 CRITERIA = ["largest", "newton_gain", "gradient", "random", "smallest"]
 CRITERION_NAMES = {"largest": "largest |h|", "smallest": "smallest |h|", "newton_gain": "Newton gain G²/(|h|+λ)",
                    "gradient": "gradient |G|", "random": "random"}
-REFERENCES = [("retrain", "Retrain (corrected data)"), ("original", "Original"), ("finetune", "FT (retain set)"),
-              ("warnecke_first", "first-order θ − τG"), ("warnecke_second", "second-order θ − H⁻¹G"),
-              ("saps[criterion=last_layer]", "masked SGD, last layer"), ("saps[fraction=1.0]", "masked SGD, all entries (ρ = 100 %)"),
-              # diagnostics: 9 retain samples per corrected one (class-balanced batches for a one-class correction)
-              ("saps[fraction=1.0,retain_per_forget=9]", "masked SGD, all entries, 9 retain per corrected"),
-              ("saps[criterion=largest,fraction=0.1,retain_per_forget=9]", "masked SGD, largest |h| 10 %, 9 retain per corrected"),
-              ("saps[criterion=random,fraction=0.1,retain_per_forget=9]", "masked SGD, random 10 %, 9 retain per corrected"),
-              # the earlier phased batches: corrected samples first, then retain samples
-              ("saps[fraction=1.0,mixed=false]", "masked SGD, all entries, phased"),
-              ("saps[criterion=largest,fraction=0.1,mixed=false]", "masked SGD, largest |h| 10 %, phased")]
+REFERENCES = [
+    ("retrain", "Retrain (corrected data)"),
+    ("original", "Original"),
+    ("finetune", "FT (retain set)"),
+    ("warnecke_first", "first-order θ − τG"),
+    ("warnecke_second", "second-order θ − H⁻¹G"),
+    ("saps[criterion=last_layer]", "masked SGD, last layer"),
+    ("saps[fraction=1.0]", "masked SGD, all entries (ρ = 100 %)"),
+    # diagnostics: 9 retain samples per corrected one (class-balanced batches for a one-class correction)
+    ("saps[fraction=1.0,retain_per_forget=9]", "masked SGD, all entries, 9 retain per corrected"),
+    (
+        "saps[criterion=largest,fraction=0.1,retain_per_forget=9]",
+        "masked SGD, largest |h| 10 %, 9 retain per corrected",
+    ),
+    ("saps[criterion=random,fraction=0.1,retain_per_forget=9]", "masked SGD, random 10 %, 9 retain per corrected"),
+    # the earlier phased batches: corrected samples first, then retain samples
+    ("saps[fraction=1.0,mixed=false]", "masked SGD, all entries, phased"),
+    ("saps[criterion=largest,fraction=0.1,mixed=false]", "masked SGD, largest |h| 10 %, phased"),
+]
 
 
 def efficacy_key(request: str) -> tuple[str, str, bool]:
@@ -90,7 +99,9 @@ def summarise(records: list[dict]) -> dict:
                 target[k].append(r.get(k))
         out[request] = {
             "metric": metric,
-            "grid": {c: {rho: {k: stats(v) for k, v in m.items()} for rho, m in sorted(g.items())} for c, g in grid.items()},
+            "grid": {
+                c: {rho: {k: stats(v) for k, v in m.items()} for rho, m in sorted(g.items())} for c, g in grid.items()
+            },
             "refs": {v: {k: stats(vals) for k, vals in m.items()} for v, m in refs.items()},
         }
     return out
@@ -102,16 +113,28 @@ def markdown(summary: dict, seeds: int) -> list[str]:
         s = summary[request]
         metric, title, higher = efficacy_key(request)
         rhos = sorted({rho for g in s["grid"].values() for rho in g} | {1.0})
-        lines += [f"## {request}", "", f"Efficacy: {title} ({'higher' if higher else 'lower'} is better; Retrain's is the target).", ""]
+        lines += [
+            f"## {request}",
+            "",
+            f"Efficacy: {title} ({'higher' if higher else 'lower'} is better; Retrain's is the target).",
+            "",
+        ]
         for key, name in [(metric, title), ("avg_gap", "Avg. Gap to Retrain"), ("TA", "test accuracy (%)"),
                           ("rte_ratio", "run time / Retrain's")]:
-            lines += [f"### {name} by criterion and ρ", "", "| criterion | " + " | ".join(f"{r * 100:g} %" for r in rhos) + " |",
-                      "| --- |" + " --- |" * len(rhos)]
+            lines += [
+                f"### {name} by criterion and ρ",
+                "",
+                "| criterion | " + " | ".join(f"{r * 100:g} %" for r in rhos) + " |",
+                "| --- |" + " --- |" * len(rhos),
+            ]
             everything = s["refs"].get("saps[fraction=1.0]", {}).get(key)
             for c in CRITERIA:
                 if c not in s["grid"]:
                     continue
-                cells = [cell(everything, seeds) if rho == 1.0 else cell(s["grid"][c].get(rho, {}).get(key), seeds) for rho in rhos]
+                cells = [
+                    cell(everything, seeds) if rho == 1.0 else cell(s["grid"][c].get(rho, {}).get(key), seeds)
+                    for rho in rhos
+                ]
                 lines.append(f"| {CRITERION_NAMES[c]} | " + " | ".join(cells) + " |")
             lines.append("")
         lines += ["### References", "", f"| variant | {title} | Avg. Gap | TA | run time (s) | time / Retrain's |",
@@ -119,8 +142,11 @@ def markdown(summary: dict, seeds: int) -> list[str]:
         for variant, name in REFERENCES:
             m = s["refs"].get(variant)
             if m:
-                lines.append(f"| {name} | {cell(m.get(metric), seeds)} | {cell(m.get('avg_gap'), seeds)} | {cell(m.get('TA'), seeds)} | "
-                             f"{cell(m.get('rte_s'), seeds)} | {cell(m.get('rte_ratio'), seeds)} |")
+                lines.append(
+                    f"| {name} | {cell(m.get(metric), seeds)} | {cell(m.get('avg_gap'), seeds)} | "
+                    f"{cell(m.get('TA'), seeds)} | "
+                    f"{cell(m.get('rte_s'), seeds)} | {cell(m.get('rte_ratio'), seeds)} |"
+                )
         lines.append("")
         lines += best_lines(s, request, seeds)
     return lines
@@ -131,7 +157,9 @@ def best_lines(s: dict, request: str, seeds: int) -> list[str]:
     metric, _, higher = efficacy_key(request)
     original = s["refs"].get("original", {})
     # only points measured on every seed compete (the first seed also ran a few extra rho values)
-    points = [(c, rho, m) for c, g in s["grid"].items() for rho, m in g.items() if m.get("avg_gap", (0, 0, 0))[2] == seeds]
+    points = [
+        (c, rho, m) for c, g in s["grid"].items() for rho, m in g.items() if m.get("avg_gap", (0, 0, 0))[2] == seeds
+    ]
     # `smallest` picks entries with h = G = 0 and changes nothing: it "ties" the original, which is not unlearning
     no_ops = {(c, rho) for c, rho, m in points if original.get("avg_gap") and m["avg_gap"][0] == original["avg_gap"][0]}
     points = [p for p in points if (p[0], p[1]) not in no_ops]
@@ -139,15 +167,31 @@ def best_lines(s: dict, request: str, seeds: int) -> list[str]:
         return []
     by_gap = min(points, key=lambda p: p[2]["avg_gap"][0])
     by_eff = (max if higher else min)(points, key=lambda p: p[2][metric][0])
-    lines = [f"- Left out as no-ops (the original's Avg. Gap exactly): {', '.join(f'{c} {r * 100:g} %' for c, r in sorted(no_ops))}."] if no_ops else []
+    lines = (
+        [
+            "- Left out as no-ops (the original's Avg. Gap exactly): "
+            f"{', '.join(f'{c} {r * 100:g} %' for c, r in sorted(no_ops))}."
+        ]
+        if no_ops
+        else []
+    )
     for label, (c, rho, m) in [("lowest Avg. Gap", by_gap), ("best efficacy", by_eff)]:
-        lines.append(f"- Best ρ < 100 % by {label}: {CRITERION_NAMES[c]} at ρ = {rho * 100:g} %: efficacy "
-                     f"{cell(m[metric], seeds)}, Avg. Gap {cell(m['avg_gap'], seeds)}, time / Retrain's {cell(m['rte_ratio'], seeds)}.")
-    for variant, name in [("saps[fraction=1.0]", "all entries"), ("saps[criterion=last_layer]", "last layer"), ("original", "original")]:
+        lines.append(
+            f"- Best ρ < 100 % by {label}: {CRITERION_NAMES[c]} at ρ = {rho * 100:g} %: efficacy "
+            f"{cell(m[metric], seeds)}, Avg. Gap {cell(m['avg_gap'], seeds)}, time / Retrain's "
+            f"{cell(m['rte_ratio'], seeds)}."
+        )
+    for variant, name in [
+        ("saps[fraction=1.0]", "all entries"),
+        ("saps[criterion=last_layer]", "last layer"),
+        ("original", "original"),
+    ]:
         m = s["refs"].get(variant)
         if m:
-            lines.append(f"- {name}: efficacy {cell(m[metric], seeds)}, Avg. Gap {cell(m['avg_gap'], seeds)}, time / Retrain's "
-                         f"{cell(m['rte_ratio'], seeds)}.")
+            lines.append(
+                f"- {name}: efficacy {cell(m[metric], seeds)}, Avg. Gap {cell(m['avg_gap'], seeds)}, time / Retrain's "
+                f"{cell(m['rte_ratio'], seeds)}."
+            )
     return lines + [""]
 
 
@@ -173,8 +217,12 @@ def plot(summary: dict, out: Path) -> list[str]:
                 if everything and everything[2]:
                     rhos, ys, es = rhos + [1.0], ys + [everything[0]], es + [everything[1]]
                 ax.errorbar([r * 100 for r in rhos], ys, yerr=es, marker="o", capsize=3, label=CRITERION_NAMES[c])
-            for variant, name, color, line in [("retrain", "Retrain", "black", "-"), ("original", "Original", "black", ":"),
-                                               ("finetune", "FT", "grey", "--"), ("saps[criterion=last_layer]", "last layer", "C9", "-.")]:
+            for variant, name, color, line in [
+                ("retrain", "Retrain", "black", "-"),
+                ("original", "Original", "black", ":"),
+                ("finetune", "FT", "grey", "--"),
+                ("saps[criterion=last_layer]", "last layer", "C9", "-."),
+            ]:
                 m = s["refs"].get(variant, {}).get(key)
                 if m and m[2] and not (key == "avg_gap" and variant == "retrain"):
                     ax.axhline(m[0], linestyle=line, color=color, label=name, lw=1)
@@ -233,10 +281,20 @@ def main() -> None:
         "compare them within this table only.", "",
     ]
     body = markdown(summary, seeds)
-    write_text_atomic(out / "rho-report.md", "\n".join(header + body + [f"![{p}](plots/{Path(p).name})" for p in plots]) + "\n")
-    write_json_atomic(out / "rho-summary.json", {req: {"metric": s["metric"],
-                                                      "grid": {c: {str(r): v for r, v in g.items()} for c, g in s["grid"].items()},
-                                                      "refs": s["refs"]} for req, s in summary.items()})
+    write_text_atomic(
+        out / "rho-report.md", "\n".join(header + body + [f"![{p}](plots/{Path(p).name})" for p in plots]) + "\n"
+    )
+    write_json_atomic(
+        out / "rho-summary.json",
+        {
+            req: {
+                "metric": s["metric"],
+                "grid": {c: {str(r): v for r, v in g.items()} for c, g in s["grid"].items()},
+                "refs": s["refs"],
+            }
+            for req, s in summary.items()
+        },
+    )
     print(f"wrote {out / 'rho-report.md'} and {len(plots)} plot(s)")
 
 

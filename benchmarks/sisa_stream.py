@@ -34,11 +34,11 @@ from unlearnkit._util import machine, versions, write_json_atomic, write_text_at
 from unlearnkit.data import load_dataset  # noqa: E402
 from unlearnkit.errors import UnlearnKitError  # noqa: E402
 from unlearnkit.evaluation import Outputs, evaluate  # noqa: E402
-from unlearnkit.training import predict_logits  # noqa: E402
 from unlearnkit.hybrid import Unlearner, calibrate  # noqa: E402
 from unlearnkit.requests import Request  # noqa: E402
 from unlearnkit.sisa import SisaModel, train_sisa  # noqa: E402
 from unlearnkit.sisa.model import default_stage_config  # noqa: E402
+from unlearnkit.training import predict_logits  # noqa: E402
 
 STRATEGIES = [("always-exact", "exact"), ("always-approx", "approx"), ("hybrid", "auto")]
 
@@ -109,8 +109,11 @@ def run_streams(base: SisaModel, stream: list[dict], work: Path, workers: int, l
                     "first_slice_exact": plan.get("first_slice"),
                     "amend_rounds": [s["amend"]["rounds"] for s in record.metrics.get("shards", []) if "amend" in s],
                 })
-                log(f"  {name:<13} #{i:02d} {request['name']:<28} {record.decision:<6} est {record.estimated_seconds or 0:7.2f} s  "
-                    f"took {record.actual_seconds:7.2f} s")
+                log(
+                    f"  {name:<13} #{i:02d} {request['name']:<28} {record.decision:<6} est "
+                    f"{record.estimated_seconds or 0:7.2f} s  "
+                    f"took {record.actual_seconds:7.2f} s"
+                )
     finally:
         for service in services.values():
             service.close()
@@ -150,7 +153,9 @@ def boundary_grid(sisa: SisaModel, service: Unlearner, sizes: list[int], seed: i
     return out
 
 
-def boundary_sweep(base: SisaModel, work: Path, sizes: list[int], slices: list[int], workers: int, seed: int, log) -> list[dict]:
+def boundary_sweep(
+    base: SisaModel, work: Path, sizes: list[int], slices: list[int], workers: int, seed: int, log
+) -> list[dict]:
     """Measured times of both paths for single-shard requests (each on a fresh copy of the trained model)."""
     prov = base.provenance
     rng = np.random.default_rng(seed)
@@ -168,7 +173,10 @@ def boundary_sweep(base: SisaModel, work: Path, sizes: list[int], slices: list[i
                 cell[f"{mode}_seconds"] = record.actual_seconds
                 cell[f"{mode}_estimated"] = record.estimated_seconds
                 cell["decision"] = auto.decision
-                log(f"  sweep {n:>4} ids in slice {s}: {mode:<6} est {record.estimated_seconds:6.2f} s, took {record.actual_seconds:6.2f} s")
+                log(
+                    f"  sweep {n:>4} ids in slice {s}: {mode:<6} est {record.estimated_seconds:6.2f} s, took "
+                    f"{record.actual_seconds:6.2f} s"
+                )
             cells.append(cell)
     shutil.rmtree(work / "sweep", ignore_errors=True)
     return cells
@@ -188,8 +196,17 @@ def plot(grid: dict, sweep: list[dict], stream_rows: dict, slices: int, path: Pa
         sizes = sorted({c["size"] for c in cells})
         for c in cells:
             x = sizes.index(c["size"])
-            ax.add_patch(plt.Rectangle((x - 0.5, c["first_slice"] - 0.5), 1, 1, color=colours[c["decision"]], alpha=0.55))
-            ax.text(x, c["first_slice"], f"{c['exact_seconds']:.0f}\n{c['approx_seconds']:.1f}", ha="center", va="center", fontsize=7)
+            ax.add_patch(
+                plt.Rectangle((x - 0.5, c["first_slice"] - 0.5), 1, 1, color=colours[c["decision"]], alpha=0.55)
+            )
+            ax.text(
+                x,
+                c["first_slice"],
+                f"{c['exact_seconds']:.0f}\n{c['approx_seconds']:.1f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+            )
         ax.set_xlim(-0.5, len(sizes) - 0.5)
         ax.set_ylim(-0.5, slices - 0.5)
         ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
@@ -197,14 +214,28 @@ def plot(grid: dict, sweep: list[dict], stream_rows: dict, slices: int, path: Pa
         ax.set_xlabel("request size (ids)")
         ax.set_ylabel("first affected slice (0 = earliest)")
         ax.set_title(f"planner decision, ids in {placement}\n(cells: estimated s exact / approx)")
-    axes[1].legend(handles=[Patch(color=colours[k], alpha=0.55, label=k) for k in colours], loc="upper right", fontsize=8)
+    axes[1].legend(
+        handles=[Patch(color=colours[k], alpha=0.55, label=k) for k in colours], loc="upper right", fontsize=8
+    )
     ax = axes[2]
     for n, marker in zip(sorted({c["size"] for c in sweep}), ("o", "s", "^")):
         cells = [c for c in sweep if c["size"] == n]
         xs = [c["slice"] for c in cells]
-        ax.plot(xs, [c["exact_seconds"] for c in cells], marker=marker, color=colours["exact"], label=f"exact, {n} ids (measured)")
+        ax.plot(
+            xs,
+            [c["exact_seconds"] for c in cells],
+            marker=marker,
+            color=colours["exact"],
+            label=f"exact, {n} ids (measured)",
+        )
         ax.plot(xs, [c["exact_estimated"] for c in cells], marker=marker, color=colours["exact"], ls=":", alpha=0.6)
-        ax.plot(xs, [c["approx_seconds"] for c in cells], marker=marker, color=colours["approx"], label=f"approx, {n} ids (measured)")
+        ax.plot(
+            xs,
+            [c["approx_seconds"] for c in cells],
+            marker=marker,
+            color=colours["approx"],
+            label=f"approx, {n} ids (measured)",
+        )
         ax.plot(xs, [c["approx_estimated"] for c in cells], marker=marker, color=colours["approx"], ls=":", alpha=0.6)
     ax.set_xlabel("slice of the deleted ids (one shard)")
     ax.set_ylabel("seconds per request (dotted: estimated)")
@@ -237,7 +268,8 @@ def report(results: dict) -> str:
         "# SISA request stream: always-exact vs always-approximate vs the hybrid planner",
         "",
         f"Command: `{results['command']}`  ",
-        f"Machine: {results['machine']['processor']}, {results['machine']['cpu_count']} cores (shared with other sessions); "
+        f"Machine: {results['machine']['processor']}, {results['machine']['cpu_count']} cores (shared with other "
+        "sessions); "
         f"torch {results['versions']['torch']}; {results['date']}",
         "",
         "## Setup",
@@ -247,9 +279,11 @@ def report(results: dict) -> str:
         f"{setup['workers']} shard workers x {setup['threads']} thread; the serving process runs 1 thread.",
         f"- SISA training: {setup['train_seconds']:.0f} s; ensemble test accuracy {setup['test_acc']:.2f} % "
         f"(shards alone: {', '.join(f'{a:.1f}' for a in setup['shard_test_acc'])} %).",
-        f"- Calibration (ms per sample pass): stage training {1e3 * setup['calibration']['train_seconds_per_sample']:.3f}, "
+        "- Calibration (ms per sample pass): stage training "
+        f"{1e3 * setup['calibration']['train_seconds_per_sample']:.3f}, "
         f"approximate path {1e3 * setup['calibration']['approx_seconds_per_sample']:.3f}; amend rounds "
-        f"{setup['calibration']['amend_rounds']:.1f}; request overhead {setup['calibration']['request_overhead_seconds']:.2f} s; "
+        f"{setup['calibration']['amend_rounds']:.1f}; request overhead "
+        f"{setup['calibration']['request_overhead_seconds']:.2f} s; "
         f"worker-pool start {setup['calibration']['pool_overhead_seconds']:.2f} s.",
         f"- Policy: {setup['policy']} (exact when its estimate is within max(budget, beta x approximate); "
         f"budget = {setup['policy']['budget_stages']} x the estimated time of retraining one shard's last stage "
@@ -261,16 +295,19 @@ def report(results: dict) -> str:
         "",
         "## The stream",
         "",
-        "| # | request | shards | hybrid chose | est. exact s | est. approx s | always-exact s | always-approx s | hybrid s |",
+        "| # | request | shards | hybrid chose | est. exact s | est. approx s | always-exact s | always-approx s | "
+        "hybrid s |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     rows = {name: results["streams"][name]["rows"] for name, _ in STRATEGIES}
     for i, request in enumerate(results["stream"]):
         h = rows["hybrid"][i]
         lines.append(
-            f"| {i} | {request['name']} | {len(request['shards'])} | {h['decision']} | {fmt(h['estimated_exact_seconds'], 1)} | "
+            f"| {i} | {request['name']} | {len(request['shards'])} | {h['decision']} | "
+            f"{fmt(h['estimated_exact_seconds'], 1)} | "
             f"{fmt(h['estimated_approx_seconds'], 1)} | {fmt(rows['always-exact'][i]['seconds'], 1)} | "
-            f"{fmt(rows['always-approx'][i]['seconds'], 1)} | {fmt(h['seconds'], 1)} |")
+            f"{fmt(rows['always-approx'][i]['seconds'], 1)} | {fmt(h['seconds'], 1)} |"
+        )
     lines += [
         "",
         "(Estimates are the hybrid's plans, made against its own state: after approximate deletions a shard's exact "
@@ -285,8 +322,10 @@ def report(results: dict) -> str:
         q = quality[name]
         total = totals.get(name)
         speed = None if total is None else totals["always-exact"] / total
-        lines.append(f"| {name} | {fmt(total, 1)} | {fmt(speed, 1)}{'x' if speed else ''} | {q['TA']:.2f} | {q['RA']:.2f} | "
-                     f"{q['UA']:.2f} | {q['MIA']:.2f} | {fmt(q.get('gap_TA'))} | {fmt(q.get('gap_MIA'))} |")
+        lines.append(
+            f"| {name} | {fmt(total, 1)} | {fmt(speed, 1)}{'x' if speed else ''} | {q['TA']:.2f} | {q['RA']:.2f} | "
+            f"{q['UA']:.2f} | {q['MIA']:.2f} | {fmt(q.get('gap_TA'))} | {fmt(q.get('gap_MIA'))} |"
+        )
     streams = results["streams"]
     exact_est, exact_work = streams["always-exact"]["estimated_seconds"], streams["always-exact"]["samples"]
     lines += [
@@ -309,46 +348,58 @@ def report(results: dict) -> str:
     ]
     for name in ["original"] + [n for n, _ in STRATEGIES]:
         q = quality[name]
-        lines.append(f"| {name} | {q['MIA']:.2f} | {q.get('MIA_entropy', float('nan')):.2f} | {q.get('MIA_m_entropy', float('nan')):.2f} |")
+        lines.append(
+            f"| {name} | {q['MIA']:.2f} | {q.get('MIA_entropy', float('nan')):.2f} | "
+            f"{q.get('MIA_m_entropy', float('nan')):.2f} |"
+        )
     n_del = results["targets"]["deleted"]
     p = quality["always-exact"]["MIA"] / 100
     se = 100 * (p * (1 - p) / n_del) ** 0.5
     lines += [
         "",
         f"Resolution: on {n_del} deleted samples an efficacy near {100 * p:.0f} % has a binomial standard error of "
-        f"{se:.1f} points per model; 'original' (which deleted nothing) is {quality['original'].get('gap_MIA', float('nan')):.2f} "
-        "points from always-exact, which is how little a membership attack sees of one sample in a five-shard ensemble.",
+        f"{se:.1f} points per model; 'original' (which deleted nothing) is "
+        f"{quality['original'].get('gap_MIA', float('nan')):.2f} "
+        "points from always-exact, which is how little a membership attack sees of one sample in a five-shard "
+        "ensemble.",
     ]
     t = results["targets"]
     lines += [
         "",
-        "UA = 100 - accuracy on the deleted samples, RA = accuracy on the retained training samples, TA = test accuracy, "
+        "UA = 100 - accuracy on the deleted samples, RA = accuracy on the retained training samples, TA = test "
+        "accuracy, "
         "MIA-efficacy = % of the deleted samples an SVC membership attack calls non-members (unlearnkit.evaluate, "
         f"shadow sets of {results['mia_shadow_size']} points). RA and the attack's member set use a seeded sample of "
         f"{results['retained_sample']} retained ids. 'original' is version 0 (nothing deleted) on the same samples.",
         "",
         "## Targets",
         "",
-        f"- Hybrid speed-up over always-exact (measured, requests interleaved): **{t['speedup']:.1f}x** (target >= 10x): {'met' if t['speedup'] >= 10 else 'NOT met'}.",
-        f"- Test-accuracy gap to always-exact: **{t['gap_TA']:.2f} points** (target <= 0.5): {'met' if t['gap_TA'] <= 0.5 else 'NOT met'}.",
+        f"- Hybrid speed-up over always-exact (measured, requests interleaved): **{t['speedup']:.1f}x** (target >= "
+        f"10x): {'met' if t['speedup'] >= 10 else 'NOT met'}.",
+        f"- Test-accuracy gap to always-exact: **{t['gap_TA']:.2f} points** (target <= 0.5): "
+        f"{'met' if t['gap_TA'] <= 0.5 else 'NOT met'}.",
         f"- MIA-efficacy gap to always-exact on the {t['deleted']} deleted samples: **{t['gap_MIA']:.2f} points** "
         f"(target <= 2): {'met' if t['gap_MIA'] <= 2 else 'NOT met'}.",
-        f"- Planning 10,000 ids: {setup['planning_ms']:.1f} ms (target <= 50 ms): {'met' if setup['planning_ms'] <= 50 else 'NOT met'}.",
+        f"- Planning 10,000 ids: {setup['planning_ms']:.1f} ms (target <= 50 ms): "
+        f"{'met' if setup['planning_ms'] <= 50 else 'NOT met'}.",
         "",
         "## Decision boundary",
         "",
         "![boundary](boundary.png)",
         "",
         "Left and middle: the planner's decision over request size and first affected slice (no earlier deletions), "
-        "with the estimated seconds of exact retraining / the approximate path in each cell. Right: both paths measured "
+        "with the estimated seconds of exact retraining / the approximate path in each cell. Right: both paths "
+        "measured "
         "on single-shard requests (each on a fresh copy of the trained model), estimates dotted.",
         "",
         "| ids (one shard) | slice | planner | exact est. s | exact s | approx est. s | approx s |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for c in results["sweep"]:
-        lines.append(f"| {c['size']} | {c['slice']} | {c['decision']} | {c['exact_estimated']:.1f} | {c['exact_seconds']:.1f} | "
-                     f"{c['approx_estimated']:.1f} | {c['approx_seconds']:.1f} |")
+        lines.append(
+            f"| {c['size']} | {c['slice']} | {c['decision']} | {c['exact_estimated']:.1f} | {c['exact_seconds']:.1f} | "
+            f"{c['approx_estimated']:.1f} | {c['approx_seconds']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -362,14 +413,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mia-shadow-size", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="6,000 training samples, for a smoke run")
-    parser.add_argument("--work", default=str(ROOT / "runs" / "sisa-stream"), help="models (the trained one is cached here)")
+    parser.add_argument(
+        "--work", default=str(ROOT / "runs" / "sisa-stream"), help="models (the trained one is cached here)"
+    )
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/sisa-stream)")
-    parser.add_argument("--report-only", action="store_true", help="re-render README.md and boundary.png from results.json")
+    parser.add_argument(
+        "--report-only", action="store_true", help="re-render README.md and boundary.png from results.json"
+    )
     args = parser.parse_args(argv)
     if args.report_only:
         out = Path(args.out or ROOT / "benchmarks" / "results" / ("sisa-stream-quick" if args.quick else "sisa-stream"))
         results = json.loads((out / "results.json").read_text())
-        plot(results["boundary_grid"], results["sweep"], results["streams"], results["setup"]["slices"], out / "boundary.png")
+        plot(
+            results["boundary_grid"],
+            results["sweep"],
+            results["streams"],
+            results["setup"]["slices"],
+            out / "boundary.png",
+        )
         write_text_atomic(out / "README.md", report(results))
         return 0
     torch.set_num_threads(1)
@@ -433,7 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = evaluate(outputs(streams["always-exact"]["model"].ensemble()), request, data, **kw)
     quality = {"always-exact": reference.metrics}
     for name in ("always-approx", "hybrid"):
-        quality[name] = evaluate(outputs(streams[name]["model"].ensemble()), request, data, reference=reference, **kw).metrics
+        quality[name] = evaluate(
+            outputs(streams[name]["model"].ensemble()), request, data, reference=reference, **kw
+        ).metrics
     quality["original"] = evaluate(outputs(base.ensemble(0)), request, data, reference=reference, **kw).metrics
     log("evaluated")
 

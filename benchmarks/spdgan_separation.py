@@ -58,10 +58,14 @@ def separation(o: list[float], r: list[float]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--suite", default="perturb", help="the suite whose data, model, requests and SPD-GAN options are used")
+    parser.add_argument(
+        "--suite", default="perturb", help="the suite whose data, model, requests and SPD-GAN options are used"
+    )
     parser.add_argument("--cache", default="runs/perturb-cache")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epsilons", default="0.03,0.1,0.3", help="SPD-GAN budgets to compare (the suite's is always included)")
+    parser.add_argument(
+        "--epsilons", default="0.03,0.1,0.3", help="SPD-GAN budgets to compare (the suite's is always included)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/spdgan")
     args = parser.parse_args()
@@ -90,9 +94,13 @@ def main() -> None:
             original, retrained = load_checkpoint(original_path).model, load_checkpoint(retrained_path).model
             x, y = request.training_data(data)
             clean, labels = x[request.forget], y[request.forget]
-            row = {"request": spec, "seed": seed, "n_forget": int(request.forget.numel()),
-                   "clean": {"original": measure(original, clean, labels), "retrained": measure(retrained, clean, labels)},
-                   "perturbed": {}}
+            row = {
+                "request": spec,
+                "seed": seed,
+                "n_forget": int(request.forget.numel()),
+                "clean": {"original": measure(original, clean, labels), "retrained": measure(retrained, clean, labels)},
+                "perturbed": {},
+            }
             for label, options in variants.items():
                 path = cache.spdgan(original_path, original_key, request, data, options, "cpu", log)
                 gan = load_spdgan(path)
@@ -104,18 +112,28 @@ def main() -> None:
                     "train_seconds": gan.manifest["cost"]["seconds"], "final_epoch": gan.manifest["final"],
                 }
                 if label == default_label:
-                    # Control: no GAN, i.i.d. uniform noise with the same mean |δ| (uniform on [−2m, 2m] has mean |δ| m).
+                    # Control: no GAN, i.i.d. uniform noise with the same mean |δ| (uniform on [−2m, 2m] has mean |δ|
+                    # m).
                     m = float(delta.mean())
                     noise = (torch.rand(clean.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1) * 2 * m
                     noisy = (clean + noise).clamp(0, 1)
                     row["perturbed"]["uniform-noise control"] = {
-                        "original": measure(original, noisy, labels), "retrained": measure(retrained, noisy, labels),
-                        "mean_abs_delta": float((noisy - clean).abs().mean()), "max_abs_delta": float((noisy - clean).abs().max())}
+                        "original": measure(original, noisy, labels),
+                        "retrained": measure(retrained, noisy, labels),
+                        "mean_abs_delta": float((noisy - clean).abs().mean()),
+                        "max_abs_delta": float((noisy - clean).abs().max()),
+                    }
                     if seed == seeds[0]:
                         samples[spec] = (clean[:8], images[:8])
             rows.append(row)
-            log(f"{spec} seed {seed}: clean o {row['clean']['original']['acc']:.2f} r {row['clean']['retrained']['acc']:.2f}; "
-                + "; ".join(f"{k} o {v['original']['acc']:.2f} r {v['retrained']['acc']:.2f}" for k, v in row["perturbed"].items()))
+            log(
+                f"{spec} seed {seed}: clean o {row['clean']['original']['acc']:.2f} r "
+                f"{row['clean']['retrained']['acc']:.2f}; "
+                + "; ".join(
+                    f"{k} o {v['original']['acc']:.2f} r {v['retrained']['acc']:.2f}"
+                    for k, v in row["perturbed"].items()
+                )
+            )
 
     summary = {}
     for spec in suite.requests:
@@ -142,16 +160,26 @@ def main() -> None:
 
 def _markdown(summary, suite, data, seeds, command) -> str:
     m = machine()
-    lines = [f"# SPD-GAN separation: {data.name}, {suite.model}, seeds {', '.join(map(str, seeds))}", "",
-             f"Machine: {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}. Versions: "
-             + ", ".join(f"{k} {v}" for k, v in versions().items()) + f". Command: `{command}`.", "",
-             "Accuracy (%) / loss of the original (o) and retrained (r) models, mean ± std over seeds; gap = o − r "
-             "(for loss r − o) per seed, mean ± std; Cohen's d = mean gap / pooled seed std; paired = mean gap / std of "
-             "the per-seed gaps. On G(D_f) the accuracy gap is the retrained model's unlearning degree UD_acc_retrain.", ""]
+    lines = [
+        f"# SPD-GAN separation: {data.name}, {suite.model}, seeds {', '.join(map(str, seeds))}",
+        "",
+        f"Machine: {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions().items())
+        + f". Command: `{command}`.",
+        "",
+        "Accuracy (%) / loss of the original (o) and retrained (r) models, mean ± std over seeds; gap = o − r "
+        "(for loss r − o) per seed, mean ± std; Cohen's d = mean gap / pooled seed std; paired = mean gap / std of "
+        "the per-seed gaps. On G(D_f) the accuracy gap is the retrained model's unlearning degree UD_acc_retrain.",
+        "",
+    ]
     for spec, entries in summary.items():
-        lines += [f"## {spec}", "",
-                  "| measured on | mean \\|δ\\| | acc o | acc r | acc gap (UD) | d (acc) | paired (acc) | loss o | loss r | loss gap | d (loss) |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## {spec}",
+            "",
+            "| measured on | mean \\|δ\\| | acc o | acc r | acc gap (UD) | d (acc) | paired (acc) | loss o | loss r | "
+            "loss gap | d (loss) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for name, s in entries.items():
             a, l = s["acc"], s["loss"]
             lines.append(
@@ -177,11 +205,20 @@ def _plots(summary, samples, folder: Path) -> None:
         names = list(summary[spec])
         gaps = [summary[spec][n]["acc"]["gap_mean"] for n in names]
         errs = [summary[spec][n]["acc"]["gap_sd"] for n in names]
-        colours = ["tab:grey" if n.startswith("forget") else ("tab:orange" if "control" in n else "tab:blue") for n in names]
+        colours = [
+            "tab:grey" if n.startswith("forget") else ("tab:orange" if "control" in n else "tab:blue") for n in names
+        ]
         ax.bar(range(len(names)), gaps, yerr=errs, capsize=3, color=colours)
         for i, n in enumerate(names):
-            ax.annotate(f"d={summary[spec][n]['acc']['cohens_d']:.1f}", (i, gaps[i]), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 4), textcoords="offset points")
+            ax.annotate(
+                f"d={summary[spec][n]['acc']['cohens_d']:.1f}",
+                (i, gaps[i]),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 4),
+                textcoords="offset points",
+            )
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([n.replace("G(D_f), ", "G: ") for n in names], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("accuracy of original − retrained (points)")

@@ -39,13 +39,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unlearnkit._util import machine, save_figure, seed_everything, versions, write_json_atomic, write_text_atomic
-from unlearnkit.models import new_model
 from unlearnkit.bench import load_suite, with_prune
 from unlearnkit.bench.runner import ModelCache
 from unlearnkit.checkpoint import load_checkpoint
 from unlearnkit.data import load_dataset
 from unlearnkit.methods import unlearn
-from unlearnkit.models import last_layer
+from unlearnkit.models import last_layer, new_model
 from unlearnkit.requests import build_request
 from unlearnkit.sparsity import global_sparsity
 from unlearnkit.training import TrainConfig, accuracy, metered, predict_logits, train_classifier
@@ -134,15 +133,27 @@ def main() -> None:
             request = build_request(args.request, data, seed)
             if (seed, 0.0, "scratch") not in done:
                 scratch, _ = new_model(suite.model, data, 10_000 + seed)
-                rows.append({"seed": seed, "sparsity": 0.0, "source": "scratch", "probe": linear_probe(scratch, x, y, train, test),
-                             "finetune": full_finetune(scratch, x, y, train, test, epochs=args.ft_epochs, lr=args.ft_lr, seed=seed)})
+                rows.append(
+                    {
+                        "seed": seed,
+                        "sparsity": 0.0,
+                        "source": "scratch",
+                        "probe": linear_probe(scratch, x, y, train, test),
+                        "finetune": full_finetune(
+                            scratch, x, y, train, test, epochs=args.ft_epochs, lr=args.ft_lr, seed=seed
+                        ),
+                    }
+                )
                 log(f"seed {seed} scratch: {rows[-1]}")
             for sparsity in [float(s) for s in args.sparsities.split(",")]:
                 point = with_prune(suite, None if sparsity == 0 else f"omp:{sparsity:g}")
                 original_path, key = cache.original(point, data, seed, request, "cpu", log)
                 retrained_path = cache.retrained(original_path, key, request, data, "cpu", log, point.retrain_options())
                 original = load_checkpoint(original_path)
-                sources = {"original": lambda: (original.model, None), "retrain": lambda: (load_checkpoint(retrained_path).model, None)}
+                sources = {
+                    "original": lambda: (original.model, None),
+                    "retrain": lambda: (load_checkpoint(retrained_path).model, None),
+                }
                 for method in args.methods.split(","):
                     sources[method] = (lambda m: lambda: _unlearned(original, request, data, m, seed))(method)
                 for name, build in sources.items():
@@ -152,11 +163,20 @@ def main() -> None:
                     with metered() as spent:
                         probe = linear_probe(model, x, y, train, test)
                         tuned = full_finetune(model, x, y, train, test, epochs=args.ft_epochs, lr=args.ft_lr, seed=seed)
-                    rows.append({"seed": seed, "sparsity": sparsity, "source": name, "probe": probe, "finetune": tuned,
-                                 "source_sparsity": round(global_sparsity(model), 6),
-                                 "source_forgotten_class_acc": _class_acc(model, data, 0),
-                                 "source_test_acc": accuracy(predict_logits(model, data.x_test, device="cpu"), data.y_test),
-                                 "unlearn_cost": cost, "downstream_seconds": round(spent.seconds, 2)})
+                    rows.append(
+                        {
+                            "seed": seed,
+                            "sparsity": sparsity,
+                            "source": name,
+                            "probe": probe,
+                            "finetune": tuned,
+                            "source_sparsity": round(global_sparsity(model), 6),
+                            "source_forgotten_class_acc": _class_acc(model, data, 0),
+                            "source_test_acc": accuracy(predict_logits(model, data.x_test, device="cpu"), data.y_test),
+                            "unlearn_cost": cost,
+                            "downstream_seconds": round(spent.seconds, 2),
+                        }
+                    )
                     log(f"seed {seed} sparsity {sparsity:g} {name:<12} probe {probe:6.2f} fine-tune {tuned:6.2f}")
                     write_json_atomic(path, {**saved, "rows": rows})
     if args.report_only and "command" in saved:  # a report rewrite keeps the provenance of the run that measured
@@ -190,23 +210,31 @@ def report(out: Path, rows: list[dict], run: dict) -> None:
     def cell(values):
         if not values:
             return "–"
-        return f"{mean(values):.2f} ± {stdev(values) if len(values) > 1 else 0.0:.2f}" + ("" if len(values) == 3 else f" (n={len(values)})")
+        return f"{mean(values):.2f} ± {stdev(values) if len(values) > 1 else 0.0:.2f}" + (
+            "" if len(values) == 3 else f" (n={len(values)})"
+        )
 
     sparsities = sorted({r["sparsity"] for r in rows if r["source"] != "scratch"})
     order = ["original", "retrain", "finetune", "grad_ascent", "fisher", "influence", "l1_sparse"]
     sources = [s for s in order if any(r["source"] == s for r in rows)]
     lines = [
-        "# Transfer after unlearning: Fashion-MNIST source (class 0 unlearned) → digits", "",
+        "# Transfer after unlearning: Fashion-MNIST source (class 0 unlearned) → digits",
+        "",
         f"Machine: {run['machine']['processor']}, {run['machine']['cpu_count']} CPUs (shared), torch threads "
-        f"{run['settings'].get('threads', '?')}. Versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items())
-        + ".", f"Command: `{run['command']}`.", "",
+        f"{run['settings'].get('threads', '?')}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in run["versions"].items())
+        + ".",
+        f"Command: `{run['command']}`.",
+        "",
         f"Source models: suite `{args.suite}` (fashion-mnist[10000,5000], small CNN), request `{args.request}`; "
         "dense and OMP-pruned originals, Retrain (same mask), and each method at its default. Downstream: "
         f"scikit-learn digits upsampled to 28x28, {args.shots} training images per class (seeded per seed), the "
         f"other ~{1797 - 10 * args.shots} images as test. Linear probe: logistic regression (C = 1) on standardised "
         f"penultimate features. Full fine-tune: new head, all weights, {args.ft_epochs} epochs, SGD lr {args.ft_lr}, "
-        "cosine, batch 32 (masks kept). Cells: downstream test accuracy (%), mean ± std over seeds.", "",
-        "| source model | sparsity | linear probe | full fine-tune | source TA (all classes) | source acc. on class 0 |",
+        "cosine, batch 32 (masks kept). Cells: downstream test accuracy (%), mean ± std over seeds.",
+        "",
+        "| source model | sparsity | linear probe | full fine-tune | source TA (all classes) "
+        "| source acc. on class 0 |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     s = grouped[(0.0, "scratch")]
@@ -233,7 +261,10 @@ def report(out: Path, rows: list[dict], run: dict) -> None:
                     deltas["probe"].append(r["probe"] - base["probe"])
                     deltas["finetune"].append(r["finetune"] - base["finetune"])
             if deltas["probe"]:
-                lines.append(f"| {NAMES.get(source, source)} | {sparsity:g} | {cell(deltas['probe'])} | {cell(deltas['finetune'])} |")
+                lines.append(
+                    f"| {NAMES.get(source, source)} | {sparsity:g} | {cell(deltas['probe'])} | "
+                    f"{cell(deltas['finetune'])} |"
+                )
     lines += ["", "![transfer](plots/transfer.png)", ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
     write_json_atomic(out / "results.json", {**run, "rows": rows})
@@ -253,7 +284,9 @@ def _plot(grouped, sparsities, sources, path: Path) -> None:
         for i, sparsity in enumerate(sparsities):
             means = [mean(grouped[(sparsity, s)][key]) if grouped[(sparsity, s)][key] else np.nan for s in sources]
             stds = [stdev(grouped[(sparsity, s)][key]) if len(grouped[(sparsity, s)][key]) > 1 else 0 for s in sources]
-            ax.bar(np.arange(len(sources)) + i * width, means, width, yerr=stds, capsize=3, label=f"sparsity {sparsity:g}")
+            ax.bar(
+                np.arange(len(sources)) + i * width, means, width, yerr=stds, capsize=3, label=f"sparsity {sparsity:g}"
+            )
         scratch = grouped[(0.0, "scratch")][key]
         if scratch:
             ax.axhline(mean(scratch), color="grey", ls=":", label="random init")

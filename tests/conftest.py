@@ -5,7 +5,7 @@ import torch
 # OpenMP threads spin-wait for a descheduled partner (measured: 100x slower fine-tuning of a digits MLP).
 torch.set_num_threads(1)
 
-from unlearnkit.data import Dataset, load_dataset
+from unlearnkit.data import Dataset, load_dataset  # noqa: E402  (after the thread setting)
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +13,9 @@ def digits() -> Dataset:
     return load_dataset("digits")
 
 
-def make_tiny(n_train: int = 200, n_test: int = 100, classes: int = 4, size: int = 8, channels: int = 1, seed: int = 0) -> Dataset:
+def make_tiny(
+    n_train: int = 200, n_test: int = 100, classes: int = 4, size: int = 8, channels: int = 1, seed: int = 0
+) -> Dataset:
     """A learnable synthetic image data set: each class is a noisy copy of its own random template."""
     gen = torch.Generator().manual_seed(seed)
     templates = torch.rand(classes, channels, size, size, generator=gen)

@@ -22,8 +22,13 @@ from unlearnkit.evaluation import logit_scaled_confidence
 from unlearnkit.methods import METHODS, register
 from unlearnkit.methods.base import option
 from unlearnkit.methods.retrain import RetrainConfig, retrain
-from unlearnkit.requests import (MEMORIZATION_SCORES, SCORES_FORMAT, build_request, register_memorization_scores,
-                                 request_from_record)
+from unlearnkit.requests import (
+    MEMORIZATION_SCORES,
+    SCORES_FORMAT,
+    build_request,
+    register_memorization_scores,
+    request_from_record,
+)
 
 
 # -- the per-example feature ------------------------------------------------------------------------------
@@ -217,8 +222,12 @@ def test_memorized_request_takes_the_top_scores(digits, tmp_path, clean_scores):
     with pytest.raises(UnlearnKitError, match="fingerprint"):
         build_request(f"memorized:2:{path}", digits)
     register_memorization_scores(digits, scores)
-    for bad, message in (("memorized:x", "whole number"), ("memorized:0", "at least 1"),
-                         (f"memorized:{digits.n_train}", "whole training set"), ("memorized:3:/nonexistent", "cannot read")):
+    for bad, message in (
+        ("memorized:x", "whole number"),
+        ("memorized:0", "at least 1"),
+        (f"memorized:{digits.n_train}", "whole training set"),
+        ("memorized:3:/nonexistent", "cannot read"),
+    ):
         with pytest.raises(UnlearnKitError, match=message):
             build_request(bad, digits)
 
@@ -276,7 +285,11 @@ def test_sanity_retrain_at_chance_original_detected_leaky_between(sanity):
     # Half the influence removed: in between, by a margin, on every attack summary.
     assert exact["ulira"]["accuracy"] + 4 < leaky["ulira"]["accuracy"] < original["ulira"]["accuracy"] - 4
     assert exact["ulira"]["auc"] < leaky["ulira"]["auc"] < original["ulira"]["auc"]
-    assert exact["challenge"]["forget_quality"] > leaky["challenge"]["forget_quality"] > original["challenge"]["forget_quality"]
+    assert (
+        exact["challenge"]["forget_quality"]
+        > leaky["challenge"]["forget_quality"]
+        > original["challenge"]["forget_quality"]
+    )
     # Costs: the original costs nothing, the leaky method a retraining.
     assert original["cost"]["passes"] == 0 and leaky["cost"]["work_pct"] == pytest.approx(100.0, rel=0.05)
 
@@ -314,7 +327,9 @@ def test_cli_writes_json_markdown_and_plot(sanity, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| Retrain (exact: chance level) |" in report and "| Original (no unlearning) |" in report
     assert (out / "plots" / "per_example_random_0.1.png").stat().st_size > 10_000
-    assert main(["audit", "--suite", str(path), "--models", "2", "--cache", str(root / "cache"), "--out", str(out)]) == 2
+    assert (
+        main(["audit", "--suite", str(path), "--models", "2", "--cache", str(root / "cache"), "--out", str(out)]) == 2
+    )
     assert main(["audit", "--suite", str(path), "--models", "4", "--request", "relabel:0.1",
                  "--cache", str(root / "cache"), "--out", str(out)]) == 2
 

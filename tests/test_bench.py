@@ -80,7 +80,21 @@ def test_run_resume_and_report(tmp_path, monkeypatch):
     assert json.loads(first_path.read_text())["options"]["lr"] == rerun[0]["options"]["lr"]
 
     records = load_records(out)
-    keys = {"suite", "dataset", "model", "request", "method", "seed", "UA", "RA", "TA", "MIA", "avg_gap", "rte_s", "retrain_s"}
+    keys = {
+        "suite",
+        "dataset",
+        "model",
+        "request",
+        "method",
+        "seed",
+        "UA",
+        "RA",
+        "TA",
+        "MIA",
+        "avg_gap",
+        "rte_s",
+        "retrain_s",
+    }
     for record in records:
         assert keys <= set(record), keys - set(record)
         assert record["machine"]["cpu_count"] and record["versions"]["torch"]

@@ -104,16 +104,24 @@ def test_interrupted_save_leaves_old_checkpoint_intact(saved, tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         ck.save_checkpoint(target, trained.model, model_name="mlp", model_args=trained.model_args, dataset=digits)
     with pytest.raises(KeyboardInterrupt):
-        ck.save_checkpoint(tmp_path / "fresh", trained.model, model_name="mlp", model_args=trained.model_args, dataset=digits)
+        ck.save_checkpoint(
+            tmp_path / "fresh", trained.model, model_name="mlp", model_args=trained.model_args, dataset=digits
+        )
     assert (target / "model.safetensors").read_bytes() == before
     assert not (tmp_path / "fresh").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "target"] or sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "target"] or sorted(
+        p.name for p in tmp_path.iterdir()
+    ) == ["target"]
 
 
 def test_pruned_checkpoint_reloads_with_its_masks(saved, tmp_path, digits):
     trained, _ = saved
     model = trained.model
-    masks = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(0)) < 0.2 for n, p in model.named_parameters() if p.ndim > 1}
+    masks = {
+        n: torch.rand(p.shape, generator=torch.Generator().manual_seed(0)) < 0.2
+        for n, p in model.named_parameters()
+        if p.ndim > 1
+    }
     attach_prune_masks(model, masks)
     from unlearnkit.checkpoint import save_checkpoint
 

@@ -29,7 +29,9 @@ def test_info_json_lists_everything(capsys):
 
 def test_train_then_evaluate(capsys, tmp_path):
     out_dir = tmp_path / "digits"
-    code, out, err = run(capsys, "train", "--dataset", "digits", "--model", "mlp", "--epochs", "3", "--out", str(out_dir))
+    code, out, err = run(
+        capsys, "train", "--dataset", "digits", "--model", "mlp", "--epochs", "3", "--out", str(out_dir)
+    )
     assert code == 0, err
     assert f"checkpoint written to {out_dir}" in out
     assert "epoch   3/3" in err
@@ -46,8 +48,14 @@ def test_train_then_evaluate(capsys, tmp_path):
         (["train", "--dataset", "digits", "--model", "gpt", "--out", "X"], "unknown model 'gpt'"),
         (["train", "--dataset", "digits", "--request", "forget:everything", "--out", "X"], "unknown request type"),
         (["train", "--dataset", "digits", "--request", "class:11", "--out", "X"], "class 11"),
-        (["train", "--dataset", "fashion-mnist", "--data-dir", "EMPTY", "--out", "X"], "apt-get install dataset-fashion-mnist"),
-        (["train", "--dataset", "digits", "--set", "schedule=sometimes", "--out", "X"], "option schedule of the training recipe must be one of"),
+        (
+            ["train", "--dataset", "fashion-mnist", "--data-dir", "EMPTY", "--out", "X"],
+            "apt-get install dataset-fashion-mnist",
+        ),
+        (
+            ["train", "--dataset", "digits", "--set", "schedule=sometimes", "--out", "X"],
+            "option schedule of the training recipe must be one of",
+        ),
         (["evaluate", "--checkpoint", "NOWHERE"], "does not exist"),
     ],
 )
@@ -69,7 +77,9 @@ def test_console_script_entry_point():
 
 def test_unlearn_then_evaluate_against_a_reference(capsys, tmp_path):
     original, unlearned, retrained = tmp_path / "o", tmp_path / "u", tmp_path / "r"
-    assert run(capsys, "train", "--dataset", "digits", "--model", "mlp", "--epochs", "10", "--out", str(original))[0] == 0
+    assert (
+        run(capsys, "train", "--dataset", "digits", "--model", "mlp", "--epochs", "10", "--out", str(original))[0] == 0
+    )
     code, out, err = run(capsys, "unlearn", "--checkpoint", str(original), "--method", "salun", "--request", "class:3",
                          "--set", "epochs=3", "--set", "lr=0.02", "--out", str(unlearned))
     assert code == 0, err
@@ -80,7 +90,19 @@ def test_unlearn_then_evaluate_against_a_reference(capsys, tmp_path):
     assert code == 0, err
     report = json.loads(out)
     assert report["request"] == "class:3"
-    assert {"UA", "RA", "TA", "MIA", "avg_gap", "FR", "MRR", "rte_s", "rte_ratio", "js_forget", "l2_to_reference"} <= set(report)
+    assert {
+        "UA",
+        "RA",
+        "TA",
+        "MIA",
+        "avg_gap",
+        "FR",
+        "MRR",
+        "rte_s",
+        "rte_ratio",
+        "js_forget",
+        "l2_to_reference",
+    } <= set(report)
     assert report["UA"] > 50
 
 

@@ -67,7 +67,9 @@ def _model(kind: str) -> nn.Module:
     if kind == "tanh":  # 203 parameters
         model = TanhMLP()
     elif kind == "mlp":  # 16*10+10 + 10*3+3 = 203 parameters
-        model = build_model("mlp", in_channels=1, image_size=4, num_classes=CLASSES, width=10, depth=1, mean=[0.5], std=[0.29])
+        model = build_model(
+            "mlp", in_channels=1, image_size=4, num_classes=CLASSES, width=10, depth=1, mean=[0.5], std=[0.29]
+        )
     elif kind == "cnn":  # 176 parameters
         model = build_model("small-cnn", in_channels=1, image_size=8, num_classes=CLASSES, channels=(2, 3), hidden=6,
                             mean=[0.5], std=[0.29])
@@ -139,7 +141,9 @@ def _random_mask(model, seed=3):
 
 
 def _flat_mask(model, mask):
-    return torch.cat([mask.get(n, torch.zeros_like(p, dtype=torch.bool)).reshape(-1) for n, p in model.named_parameters()])
+    return torch.cat(
+        [mask.get(n, torch.zeros_like(p, dtype=torch.bool)).reshape(-1) for n, p in model.named_parameters()]
+    )
 
 
 def _close(a, b, rtol):
@@ -226,7 +230,9 @@ def test_hutchinson_correlates_with_exact_diagonal():
     assert pearsonr(exact, estimate)[0] >= 0.95
     assert spearmanr(exact, estimate)[0] >= 0.95
     # unbiased, not just correlated: the error shrinks with the number of probes
-    few = C.flatten(C.hutchinson_diagonal(model, (x, y), probes=100, generator=torch.Generator().manual_seed(0))).numpy()
+    few = C.flatten(
+        C.hutchinson_diagonal(model, (x, y), probes=100, generator=torch.Generator().manual_seed(0))
+    ).numpy()
     err = lambda e: ((e - exact) ** 2).sum() ** 0.5 / (exact ** 2).sum() ** 0.5  # noqa: E731
     assert err(estimate) < 0.15 and err(estimate) < err(few) / 4
 
@@ -391,9 +397,15 @@ def test_sample_pass_counts():
         "sampled": (lambda: C.fisher_diagonal(model, (x, y), kind="sampled", mc_samples=3), (N, 3 * N)),
         "exact": (lambda: C.fisher_diagonal(model, (x, y), kind="exact", max_samples=7), (7, 7 * CLASSES)),
         "hvp": (lambda: C.hvp(model, (x, y), v), (N, 2 * N)),
-        "hutchinson": (lambda: C.hutchinson_diagonal(model, (x, y), probes=10, batch_probes=4, max_samples=8), (80, 160)),
+        "hutchinson": (
+            lambda: C.hutchinson_diagonal(model, (x, y), probes=10, batch_probes=4, max_samples=8),
+            (80, 160),
+        ),
         "exact_diag": (lambda: C.exact_hessian_diagonal(model, (x, y), mask=mask), (selected * N, 2 * selected * N)),
-        "lissa": (lambda: C.lissa(model, (x, y), v, damping=1.0, scale=10.0, depth=7, repeats=2, batch_size=5), (70, 140)),
+        "lissa": (
+            lambda: C.lissa(model, (x, y), v, damping=1.0, scale=10.0, depth=7, repeats=2, batch_size=5),
+            (70, 140),
+        ),
         "woodfisher": (lambda: C.woodfisher_inverse(model, (x, y), v, damping=0.1, n_samples=9), (9, 9)),
         "diagonal_inverse": (lambda: C.diagonal_inverse(v, v, damping=100.0), (0, 0)),
     }
@@ -435,7 +447,9 @@ def test_custom_loss_and_float32_model():
     model32 = _model("mlp").float()
     g = C.gradient(model32, (x, y))
     assert all(t.dtype == torch.float32 for t in g.values())
-    assert math.isclose(float(C.flatten(g).norm()), float(torch.func.grad(dense.loss)(dense.flat0).norm()), rel_tol=1e-4)
+    assert math.isclose(
+        float(C.flatten(g).norm()), float(torch.func.grad(dense.loss)(dense.flat0).norm()), rel_tol=1e-4
+    )
 
 
 def test_vector_helpers():

@@ -27,7 +27,9 @@ def test_fisher_touches_only_the_forgotten_class_rows(trained, digits):
     result = unlearn(trained.model, request, digits, "fisher", alpha=0.0, device="cpu")
     before, after = trained.model.classifier, result.model.classifier
     others = [c for c in range(10) if c != 3]
-    assert torch.equal(after.weight[others], before.weight[others]) and torch.equal(after.bias[others], before.bias[others])
+    assert torch.equal(after.weight[others], before.weight[others]) and torch.equal(
+        after.bias[others], before.bias[others]
+    )
     assert (after.weight[3] == 0).all() and after.bias[3] == 0
     for (name, a), b in zip(result.model.named_parameters(), trained.model.parameters()):
         if not name.startswith("classifier"):
@@ -48,8 +50,13 @@ def test_fisher_noise_follows_the_inverse_fisher(trained, digits):
     deltas = torch.cat([(a - b).flatten().abs() for a, b in zip(result.model.parameters(), trained.model.parameters())])
     assert deltas.max() > 0
     # Entries the retain data pins down (large Fisher) move less than free ones.
-    task_fisher = curvature.fisher_diagonal(trained.model, uk.data.Source(digits.x_train, digits.y_train, request.retain, shuffle=False),
-                                            kind="sampled", max_samples=400, generator=torch.Generator().manual_seed(0))
+    task_fisher = curvature.fisher_diagonal(
+        trained.model,
+        uk.data.Source(digits.x_train, digits.y_train, request.retain, shuffle=False),
+        kind="sampled",
+        max_samples=400,
+        generator=torch.Generator().manual_seed(0),
+    )
     flat_f = torch.cat([task_fisher[n].flatten() for n, _ in trained.model.named_parameters()])
     high, low = flat_f > flat_f.quantile(0.9), flat_f < flat_f.quantile(0.1)
     assert deltas[high].mean() < deltas[low].mean()

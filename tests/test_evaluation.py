@@ -8,10 +8,17 @@ import torch
 from sklearn.svm import SVC
 
 import unlearnkit as uk
-from unlearnkit.evaluation import (Outputs, entropy, evaluate, js_divergence, mia_efficacy, modified_entropy,
-                                   svc_efficacy, true_class_probability)
-
 from conftest import make_tiny
+from unlearnkit.evaluation import (
+    Outputs,
+    entropy,
+    evaluate,
+    js_divergence,
+    mia_efficacy,
+    modified_entropy,
+    svc_efficacy,
+    true_class_probability,
+)
 
 
 def _fixed_outputs(data, seed=0, sharp=3.0):
@@ -38,7 +45,9 @@ def test_feature_formulas_by_hand():
 def test_svc_efficacy_is_the_conventional_svc():
     rng = np.random.default_rng(0)
     members, non_members, targets = rng.beta(9, 1, 300), rng.beta(3, 1, 300), rng.beta(5, 1, 100)
-    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(np.r_[members, non_members][:, None], np.r_[np.ones(300), np.zeros(300)])
+    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(
+        np.r_[members, non_members][:, None], np.r_[np.ones(300), np.zeros(300)]
+    )
     expected = 100 * np.mean(clf.predict(targets[:, None]) == 0)
     assert svc_efficacy(members, non_members, targets) == pytest.approx(expected)
     # Distinct target values are predicted once: repeated targets count as often as they occur.
@@ -101,7 +110,9 @@ def test_accuracies_gaps_and_rates_by_hand():
                   retrain_seconds=40.0)
     m = ev.metrics
     pred = unlearned.train.argmax(1)
-    assert m["UA"] == pytest.approx(100 - 100 * (pred[request.forget] == data.y_train[request.forget]).float().mean().item())
+    assert m["UA"] == pytest.approx(
+        100 - 100 * (pred[request.forget] == data.y_train[request.forget]).float().mean().item()
+    )
     assert m["RA"] == pytest.approx(100 * (pred[request.retain] == data.y_train[request.retain]).float().mean().item())
     keep = data.y_test != 2
     test_pred = unlearned.test.argmax(1)
@@ -142,7 +153,9 @@ def test_js_divergence_bounds():
 
 def test_backdoor_metrics(digits):
     request = uk.build_request("backdoor:0.1:0", digits, seed=0)
-    trained = uk.train(digits, "mlp", request=request, config=uk.TrainConfig(epochs=30, batch_size=64), seed=0, device="cpu")
+    trained = uk.train(
+        digits, "mlp", request=request, config=uk.TrainConfig(epochs=30, batch_size=64), seed=0, device="cpu"
+    )
     m = evaluate(trained.model, request, digits).metrics
     assert m["ASR"] > 80  # the trigger works on the poisoned model
     clean = uk.train(digits, "mlp", config=uk.TrainConfig(epochs=30, batch_size=64), seed=0, device="cpu")

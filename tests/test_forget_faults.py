@@ -78,7 +78,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("mode,workers,faults", CASES, ids=[f"{m}-{w}w-{'+'.join(f)}" for m, w, f in CASES])
-def test_forget_killed_at_a_point_resumes_to_the_uninterrupted_result(model, tmp_path, tmp_path_factory, mode, workers, faults):
+def test_forget_killed_at_a_point_resumes_to_the_uninterrupted_result(
+    model, tmp_path, tmp_path_factory, mode, workers, faults
+):
     expected = reference(model, tmp_path_factory, mode, workers)
     path = tmp_path / "model"
     shutil.copytree(model.path, path)

@@ -30,11 +30,16 @@ def brute_force_exact_work(ids, prov, status, epochs):
     removed[ids] = True
     total = {}
     for shard in sorted(set(int(prov.shard_of[i]) for i in ids if status[i] == ACTIVE)):
-        first = min(int(prov.slice_of[i]) for i in range(prov.n)
-                    if prov.shard_of[i] == shard and (status[i] == DELETED_APPROX or (i in set(ids) and status[i] == ACTIVE)))
+        first = min(
+            int(prov.slice_of[i])
+            for i in range(prov.n)
+            if prov.shard_of[i] == shard and (status[i] == DELETED_APPROX or (i in set(ids) and status[i] == ACTIVE))
+        )
         work = 0
         for stage in range(first + 1, prov.slices + 1):
-            work += epochs * sum(1 for i in range(prov.n) if prov.shard_of[i] == shard and prov.slice_of[i] < stage and not removed[i])
+            work += epochs * sum(
+                1 for i in range(prov.n) if prov.shard_of[i] == shard and prov.slice_of[i] < stage and not removed[i]
+            )
         total[shard] = work
     return total
 
@@ -118,8 +123,16 @@ def test_emptying_a_shard_is_refused():
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, digits):
     path = tmp_path_factory.mktemp("hybrid") / "model"
-    return train_sisa(digits, "mlp", out=path, shards=2, slices=5, config=TrainConfig(epochs=20, batch_size=64, lr=0.05),
-                      seed=0, threads=1)
+    return train_sisa(
+        digits,
+        "mlp",
+        out=path,
+        shards=2,
+        slices=5,
+        config=TrainConfig(epochs=20, batch_size=64, lr=0.05),
+        seed=0,
+        threads=1,
+    )
 
 
 def fresh_copy(model, tmp_path, name="copy") -> SisaModel:

@@ -4,7 +4,6 @@ crash — including a real subprocess killed in the middle of an exact retrain."
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +24,16 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def model(tmp_path_factory, digits):
     # Enough epochs that one stage takes a noticeable fraction of a second: the kill test needs room.
     path = tmp_path_factory.mktemp("ledger") / "model"
-    return train_sisa(digits, "mlp", out=path, shards=2, slices=3, config=TrainConfig(epochs=40, batch_size=64, lr=0.05),
-                      seed=0, threads=1)
+    return train_sisa(
+        digits,
+        "mlp",
+        out=path,
+        shards=2,
+        slices=3,
+        config=TrainConfig(epochs=40, batch_size=64, lr=0.05),
+        seed=0,
+        threads=1,
+    )
 
 
 def fresh_copy(model, tmp_path, name="copy") -> SisaModel:
@@ -170,7 +177,13 @@ def test_a_process_killed_in_mid_retrain_loses_nothing_and_the_restart_finishes_
     for got, want in zip(victim.version(1).states, expected_states):
         assert all(torch.equal(got[k], want[k]) for k in want)
     assert (victim.version(1).status[ids] == DELETED_EXACT).all()
-    assert [e["state"] for e in ledger.events("victim-request")] == ["received", "planned", "running", "running", "done"]
+    assert [e["state"] for e in ledger.events("victim-request")] == [
+        "received",
+        "planned",
+        "running",
+        "running",
+        "done",
+    ]
     ledger.close()
 
     again = _cli("forget", "--model", str(victim.path), "--ids", str(ids_file), "--request-id", "victim-request",

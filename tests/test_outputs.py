@@ -15,8 +15,7 @@ import unlearnkit as uk
 from unlearnkit._util import atomic_path, write_json_atomic
 from unlearnkit.cli import main
 from unlearnkit.errors import UnlearnKitError
-from unlearnkit.outputs import (OWNER, artefact_kind, collect_garbage, prepare_output, remove_stale_temps,
-                                stale_temps)
+from unlearnkit.outputs import OWNER, artefact_kind, collect_garbage, prepare_output, remove_stale_temps, stale_temps
 from unlearnkit.recipes import default_recipe
 
 

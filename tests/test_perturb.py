@@ -1,7 +1,6 @@
 """Top-K / Random-k / global perturbation: exactly the chosen entries move, importances equal brute force,
 selections are seeded, pruned entries are never chosen, and the noise has the stated scale."""
 
-import copy
 
 import pytest
 import torch
@@ -142,7 +141,9 @@ def test_randomk_is_seeded_and_touches_the_requested_fraction(trained, digits):
 def test_global_perturbation_touches_every_entry_with_the_stated_scale(trained, digits):
     request = uk.build_request("random:0.1", digits, seed=0)
     layer = unlearn(trained.model, request, digits, "global_perturb", device="cpu", sigma=0.5, scale="layer", epochs=0)
-    relative = unlearn(trained.model, request, digits, "global_perturb", device="cpu", sigma=0.5, scale="parameter", epochs=0)
+    relative = unlearn(
+        trained.model, request, digits, "global_perturb", device="cpu", sigma=0.5, scale="parameter", epochs=0
+    )
     before = dict(trained.model.named_parameters())
     for name, p in layer.model.named_parameters():
         delta = (p - before[name]).detach()
@@ -180,5 +181,7 @@ def test_bad_options_are_one_line_errors(trained, digits):
         unlearn(trained.model, request, digits, "topk_perturb", k=10**9)
     with pytest.raises(UnlearnKitError, match="option sigma of randomk_perturb must be a finite float in"):
         unlearn(trained.model, request, digits, "randomk_perturb", sigma=-1.0)
-    with pytest.raises(UnlearnKitError, match="option fraction of randomk_perturb must be a finite float in \\[0, 1\\]"):
+    with pytest.raises(
+        UnlearnKitError, match="option fraction of randomk_perturb must be a finite float in \\[0, 1\\]"
+    ):
         unlearn(trained.model, request, digits, "randomk_perturb", fraction=1.5)

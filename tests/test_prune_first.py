@@ -51,7 +51,9 @@ def test_suite_prune_key_is_parsed_and_validated():
     assert with_prune(suite, None).prune is None and with_prune(suite, None).prune_finetune_epochs is None
     assert with_prune(suite, "imp:0.5").prune == "imp:0.5"
     assert prune_first_finetune_epochs("omp:0.9") == 2
-    assert prune_first_finetune_epochs("omp:0.9:rewind_epoch=1") == 0 and prune_first_finetune_epochs("synflow:0.9") == 0
+    assert (
+        prune_first_finetune_epochs("omp:0.9:rewind_epoch=1") == 0 and prune_first_finetune_epochs("synflow:0.9") == 0
+    )
 
 
 @pytest.mark.parametrize("change, message", [
@@ -145,7 +147,9 @@ def test_unlearn_command_prunes_first_and_the_mask_holds(capsys, tmp_path, digit
     assert manifest["parent"]["path"] == str(pruned_out)
     assert manifest["parent"]["pruned_from"]["path"] == str(digits_checkpoint)
     # evaluate finds the pruned original through the parent link
-    code, stdout, err = run(capsys, "evaluate", "--checkpoint", out, "--json", "--device", "cpu", "--mia-shadow-size", "100")
+    code, stdout, err = run(
+        capsys, "evaluate", "--checkpoint", out, "--json", "--device", "cpu", "--mia-shadow-size", "100"
+    )
     assert code == 0, err
     assert "MRR" in json.loads(stdout)
 
@@ -167,15 +171,34 @@ def test_unlearn_command_prunes_first_and_the_mask_holds(capsys, tmp_path, digit
     assert "MRR" not in json.loads(stdout)  # the dense parent is not this model's original
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--prune", "omp:2"], "option sparsity of pruning spec must be"),
-    (["--prune", "omp:0.5", "--set", "speed=3"], "has no option"),
-    (["--pruned-out", "P"], "need --prune SPEC"),
-    (["--prune", "synflow:0.5", "--prune-finetune-epochs", "-1"], "option --prune-finetune-epochs of unlearn must be an integer in [0, "),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--prune", "omp:2"], "option sparsity of pruning spec must be"),
+        (["--prune", "omp:0.5", "--set", "speed=3"], "has no option"),
+        (["--pruned-out", "P"], "need --prune SPEC"),
+        (
+            ["--prune", "synflow:0.5", "--prune-finetune-epochs", "-1"],
+            "option --prune-finetune-epochs of unlearn must be an integer in [0, ",
+        ),
+    ],
+)
 def test_bad_unlearn_prune_input_is_one_line(capsys, tmp_path, digits_checkpoint, argv, message):
-    code, _, err = run(capsys, "unlearn", "--checkpoint", digits_checkpoint, "--method", "finetune", "--request", "class:1",
-                       "--out", tmp_path / "x", "--device", "cpu", *argv)
+    code, _, err = run(
+        capsys,
+        "unlearn",
+        "--checkpoint",
+        digits_checkpoint,
+        "--method",
+        "finetune",
+        "--request",
+        "class:1",
+        "--out",
+        tmp_path / "x",
+        "--device",
+        "cpu",
+        *argv,
+    )
     assert code == 2
     assert err.startswith("unlearnkit: error:") and err.count("\n") == 1 and message in err
 
@@ -186,7 +209,9 @@ def test_bench_command_prune_option(capsys, tmp_path, monkeypatch):
         'name = "micro"', 'dataset = "digits[400,150]"', 'model = "mlp"', 'requests = ["random:0.1"]',
         'methods = ["finetune[epochs=1]"]', "seeds = [0]", "mia_shadow_size = 100", "", "[train]", "epochs = 4", ""]))
     monkeypatch.chdir(tmp_path)
-    code, stdout, err = run(capsys, "bench", "--suite", suite_file, "--prune", "omp:0.6", "--cache", "cache", "--device", "cpu")
+    code, stdout, err = run(
+        capsys, "bench", "--suite", suite_file, "--prune", "omp:0.6", "--cache", "cache", "--device", "cpu"
+    )
     assert code == 0, err
     out = tmp_path / "benchmarks" / "results" / "micro-omp_0.6"
     assert (out / "report.md").exists()

@@ -9,10 +9,10 @@ import sqlite3
 import numpy as np
 import pytest
 
+from artefacts import holders_of
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.hybrid import Ledger, Policy, Unlearner
 from unlearnkit.hybrid.ledger import SCHEMA_VERSION
-from artefacts import holders_of
 from unlearnkit.sisa import DELETED_EXACT, SisaModel, train_sisa
 from unlearnkit.sisa.layout import ids_digest
 from unlearnkit.training import TrainConfig
@@ -51,14 +51,19 @@ def test_purge_is_recorded_and_superseded_versions_keep_only_their_audit_trail(m
     assert stages_a == [(0, 1), (0, 2), (0, 3)]
     assert all(p["detail"]["deleted_ids_held"] == 2 for p in purged_a if p["kind"] == "stage")
     assert [p["detail"]["version"] for p in purged_a if p["kind"] == "version-weights"] == [0]
-    assert sorted((p["detail"]["shard"], p["detail"]["stage"]) for p in purged_b if p["kind"] == "stage") == [(1, 2), (1, 3)]
+    assert sorted((p["detail"]["shard"], p["detail"]["stage"]) for p in purged_b if p["kind"] == "stage") == [
+        (1, 2),
+        (1, 3),
+    ]
     assert all(p["purged"] is not None and p["planned"] <= p["purged"] for p in purged_a + purged_b)
     assert holders_of(sisa, np.concatenate([first, second])) == []
     # The audit trail: every version is still listed, with its hashes and what purged its weights and when.
     store = sisa.store
     assert store.version_numbers() == [0, 1, 2] and not store.has_weights(0) and not store.has_weights(1)
     assert store.read_version_info(0)["files"]["weights.safetensors"] == v0_weights
-    assert store.purged_info(0)["request_id"] == "a" and store.purged_info(0)["files"] == {"weights.safetensors": v0_weights}
+    assert store.purged_info(0)["request_id"] == "a" and store.purged_info(0)["files"] == {
+        "weights.safetensors": v0_weights
+    }
     assert store.read_status(1)[first].tolist() == [DELETED_EXACT] * 2
     with pytest.raises(UnlearnKitError, match="weights of version 0 .* were purged on"):
         sisa.version(0)
@@ -151,8 +156,11 @@ def test_queued_requests_run_with_their_own_options(model, tmp_path):
     assert "test_acc" in record.metrics
     # Resubmitting the id with other options is refused; with the same ones it is the same request.
     with Unlearner(SisaModel.open(sisa.path, data=sisa.data)) as other:
-        with pytest.raises(UnlearnKitError, match=r"other options \(beta 1000000.0 then 1.0, budget_stages 0.0 then 1.0, "
-                                                  r"evaluate True then False\)"):
+        with pytest.raises(
+            UnlearnKitError,
+            match=r"other options \(beta 1000000.0 then 1.0, budget_stages 0.0 then 1.0, "
+            r"evaluate True then False\)",
+        ):
             other.submit(ids, "q1")
     with Unlearner(SisaModel.open(sisa.path, data=sisa.data), policy=Policy(beta=1e6, budget_stages=0.0),
                    evaluate=True) as same:
@@ -181,7 +189,9 @@ def test_a_ledger_of_schema_1_opens_upgraded_and_its_requests_run(model, tmp_pat
         old = service.ledger.get("old")
         assert old.options is None and old.state == "received"
         (record,) = service.run_pending()  # run with the runner's options: the old row stored none
-        assert record.state == "done" and record.decision == "exact" and record.plan["policy"] == service.policy.to_dict()
+        assert (
+            record.state == "done" and record.decision == "exact" and record.plan["policy"] == service.policy.to_dict()
+        )
     assert Ledger(sisa.store.ledger_path).get("old").state == "done"  # reopening an upgraded ledger is a no-op
     newer = tmp_path / "newer.sqlite"
     db = sqlite3.connect(str(newer))
@@ -240,12 +250,17 @@ def test_command_line_shows_purges_and_sets_retention(model, tmp_path, capsys):
     assert "purged 2 stage checkpoint(s), 1 superseded version weights" in out + err
     code, out, _ = run("requests", "show", "alice", "--model", fresh)
     assert code == 0 and "purged (3 artefact(s)" in out
-    assert "stage checkpoint (shard 0, stage 2, 2 deleted ids held)" in out and "versions/v000000/weights.safetensors" in out
+    assert (
+        "stage checkpoint (shard 0, stage 2, 2 deleted ids held)" in out
+        and "versions/v000000/weights.safetensors" in out
+    )
     code, out, _ = run("requests", "show", "alice", "--model", fresh, "--json")
     assert sorted(p["kind"] for p in json.loads(out)["purges"]) == ["stage", "stage", "version-weights"]
     code, out, _ = run("sisa", "info", "--model", fresh, "--json")
     info = json.loads(out)
-    assert code == 0 and info["versions"] == [0, 1] and info["versions_with_weights"] == [1] and info["keep_versions"] == 0
+    assert (
+        code == 0 and info["versions"] == [0, 1] and info["versions_with_weights"] == [1] and info["keep_versions"] == 0
+    )
     assert info["original_test_acc"] > 50  # read from version 0's audit trail; its weights are gone
     code, out, _ = run("sisa", "retention", "--model", fresh, "--keep-versions", "3")
     assert code == 0 and "purged now: nothing" in out and SisaModel.open(fresh).store.keep_versions == 3

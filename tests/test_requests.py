@@ -13,7 +13,20 @@ def _partition_ok(req, n):
     assert torch.equal(req.forget, torch.sort(req.forget).values)
 
 
-@pytest.mark.parametrize("spec", ["random:0.1", "class:3", "class:3,7", "relabel:0.2", "relabel:0.5:2", "backdoor:0.05", "backdoor:0.05:4", "feature:0.5", "feature:0.3:2"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "random:0.1",
+        "class:3",
+        "class:3,7",
+        "relabel:0.2",
+        "relabel:0.5:2",
+        "backdoor:0.05",
+        "backdoor:0.05:4",
+        "feature:0.5",
+        "feature:0.3:2",
+    ],
+)
 def test_disjoint_seeded_reproducible(digits, spec):
     a = build_request(spec, digits, seed=0)
     b = build_request(spec, digits, seed=0)
@@ -52,7 +65,9 @@ def test_backdoor_stamps_trigger_and_target(digits):
     assert (req.trained_y == 4).all()
     trig = req.trigger
     h = digits.image_size
-    patch = req.trained_x[..., h - trig.margin - trig.size : h - trig.margin, h - trig.margin - trig.size : h - trig.margin]
+    patch = req.trained_x[
+        ..., h - trig.margin - trig.size : h - trig.margin, h - trig.margin - trig.size : h - trig.margin
+    ]
     assert torch.equal(patch, trig.pattern(1).expand_as(patch))
     assert torch.equal(req.corrected_x, digits.x_train[req.forget])
     x, y = req.training_data(digits)
@@ -155,7 +170,13 @@ def test_bad_specs(digits, spec, message):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("1\n2\n2\n", "more than once"), ("1\n99999\n", "outside 0.."), ("-1\n", "outside"), ("a\n", "not an integer"), ("# none\n", "lists no ids")],
+    [
+        ("1\n2\n2\n", "more than once"),
+        ("1\n99999\n", "outside 0.."),
+        ("-1\n", "outside"),
+        ("a\n", "not an integer"),
+        ("# none\n", "lists no ids"),
+    ],
 )
 def test_bad_ids(tmp_path, digits, content, message):
     path = tmp_path / "ids.txt"

@@ -1,14 +1,18 @@
 import pytest
 import torch
 
+from unlearnkit import selection
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.models import build_model
-from unlearnkit import selection
 
 
 def _scores():
     gen = torch.Generator().manual_seed(0)
-    return {"a": torch.rand(10, 5, generator=gen), "b": torch.rand(7, generator=gen), "c": torch.rand(3, 2, 2, generator=gen)}
+    return {
+        "a": torch.rand(10, 5, generator=gen),
+        "b": torch.rand(7, generator=gen),
+        "c": torch.rand(3, 2, 2, generator=gen),
+    }
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.37, 0.5, 1.0])

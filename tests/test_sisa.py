@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from unlearnkit._util import seed_everything
+from unlearnkit.data import Source
 from unlearnkit.models import build_model
 from unlearnkit.sisa import DELETED_EXACT, SisaModel, stage_seed, train_sisa
-from unlearnkit.training import Phase, TrainConfig, fit, predict_logits
-from unlearnkit.data import Source
+from unlearnkit.training import Phase, TrainConfig, fit
 
 CONFIG = TrainConfig(epochs=3, batch_size=64, lr=0.05)
 
@@ -40,7 +40,13 @@ def from_scratch(sisa: SisaModel, shard: int, removed: np.ndarray) -> dict:
         ids = torch.from_numpy(np.flatnonzero(keep))
         seed = stage_seed(grid["seed"], shard, stage)
         torch.manual_seed(seed)
-        fit(model, Phase(Source(data.x_train, data.y_train, ids, batch_size=CONFIG.batch_size)), CONFIG, seed=seed, device="cpu")
+        fit(
+            model,
+            Phase(Source(data.x_train, data.y_train, ids, batch_size=CONFIG.batch_size)),
+            CONFIG,
+            seed=seed,
+            device="cpu",
+        )
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
@@ -76,7 +82,9 @@ def test_exact_deletion_is_bitwise_equal_to_training_the_shard_from_scratch(trai
     sisa = copy_model(trained, tmp_path)
     prov = sisa.provenance
     # Three ids of shard 0's middle slice, one of shard 1's last slice.
-    ids = np.concatenate([prov.members[0][prov.member_slices[0] == 1][:3], prov.members[1][prov.member_slices[1] == 2][:1]])
+    ids = np.concatenate(
+        [prov.members[0][prov.member_slices[0] == 1][:3], prov.members[1][prov.member_slices[1] == 2][:1]]
+    )
     before = sisa.version()
     result = sisa.exact_delete(before, ids)
     by_shard = {r.shard: r for r in result.shards}

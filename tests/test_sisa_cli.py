@@ -3,7 +3,6 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from unlearnkit.cli import main
@@ -20,8 +19,30 @@ def run(capsys, *argv):
 @pytest.fixture(scope="module")
 def trained_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "model"
-    code = main(["--threads", "1", "sisa", "train", "--dataset", "digits", "--model", "mlp", "--shards", "2", "--slices", "3",
-                 "--epochs", "3", "--workers", "1", "--shard-threads", "1", "--out", str(path)])
+    code = main(
+        [
+            "--threads",
+            "1",
+            "sisa",
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "mlp",
+            "--shards",
+            "2",
+            "--slices",
+            "3",
+            "--epochs",
+            "3",
+            "--workers",
+            "1",
+            "--shard-threads",
+            "1",
+            "--out",
+            str(path),
+        ]
+    )
     assert code == 0
     return path
 
@@ -62,7 +83,12 @@ def test_train_forget_list_show(capsys, model_dir, tmp_path):
     assert code == 0 and "alice" in out and "bob" in out
     code, out, _ = run(capsys, "requests", "show", "alice", "--model", model_dir, "--json")
     shown = json.loads(out)
-    assert shown["state"] == "done" and [e["state"] for e in shown["events"]] == ["received", "planned", "running", "done"]
+    assert shown["state"] == "done" and [e["state"] for e in shown["events"]] == [
+        "received",
+        "planned",
+        "running",
+        "done",
+    ]
     assert shown["metrics"]["test_acc"] > 80 and shown["estimated_seconds"] > 0 and shown["actual_seconds"] > 0
 
 
@@ -91,12 +117,18 @@ def test_bad_ids_files(capsys, model_dir, tmp_path, ids, message):
     assert Ledger(model_dir / "ledger.sqlite").list() == []  # nothing half-recorded
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["forget", "--request", "random:0.6"], "more than a whole shard"),
-    (["forget", "--request", "relabel:0.01"], "removes samples"),
-    (["requests", "show", "nobody"], "no request 'nobody'"),
-    (["sisa", "train", "--dataset", "digits", "--model", "mlp", "--out", "MODEL"], "already holds a trained SISA model"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["forget", "--request", "random:0.6"], "more than a whole shard"),
+        (["forget", "--request", "relabel:0.01"], "removes samples"),
+        (["requests", "show", "nobody"], "no request 'nobody'"),
+        (
+            ["sisa", "train", "--dataset", "digits", "--model", "mlp", "--out", "MODEL"],
+            "already holds a trained SISA model",
+        ),
+    ],
+)
 def test_bad_requests(capsys, model_dir, argv, message):
     argv = [str(model_dir) if a == "MODEL" else a for a in argv]
     if "--out" not in argv:
@@ -109,7 +141,9 @@ def test_missing_model_and_reused_request_id(capsys, model_dir, tmp_path):
     code, _, err = run(capsys, "forget", "--model", tmp_path / "nowhere", "--ids", ids_file(tmp_path, [1]))
     assert code == 2 and "does not exist" in one_line_error(err)
     assert run(capsys, "forget", "--model", model_dir, "--ids", ids_file(tmp_path, [1]), "--request-id", "x")[0] == 0
-    code, _, err = run(capsys, "forget", "--model", model_dir, "--ids", ids_file(tmp_path, [2], "other.txt"), "--request-id", "x")
+    code, _, err = run(
+        capsys, "forget", "--model", model_dir, "--ids", ids_file(tmp_path, [2], "other.txt"), "--request-id", "x"
+    )
     assert code == 2 and "already used for another request" in one_line_error(err)
 
 
@@ -140,7 +174,18 @@ def test_missing_or_corrupted_slice_checkpoint_is_rebuilt_and_reported(capsys, m
     assert (stage2 / "model.safetensors").read_bytes() != b"not a checkpoint" and stage1.exists()
     (aside,) = [p for p in (model_dir / "stages" / "shard-00").iterdir() if ".corrupt-" in p.name]
     assert aside.name.startswith(stage2.name)
-    code, out, err = run(capsys, "forget", "--model", model_dir, "--ids", ids_file(tmp_path, slice_ids(model_dir, 0, 1, 1)),
-                         "--mode", "exact", "--request-id", "e", "--json")
+    code, out, err = run(
+        capsys,
+        "forget",
+        "--model",
+        model_dir,
+        "--ids",
+        ids_file(tmp_path, slice_ids(model_dir, 0, 1, 1)),
+        "--mode",
+        "exact",
+        "--request-id",
+        "e",
+        "--json",
+    )
     assert code == 0, err
     assert not aside.exists()

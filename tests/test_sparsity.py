@@ -10,16 +10,15 @@ import torch
 import torch.nn as nn
 
 import unlearnkit as uk
+from conftest import make_tiny
 from unlearnkit import sparsity as sp
 from unlearnkit.checkpoint import load_checkpoint
 from unlearnkit.cli import main
+from unlearnkit.data import Source
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.masks import enforce_prune_masks, prune_masks
 from unlearnkit.models import build_model
 from unlearnkit.training import Phase, TrainConfig, fit
-from unlearnkit.data import Source
-
-from conftest import make_tiny
 
 
 def _mlp(seed=0, width=64, image_size=8, classes=10):
@@ -135,7 +134,12 @@ def test_masked_weights_stay_zero_through_training_with_momentum_and_weight_deca
     masks = {n: m.clone() for n, m in prune_masks(model).items()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     config = TrainConfig(epochs=3, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-2, optimizer=optimizer)
-    fit(model, Phase(Source(data.x_train, data.y_train, torch.arange(data.n_train), batch_size=32)), config, device="cpu")
+    fit(
+        model,
+        Phase(Source(data.x_train, data.y_train, torch.arange(data.n_train), batch_size=32)),
+        config,
+        device="cpu",
+    )
     params = dict(model.named_parameters())
     for n, mask in masks.items():
         assert torch.equal(prune_masks(model)[n], mask)
@@ -232,18 +236,29 @@ def test_prune_command_without_finetuning_keeps_the_parents_other_weights(capsys
         assert torch.equal(b, a * masks[n] if n in masks else a), n
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--method", "omp", "--sparsity", "1.0"], "option --sparsity of pruning spec must be a finite float in [0, 1); got 1.0"),
-    (["--method", "omp", "--sparsity", "-0.1"], "option --sparsity of pruning spec must be a finite float in [0, 1)"),
-    (["--method", "snip", "--sparsity", "0.5"], "unknown pruning method 'snip'"),
-    (["--method", "omp", "--sparsity", "0.5", "--layers", "conv"], "no convolution weights"),
-    (["--method", "synflow", "--sparsity", "0.5"], "SynFlow prunes at initialisation"),
-    (["--method", "omp", "--sparsity", "0.5", "--set", "rate=0.3"], "option rate does not apply to omp"),
-    (["--method", "imp", "--sparsity", "0.5", "--set", "rewind_epoch=7"], "beyond the recipe's 3 epochs"),
-    (["--method", "omp", "--sparsity", "0.5", "--at-init"], "--at-init applies to synflow only"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--method", "omp", "--sparsity", "1.0"],
+            "option --sparsity of pruning spec must be a finite float in [0, 1); got 1.0",
+        ),
+        (
+            ["--method", "omp", "--sparsity", "-0.1"],
+            "option --sparsity of pruning spec must be a finite float in [0, 1)",
+        ),
+        (["--method", "snip", "--sparsity", "0.5"], "unknown pruning method 'snip'"),
+        (["--method", "omp", "--sparsity", "0.5", "--layers", "conv"], "no convolution weights"),
+        (["--method", "synflow", "--sparsity", "0.5"], "SynFlow prunes at initialisation"),
+        (["--method", "omp", "--sparsity", "0.5", "--set", "rate=0.3"], "option rate does not apply to omp"),
+        (["--method", "imp", "--sparsity", "0.5", "--set", "rewind_epoch=7"], "beyond the recipe's 3 epochs"),
+        (["--method", "omp", "--sparsity", "0.5", "--at-init"], "--at-init applies to synflow only"),
+    ],
+)
 def test_bad_prune_requests_are_one_line_errors(capsys, tmp_path, digits_checkpoint, argv, message):
-    code, _, err = run(capsys, "prune", "--checkpoint", digits_checkpoint, "--out", tmp_path / "x", "--device", "cpu", *argv)
+    code, _, err = run(
+        capsys, "prune", "--checkpoint", digits_checkpoint, "--out", tmp_path / "x", "--device", "cpu", *argv
+    )
     assert code == 2 and err.startswith("unlearnkit: error:") and err.count("\n") == 1
     assert message in err
     assert not (tmp_path / "x").exists()
@@ -255,10 +270,15 @@ def test_spec_parsing():
     assert sp.parse_prune_spec(str(spec)) == spec
     assert str(sp.parse_prune_spec("OMP:0.95")) == "omp:0.95"
     assert sp.parse_prune_spec("synflow:0.95:iterations=10,classifier=false").classifier is False
-    for bad, message in [("omp", "METHOD:SPARSITY"), ("omp:lots", "bad sparsity"), ("omp:0.5:depth=3", "unknown pruning option"),
-                         ("imp:0.5:rate=1.5", "option rate of pruning spec must be a finite float in (0, 1)"),
-                         ("synflow:0.5:iterations=0", "option iterations of pruning spec must be an integer in [1, "),
-                         ("omp:0.5:scope", "use KEY=VALUE"), ("omp:0.5:iterations=5", "does not apply to omp")]:
+    for bad, message in [
+        ("omp", "METHOD:SPARSITY"),
+        ("omp:lots", "bad sparsity"),
+        ("omp:0.5:depth=3", "unknown pruning option"),
+        ("imp:0.5:rate=1.5", "option rate of pruning spec must be a finite float in (0, 1)"),
+        ("synflow:0.5:iterations=0", "option iterations of pruning spec must be an integer in [1, "),
+        ("omp:0.5:scope", "use KEY=VALUE"),
+        ("omp:0.5:iterations=5", "does not apply to omp"),
+    ]:
         with pytest.raises(UnlearnKitError) as info:
             sp.parse_prune_spec(bad)
         assert message in str(info.value), bad
@@ -342,8 +362,25 @@ def test_checkpoint_replay_reproduces_the_recorded_run(digits_checkpoint):
 
 
 def test_prune_command_imp_and_omp_with_rewinding(capsys, tmp_path, digits_checkpoint):
-    code, stdout, err = run(capsys, "prune", "--checkpoint", digits_checkpoint, "--method", "imp", "--sparsity", "0.64",
-                            "--set", "rate=0.4", "--set", "epochs=1", "--out", tmp_path / "imp", "--json", "--device", "cpu")
+    code, stdout, err = run(
+        capsys,
+        "prune",
+        "--checkpoint",
+        digits_checkpoint,
+        "--method",
+        "imp",
+        "--sparsity",
+        "0.64",
+        "--set",
+        "rate=0.4",
+        "--set",
+        "epochs=1",
+        "--out",
+        tmp_path / "imp",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     record = json.loads(stdout)["pruning"]
     assert [r["target_sparsity"] for r in record["rounds"]] == [0.4, 0.64]
@@ -397,7 +434,9 @@ def test_synflow_avoids_layer_collapse_where_magnitude_pruning_at_init_does_not(
 
 def test_synflow_leaves_weights_signs_and_state_untouched_apart_from_the_mask():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3)
+    )
     with torch.no_grad():
         model[1].running_mean.uniform_(-1, 1)
         model[1].running_var.uniform_(0.5, 2)
@@ -420,8 +459,22 @@ def test_synflow_leaves_weights_signs_and_state_untouched_apart_from_the_mask():
 
 def test_train_command_with_prune(capsys, tmp_path):
     out = tmp_path / "lt"
-    code, stdout, err = run(capsys, "train", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--prune", "omp:0.5",
-                            "--out", out, "--device", "cpu")
+    code, stdout, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "mlp",
+        "--epochs",
+        "2",
+        "--prune",
+        "omp:0.5",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert "pruned by omp:0.5:rewind_epoch=1: sparsity 0.5000" in stdout
     manifest = load_checkpoint(out).manifest

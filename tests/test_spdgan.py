@@ -6,16 +6,14 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import unlearnkit as uk
+from conftest import make_tiny
 from unlearnkit.cli import main
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.evaluation import Outputs, evaluate
 from unlearnkit.spdgan import Generator, SpdGanConfig, load_spdgan, perturb, save_spdgan, train_for_request
-
-from conftest import make_tiny
 
 RECIPE = uk.TrainConfig(epochs=15, batch_size=64, lr=0.05)
 
@@ -181,7 +179,13 @@ def test_unlearning_degree_on_a_fixed_generator_equals_direct_computation(origin
     torch.manual_seed(7)
     g = Generator(channels=1, epsilon=0.3, width=4, noise_channels=1)  # fixed (untrained) weights
     unlearned = uk.unlearn(original.model, request, digits, "finetune", device="cpu", epochs=3, lr=0.1)
-    ev = evaluate(unlearned.model, request, digits, original=original.model, spdgan=perturb(g, digits.x_train[request.forget], seed=0))
+    ev = evaluate(
+        unlearned.model,
+        request,
+        digits,
+        original=original.model,
+        spdgan=perturb(g, digits.x_train[request.forget], seed=0),
+    )
 
     x, y = request.training_data(digits)
     images = perturb(g, x[request.forget], seed=0)
@@ -192,7 +196,9 @@ def test_unlearning_degree_on_a_fixed_generator_equals_direct_computation(origin
     acc = lambda logits: 100.0 * float((logits.argmax(1) == y_f).double().mean())
     assert ev["spd_acc"] == pytest.approx(acc(lu), abs=1e-4)
     assert ev["UD_acc"] == pytest.approx(acc(lo) - acc(lu), abs=1e-4)
-    assert ev["UD_loss"] == pytest.approx(float(F.cross_entropy(lu, y_f) - F.cross_entropy(lo, y_f)), rel=1e-4, abs=1e-5)
+    assert ev["UD_loss"] == pytest.approx(
+        float(F.cross_entropy(lu, y_f) - F.cross_entropy(lo, y_f)), rel=1e-4, abs=1e-5
+    )
     with pytest.raises(UnlearnKitError, match="perturbed forget images for a forget set"):
         evaluate(unlearned.model, request, digits, spdgan=images[:-1])
 
@@ -218,5 +224,7 @@ def test_cli_trains_a_generator_and_evaluate_reuses_it(capsys, tmp_path):
     assert report["UD_acc_retrain"] > 50  # the retrained model never saw class 3
     code, (_, err) = run("evaluate", "--checkpoint", u, "--request", "class:4", "--spdgan", g)
     assert code == 2 and "trained for request class:3" in err and err.count("\n") == 1
-    code, (_, err) = run("spdgan", "train", "--checkpoint", o, "--request", "class:3", "--out", g + "2", "--epsilon", "2")
+    code, (_, err) = run(
+        "spdgan", "train", "--checkpoint", o, "--request", "class:3", "--out", g + "2", "--epsilon", "2"
+    )
     assert code == 2 and "option --epsilon of SPD-GAN must be a finite float in (0, 1]" in err

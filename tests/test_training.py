@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 
 from unlearnkit.api import train
-from unlearnkit.models import new_model
 from unlearnkit.data import Augment, Source
 from unlearnkit.masks import attach_prune_masks, prune_masks
-from unlearnkit.training import Phase, StopTraining, TrainConfig, fit, metered, predict_logits, accuracy
+from unlearnkit.models import new_model
+from unlearnkit.training import Phase, StopTraining, TrainConfig, accuracy, fit, metered, predict_logits
 
 
 def _state(model):
@@ -86,7 +86,11 @@ def test_phases_can_be_skipped_per_epoch(digits):
         return loss
 
     src = Source(digits.x_train, digits.y_train, torch.arange(64), batch_size=64)
-    fit(model, [Phase(src, tag("max"), "max", when=lambda e: e < 1), Phase(src, tag("min"), "min")], TrainConfig(epochs=3))
+    fit(
+        model,
+        [Phase(src, tag("max"), "max", when=lambda e: e < 1), Phase(src, tag("min"), "min")],
+        TrainConfig(epochs=3),
+    )
     assert seen == [(0, "max"), (0, "min"), (1, "min"), (2, "min")]
 
 

@@ -120,7 +120,9 @@ def test_saps_at_rho_one_selects_everything_without_a_curvature_pass(poisoned, d
 
 def test_saps_phased_sgd_changes_only_the_selected_entries(poisoned, digits):
     request, model = poisoned
-    result = unlearn(model, request, digits, "saps", criterion="gradient", fraction=0.05, mixed=False, epochs=1, device="cpu")
+    result = unlearn(
+        model, request, digits, "saps", criterion="gradient", fraction=0.05, mixed=False, epochs=1, device="cpu"
+    )
     changed = {n: a != b for (n, a), b in zip(result.model.named_parameters(), model.parameters())}
     assert 0 < selection.count(changed)[0] <= result.notes["selected_entries"]
     assert {"corrected_loss", "retain_loss"} <= set(result.notes["history"][0])  # two passes per epoch
@@ -131,10 +133,25 @@ def test_saps_phased_sgd_changes_only_the_selected_entries(poisoned, digits):
 def test_saps_largest_and_smallest_select_by_the_hessian_diagonal(poisoned, digits):
     request, model = poisoned
     x_fixed, y_fixed = request.corrected_data(digits)
-    result = {c: unlearn(model, request, digits, "saps", criterion=c, update="first", tau=1.0, fraction=0.02, curvature="ggn",
-                         curvature_samples=None, device="cpu") for c in ("largest", "smallest")}
-    diag = curvature.fisher_diagonal(model, uk.data.Source(x_fixed, y_fixed, torch.arange(digits.n_train), shuffle=False),
-                                     kind="exact")
+    result = {
+        c: unlearn(
+            model,
+            request,
+            digits,
+            "saps",
+            criterion=c,
+            update="first",
+            tau=1.0,
+            fraction=0.02,
+            curvature="ggn",
+            curvature_samples=None,
+            device="cpu",
+        )
+        for c in ("largest", "smallest")
+    }
+    diag = curvature.fisher_diagonal(
+        model, uk.data.Source(x_fixed, y_fixed, torch.arange(digits.n_train), shuffle=False), kind="exact"
+    )
     flat = torch.cat([diag[n].abs().flatten() for n, _ in model.named_parameters()])
     for criterion, unl in result.items():
         moved = torch.cat([(a != b).flatten() for a, b in zip(unl.model.parameters(), model.parameters())])

@@ -93,8 +93,11 @@ def train(
     x, y = request.training_data(data) if request is not None else (data.x_train, data.y_train)
     if echo:
         carrying = f", data carrying {request.spec}" if request is not None and request.modifies_training_data else ""
-        print(f"training {model_name} on {data.name} for {config.epochs} epochs on {device.type} (seed {seed}{carrying})",
-              file=sys.stderr, flush=True)
+        print(
+            f"training {model_name} on {data.name} for {config.epochs} epochs on {device.type} (seed {seed}{carrying})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def after_epoch(m: nn.Module, record: dict) -> None:
         record["test_acc"] = round(accuracy(predict_logits(m, data.x_test, device=device), data.y_test), 3)

@@ -138,7 +138,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not path.exists():
         raise UnlearnKitError(f"checkpoint {path} does not exist")
     if not path.is_dir():
-        raise UnlearnKitError(f"checkpoint {path} is not a directory (a checkpoint is a folder with {MANIFEST} and {WEIGHTS})")
+        raise UnlearnKitError(
+            f"checkpoint {path} is not a directory (a checkpoint is a folder with {MANIFEST} and {WEIGHTS})"
+        )
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise UnlearnKitError(f"{path} is not a checkpoint: it has no {MANIFEST}")
@@ -175,7 +177,11 @@ def validate_manifest(manifest: dict, where: Path) -> None:
             raise UnlearnKitError(f"{where} lacks its '{key}' entry")
     validate_model_spec(manifest["model"], where)
     dataset = manifest["dataset"]
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str) or not isinstance(dataset.get("fingerprint"), str):
+    if (
+        not isinstance(dataset, dict)
+        or not isinstance(dataset.get("name"), str)
+        or not isinstance(dataset.get("fingerprint"), str)
+    ):
         raise _damaged(where, "has a 'dataset' entry without a name and fingerprint")
     if dataset.get("data_dir") is not None and not isinstance(dataset["data_dir"], str):
         raise _damaged(where, "has a 'dataset.data_dir' that is not a path")
@@ -258,9 +264,16 @@ def weights_file(path: Path, manifest: dict) -> Path:
 
 
 def confined(folder: Path, name: str, what: str) -> Path:
-    """``folder / name`` when ``name`` is a plain name that resolves inside ``folder``; else a damaged-directory error."""
-    if not isinstance(name, str) or not name or "\x00" in name or Path(name).is_absolute() or len(Path(name).parts) != 1 \
-            or name in (".", ".."):
+    """``folder / name`` when ``name`` is a plain name that resolves inside ``folder``; else a damaged-directory
+    error."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or "\x00" in name
+        or Path(name).is_absolute()
+        or len(Path(name).parts) != 1
+        or name in (".", "..")
+    ):
         raise UnlearnKitError(f"damaged model directory: {what} {str(name)[:80]!r} is not a file name inside {folder}")
     candidate = folder / name
     try:
@@ -290,10 +303,14 @@ def _checked_model(path: Path, spec: dict, weights: Path) -> tuple[nn.Module, se
             raise
         raise _damaged(path / MANIFEST, f"has model arguments that build no model: {exc}") from None
     except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError) as exc:
-        raise _damaged(path / MANIFEST, f"has model arguments that build no model: {type(exc).__name__}: {str(exc)[:120]}") from None
+        raise _damaged(
+            path / MANIFEST, f"has model arguments that build no model: {type(exc).__name__}: {str(exc)[:120]}"
+        ) from None
     n_params = sum(p.numel() for p in meta.parameters())
     if n_params > MAX_PARAMETERS:
-        raise _damaged(path / MANIFEST, f"asks for a {spec['name']} of {n_params:,} parameters (more than {MAX_PARAMETERS:,})")
+        raise _damaged(
+            path / MANIFEST, f"asks for a {spec['name']} of {n_params:,} parameters (more than {MAX_PARAMETERS:,})"
+        )
     register_mask_buffers(meta, set(shapes))
     expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
     missing = sorted(set(expected) - set(shapes))
@@ -308,7 +325,9 @@ def _checked_model(path: Path, spec: dict, weights: Path) -> tuple[nn.Module, se
         if wrong_shape:
             k = wrong_shape[0]
             details.append(f"{k} is {shapes[k]}, model wants {expected[k]}")
-        raise UnlearnKitError(f"weights in {path} do not fit a {spec['name']} with the recorded arguments: {'; '.join(details)}")
+        raise UnlearnKitError(
+            f"weights in {path} do not fit a {spec['name']} with the recorded arguments: {'; '.join(details)}"
+        )
     model = build_model(spec["name"], **args)
     return model, set(shapes)
 
@@ -327,13 +346,18 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise UnlearnKitError(f"checkpoint {path} has no weights file {weights.name}")
     size = weights.stat().st_size
     if "bytes" in weights_info and size != weights_info["bytes"]:
-        raise UnlearnKitError(f"{weights} has {size} bytes but the manifest says {weights_info['bytes']}: the file is truncated or replaced")
+        raise UnlearnKitError(
+            f"{weights} has {size} bytes but the manifest says {weights_info['bytes']}: the file is truncated or "
+            "replaced"
+        )
     try:
         digest = sha256_file(weights)
     except OSError as exc:
         raise UnlearnKitError(f"cannot read {weights}: {exc.strerror or exc}") from None
     if digest != weights_info.get("sha256"):
-        raise UnlearnKitError(f"{weights} does not match the SHA-256 in its manifest: the file is corrupted or was changed")
+        raise UnlearnKitError(
+            f"{weights} does not match the SHA-256 in its manifest: the file is corrupted or was changed"
+        )
     spec = manifest["model"]
     model, names = _checked_model(path, spec, weights)
     try:

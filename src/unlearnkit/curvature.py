@@ -129,7 +129,9 @@ class _Space:
                 if m is None:
                     continue
                 if tuple(m.shape) != tuple(self.shapes[name]):
-                    raise UnlearnKitError(f"mask for {name} has shape {tuple(m.shape)}, the parameter {tuple(self.shapes[name])}")
+                    raise UnlearnKitError(
+                        f"mask for {name} has shape {tuple(m.shape)}, the parameter {tuple(self.shapes[name])}"
+                    )
                 m = m.to(device=self.device, dtype=torch.bool)
                 if bool(m.any()):
                     self.active.append(name)
@@ -157,7 +159,9 @@ class _Space:
                 out[name] = torch.zeros(self.shapes[name], device=self.device, dtype=self.dtype)
                 continue
             if tuple(value.shape) != tuple(self.shapes[name]):
-                raise UnlearnKitError(f"vector entry {name} has shape {tuple(value.shape)}, the parameter {tuple(self.shapes[name])}")
+                raise UnlearnKitError(
+                    f"vector entry {name} has shape {tuple(value.shape)}, the parameter {tuple(self.shapes[name])}"
+                )
             out[name] = self.project_one(name, value.detach().to(device=self.device, dtype=self.dtype))
         return out
 
@@ -346,7 +350,9 @@ def fisher_diagonal(model: nn.Module, data: Data, *, kind: str = "empirical", ma
     if kind not in FISHER_KINDS:
         raise UnlearnKitError(f"unknown Fisher kind {kind!r}; use one of {', '.join(FISHER_KINDS)}")
     if loss is not None and kind != "empirical":
-        raise UnlearnKitError(f"a custom loss defines only the empirical Fisher; the {kind} Fisher is for softmax cross-entropy")
+        raise UnlearnKitError(
+            f"a custom loss defines only the empirical Fisher; the {kind} Fisher is for softmax cross-entropy"
+        )
     if mc_samples < 1:
         raise UnlearnKitError(f"mc_samples must be >= 1, got {mc_samples}")
     generator = _generator(generator)
@@ -380,7 +386,10 @@ def fisher_diagonal(model: nn.Module, data: Data, *, kind: str = "empirical", ma
 
 def _output_size(space: _Space, x: torch.Tensor) -> int:
     """The number of logits, from a shape-only (meta-device) forward; one counted real forward if that fails."""
-    meta = {n: torch.empty_like(t, device="meta") for n, t in [*space.model.named_parameters(), *space.model.named_buffers()]}
+    meta = {
+        n: torch.empty_like(t, device="meta")
+        for n, t in [*space.model.named_parameters(), *space.model.named_buffers()]
+    }
     try:
         return int(functional_call(space.model, meta, (torch.empty_like(x[:1], device="meta"),)).shape[-1])
     except (RuntimeError, NotImplementedError, TypeError, ValueError):  # a layer without meta support
@@ -504,8 +513,10 @@ def exact_hessian_diagonal(model: nn.Module, data: Data, *, loss: LossFn | None 
     _check_nonempty(source)
     selected = torch.nonzero(space.flat_mask()).squeeze(1)
     if selected.numel() > max_entries:
-        raise UnlearnKitError(f"the exact Hessian diagonal of {selected.numel()} entries is {selected.numel()} HVPs over the "
-                              f"data; use hutchinson_diagonal, a mask, or raise max_entries")
+        raise UnlearnKitError(
+            f"the exact Hessian diagonal of {selected.numel()} entries is {selected.numel()} HVPs over the "
+            f"data; use hutchinson_diagonal, a mask, or raise max_entries"
+        )
     diagonal = torch.zeros(space.size, device=space.device, dtype=space.dtype)
     with _evaluating(model):
         for start in range(0, selected.numel(), chunk):
@@ -513,7 +524,9 @@ def exact_hessian_diagonal(model: nn.Module, data: Data, *, loss: LossFn | None 
             positions = torch.arange(rows.numel(), device=space.device)
             basis = torch.zeros(rows.numel(), space.size, device=space.device, dtype=space.dtype)
             basis[positions, rows] = 1
-            stacked = {n: t.reshape((rows.numel(),) + tuple(space.shapes[n])) for n, t in _split_rows(space, basis).items()}
+            stacked = {
+                n: t.reshape((rows.numel(),) + tuple(space.shapes[n])) for n, t in _split_rows(space, basis).items()
+            }
             products = _hvp_full(space, source, stacked, loss_fn, batch_size, probes=rows.numel())
             flat = torch.cat([products[n].reshape(rows.numel(), -1) for n in space.active], dim=1)
             diagonal[rows] = flat[positions, rows]
@@ -540,8 +553,12 @@ def top_eigenvalue(model: nn.Module, data: Data, *, iterations: int = 20, genera
     generator = _generator(generator)
     space, source, loss_fn = _Space(model, mask), _as_source(data), _loss_fn(loss)
     _check_nonempty(source)
-    v = space.project({n: torch.randn(space.shapes[n], generator=generator, dtype=torch.float64).to(space.device, space.dtype)
-                       for n in space.active})
+    v = space.project(
+        {
+            n: torch.randn(space.shapes[n], generator=generator, dtype=torch.float64).to(space.device, space.dtype)
+            for n in space.active
+        }
+    )
     estimate = 0.0
     with _evaluating(model):
         for _ in range(max(1, iterations)):
@@ -601,8 +618,10 @@ def lissa(model: nn.Module, data: Data, v: Vector, *, damping: float, scale: flo
                 h = {name: target[name] + h[name] - (hh[name] + damping * h[name]) / scale for name in space.active}
                 norm = float(space.flat(h).norm())
                 if not math.isfinite(norm) or norm > limit:
-                    raise UnlearnKitError(f"LiSSA diverged (|h| = {norm:.3g}); raise scale above the top eigenvalue of H + "
-                                          f"damping·I (see curvature.top_eigenvalue) or raise damping")
+                    raise UnlearnKitError(
+                        f"LiSSA diverged (|h| = {norm:.3g}); raise scale above the top eigenvalue of H + "
+                        f"damping·I (see curvature.top_eigenvalue) or raise damping"
+                    )
             for name in space.active:
                 estimate[name] += h[name] / (scale * repeats)
     return space.expand(estimate)
@@ -690,7 +709,9 @@ def woodfisher_inverse(model: nn.Module, data: Data, v: Vector, *, damping: floa
         start = 0
         for x, y in _batches(source, space, _per_sample_chunk(space, 1, chunk_size)):
             grads = _per_sample_grads(space, x, y, loss_fn)
-            rows[start : start + x.shape[0]] = torch.cat([grads[name].reshape(x.shape[0], -1) for name in space.active], dim=1)
+            rows[start : start + x.shape[0]] = torch.cat(
+                [grads[name].reshape(x.shape[0], -1) for name in space.active], dim=1
+            )
             start += x.shape[0]
             count_passes(forward=x.shape[0], backward=x.shape[0])
     rows *= keep
@@ -726,8 +747,10 @@ def diagonal_inverse(diag: Vector, v: Vector, *, damping: float, mask: Mask | No
             selected = torch.zeros_like(value, dtype=torch.bool)
         denominator = torch.where(selected, d + damping, torch.ones_like(d))
         if bool((denominator <= 0).any()):
-            raise UnlearnKitError(f"diag + damping is not positive for some selected entries of {name}; use a non-negative "
-                                  f"(Fisher/GGN or absolute) diagonal or a larger damping")
+            raise UnlearnKitError(
+                f"diag + damping is not positive for some selected entries of {name}; use a non-negative "
+                f"(Fisher/GGN or absolute) diagonal or a larger damping"
+            )
         out[name] = torch.where(selected, value / denominator, torch.zeros_like(value))
     return out
 

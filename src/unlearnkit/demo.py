@@ -51,8 +51,11 @@ def run_demo(out: str | Path = "runs/demo", *, request_spec: str = "random:0.1",
     data = original.dataset(data_dir)
     request = build_request(request_spec, data, seed)
     retrained_path = out / f"retrained-{request_spec.replace(':', '-')}"
-    if (retrained_path / "manifest.json").exists() and read_manifest(retrained_path).get("request", {}).get("forget_hash") == request.forget_hash \
-            and read_manifest(retrained_path).get("train") == config.to_dict():
+    if (
+        (retrained_path / "manifest.json").exists()
+        and read_manifest(retrained_path).get("request", {}).get("forget_hash") == request.forget_hash
+        and read_manifest(retrained_path).get("train") == config.to_dict()
+    ):
         log(f"reusing the retrained model in {retrained_path}")
     else:
         log(f"retraining from scratch without {request_spec} ({request.forget.numel()} samples), the exact reference")
@@ -61,7 +64,9 @@ def run_demo(out: str | Path = "runs/demo", *, request_spec: str = "random:0.1",
     retrained = load_checkpoint(retrained_path)
     retrain_s = retrained.manifest["cost"]["seconds"]
     reference = evaluate(model_outputs(retrained.model, data, request, device), request, data, seed=seed)
-    original_eval = evaluate(model_outputs(original.model, data, request, device), request, data, reference=reference, seed=seed)
+    original_eval = evaluate(
+        model_outputs(original.model, data, request, device), request, data, reference=reference, seed=seed
+    )
     rows = [{"method": "Retrain", **reference.metrics, "avg_gap": 0.0, "rte_s": retrain_s},
             {"method": "original (no unlearning)", **original_eval.metrics, "rte_s": 0.0}]
     for method in methods:

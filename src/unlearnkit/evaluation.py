@@ -65,7 +65,11 @@ METRICS: dict[str, tuple[str, str | float | None]] = {
     "MIA_entropy": ("MIA-efficacy with the prediction entropy as the feature", REF),
     "MIA_m_entropy": ("MIA-efficacy with the modified entropy (Song & Mittal 2021) as the feature", REF),
     "forgotten_class_test_acc": ("class requests: test accuracy on the forgotten classes", REF),
-    "ASR": ("backdoor/feature requests: % of non-target test images classified as the target once the trigger/feature is stamped on them", LOWER),
+    "ASR": (
+        "backdoor/feature requests: % of non-target test images classified as the target once the trigger/feature is "
+        "stamped on them",
+        LOWER,
+    ),
     "forget_acc_corrected": ("relabel/edit requests: accuracy on D_f against the corrected labels", HIGHER),
     "avg_gap": ("mean |metric − retrained metric| over UA, RA, TA, MIA", LOWER),
     "gap_UA": ("|UA − retrained UA| (likewise gap_RA, gap_TA, gap_MIA)", LOWER),
@@ -89,10 +93,20 @@ METRICS: dict[str, tuple[str, str | float | None]] = {
     "backward_samples": ("samples passed backward by the unlearning call", LOWER),
     # Distribution-level metrics of `unlearnkit audit` (they need N unlearned and N retrained models, so
     # they are computed by unlearnkit.audit, not by evaluate(); see docs/audit.md).
-    "ulira_acc": ("audit: U-LiRA accuracy (%) telling held-out unlearned from retrained models per forget example (50 = indistinguishable)", 50.0),
+    "ulira_acc": (
+        "audit: U-LiRA accuracy (%) telling held-out unlearned from retrained models per forget example (50 = "
+        "indistinguishable)",
+        50.0,
+    ),
     "ulira_auc": ("audit: area under the ROC curve of the U-LiRA likelihood ratio", 0.5),
-    "ulira_tpr_at_1pct_fpr": ("audit: U-LiRA true-positive rate (%) at 1 % false-positive rate (likewise _at_0.1pct_fpr)", LOWER),
-    "forget_score": ("audit: NeurIPS 2023 challenge forgetting quality F (mean binned per-example ε score; 1 = best)", HIGHER),
+    "ulira_tpr_at_1pct_fpr": (
+        "audit: U-LiRA true-positive rate (%) at 1 % false-positive rate (likewise _at_0.1pct_fpr)",
+        LOWER,
+    ),
+    "forget_score": (
+        "audit: NeurIPS 2023 challenge forgetting quality F (mean binned per-example ε score; 1 = best)",
+        HIGHER,
+    ),
     "challenge_score": ("audit: F × (RA / retrained RA) × (TA / retrained TA), the challenge's final score", HIGHER),
     "retain_ulira_acc": ("audit: U-LiRA accuracy (%) on retained examples (exposure of D_r; 50 = no exposure)", 50.0),
 }
@@ -100,7 +114,9 @@ METRIC_DOCS = {name: doc for name, (doc, _) in METRICS.items()}
 METRIC_BETTER = {name: better for name, (_, better) in METRICS.items()}
 
 
-def metric_score(name: str, value: float, reference: float | None = None, better: str | float | None = None) -> float | None:
+def metric_score(
+    name: str, value: float, reference: float | None = None, better: str | float | None = None
+) -> float | None:
     """How far ``value`` of metric ``name`` is from the best (smaller is better; None: not ranked, or a REF metric
     without a reference value). ``better`` overrides the declared direction (for metrics defined elsewhere)."""
     better = METRIC_BETTER.get(name) if better is None else better
@@ -124,7 +140,9 @@ class Outputs:
     triggered_test: torch.Tensor | None = None
     weights: dict[str, torch.Tensor] | None = None
     non_finite: int = 0  # samples whose logits were not finite (their probabilities are set to uniform)
-    perturbed_forget: torch.Tensor | None = None  # probabilities on the SPD-GAN-perturbed forget images, in forget order
+    perturbed_forget: torch.Tensor | None = (
+        None  # probabilities on the SPD-GAN-perturbed forget images, in forget order
+    )
 
 
 @dataclass
@@ -178,14 +196,20 @@ def _check_perturbed(images: torch.Tensor, request: Request) -> None:
                               f"(an SPD-GAN must be applied to this request's forget set)")
 
 
-def perturbed_forget_images(spdgan: Any, data: Dataset, request: Request, original: Any = None, device=None) -> torch.Tensor | None:
+def perturbed_forget_images(
+    spdgan: Any, data: Dataset, request: Request, original: Any = None, device=None
+) -> torch.Tensor | None:
     """The SPD-GAN-perturbed forget images: ``spdgan`` is a trained generator (checked against the data, the request
     and, when it is a model, the original) or the images themselves."""
     if spdgan is None or isinstance(spdgan, torch.Tensor):
         return spdgan
     if not hasattr(spdgan, "perturb_forget"):
-        raise UnlearnKitError(f"spdgan must be a trained SpdGan or a tensor of perturbed forget images, not {type(spdgan).__name__}")
-    return spdgan.perturb_forget(data, request, original=original if isinstance(original, nn.Module) else None, device=device)
+        raise UnlearnKitError(
+            f"spdgan must be a trained SpdGan or a tensor of perturbed forget images, not {type(spdgan).__name__}"
+        )
+    return spdgan.perturb_forget(
+        data, request, original=original if isinstance(original, nn.Module) else None, device=device
+    )
 
 
 def _acc(probs: torch.Tensor, labels: torch.Tensor) -> float:

@@ -82,9 +82,14 @@ def _audit_suite(path: Path) -> str | None:
 
 # kind -> (what it is called, detector(path) -> None when not this kind, else a detail such as the suite name)
 ARTEFACT_KINDS: dict[str, tuple[str, Callable[[Path], str | None]]] = {
-    "checkpoint": ("an unlearnkit checkpoint",
-                   lambda p: "" if _format_is(p / "manifest.json", "unlearnkit-checkpoint/1") else None),
-    "spdgan": ("an SPD-GAN generator", lambda p: "" if _format_is(p / "manifest.json", "unlearnkit-spdgan/1") else None),
+    "checkpoint": (
+        "an unlearnkit checkpoint",
+        lambda p: "" if _format_is(p / "manifest.json", "unlearnkit-checkpoint/1") else None,
+    ),
+    "spdgan": (
+        "an SPD-GAN generator",
+        lambda p: "" if _format_is(p / "manifest.json", "unlearnkit-spdgan/1") else None,
+    ),
     "sisa": ("a SISA model", lambda p: "" if _format_is(p / "sisa.json", "unlearnkit-sisa/1") else None),
     "bench": ("a benchmark results folder", _results_suite),
     "audit": ("an audit results folder", _audit_suite),
@@ -200,8 +205,10 @@ def prepare_output(path: str | os.PathLike, kind: str, *, inputs: Iterable[str |
             if found is None:
                 entries = [e for e in os.listdir(path) if not e.startswith(TMP_PREFIX)]
                 if entries:
-                    raise UnlearnKitError(f"{option} {path} is a folder that holds other files ({len(entries)} entries) and "
-                                          f"not {what}; unlearnkit never writes over them: choose another {option}")
+                    raise UnlearnKitError(
+                        f"{option} {path} is a folder that holds other files ({len(entries)} entries) and "
+                        f"not {what}; unlearnkit never writes over them: choose another {option}"
+                    )
             elif found[0] != kind:
                 raise UnlearnKitError(f"{option} {path} holds {ARTEFACT_KINDS[found[0]][0]}, not {what}; "
                                       f"choose another {option}")

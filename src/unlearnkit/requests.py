@@ -61,7 +61,9 @@ class Trigger:
 
     @staticmethod
     def feature_for_image_size(image_size: int) -> "Trigger":
-        return Trigger(size=max(2, image_size // 7), margin=1 if image_size >= 16 else 0, corner="top-left", fill="solid")
+        return Trigger(
+            size=max(2, image_size // 7), margin=1 if image_size >= 16 else 0, corner="top-left", fill="solid"
+        )
 
     def pattern(self, channels: int) -> torch.Tensor:
         if self.fill == "solid":
@@ -201,7 +203,8 @@ REQUEST_TYPES: dict[str, RequestType] = {}
 
 def request_type(name: str, syntax: str, effect: str, doc: str = "", *,
                  max_args: int | None = None) -> Callable[[Builder], Builder]:
-    """Register a request builder ``fn(dataset, args, seed) -> Request`` as the type ``name`` (see :class:`RequestType`)."""
+    """Register a request builder ``fn(dataset, args, seed) -> Request`` as the type ``name`` (see
+    :class:`RequestType`)."""
     if effect not in EFFECTS:
         raise ValueError(f"effect {effect!r} is not one of {EFFECTS}")
 
@@ -233,7 +236,9 @@ def build_request(spec: str, data: Dataset, seed: int = 0) -> Request:
     rtype, args = parse_spec(spec)
     request = rtype.build(data, args, seed)
     if request.effect != rtype.effect:
-        raise RuntimeError(f"request type {rtype.name!r} is registered as {rtype.effect}, but built a {request.effect} request")
+        raise RuntimeError(
+            f"request type {rtype.name!r} is registered as {rtype.effect}, but built a {request.effect} request"
+        )
     _check_sizes(request, data)
     return request
 
@@ -259,7 +264,9 @@ def _check_sizes(request: Request, data: Dataset) -> None:
     if n_forget == 0:
         raise UnlearnKitError(f"request {request.spec!r} selects no samples: the forget set would be empty")
     if n_forget >= data.n_train:
-        raise UnlearnKitError(f"request {request.spec!r} selects the whole training set; nothing would be left to retain")
+        raise UnlearnKitError(
+            f"request {request.spec!r} selects the whole training set; nothing would be left to retain"
+        )
 
 
 def _complement(forget: torch.Tensor, n: int) -> torch.Tensor:
@@ -284,7 +291,9 @@ def _class(text: str, data: Dataset, spec: str) -> int:
     except ValueError:
         raise UnlearnKitError(f"bad class {text!r} in request {spec!r}; classes are integers") from None
     if not 0 <= value < data.num_classes:
-        raise UnlearnKitError(f"class {value} in request {spec!r} does not exist in {data.name} (0..{data.num_classes - 1})")
+        raise UnlearnKitError(
+            f"class {value} in request {spec!r} does not exist in {data.name} (0..{data.num_classes - 1})"
+        )
     return value
 
 
@@ -369,7 +378,9 @@ def read_ids_file(path: str | Path, n_train: int) -> list[int]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise UnlearnKitError(f"{path}:{line}: not UTF-8 text; an ids file holds one integer sample id per line") from None
+        raise UnlearnKitError(
+            f"{path}:{line}: not UTF-8 text; an ids file holds one integer sample id per line"
+        ) from None
     ids = []
     for number, line in enumerate(text.splitlines(), 1):
         item = line.split("#", 1)[0].strip()
@@ -430,7 +441,9 @@ def _backdoor(data: Dataset, args: list[str], seed: int) -> Request:
     pool = (data.y_train != target).nonzero().flatten()
     count = int(round(fraction * data.n_train))
     if count > pool.numel():
-        raise UnlearnKitError(f"request {spec!r} asks for {count} poisoned samples; only {pool.numel()} are not of class {target}")
+        raise UnlearnKitError(
+            f"request {spec!r} asks for {count} poisoned samples; only {pool.numel()} are not of class {target}"
+        )
     forget = _seeded_subset(pool, count, _generator(seed, "backdoor"))
     return _stamped(spec, data, seed, forget, Trigger.for_image_size(data.image_size), target,
                     trained_y=torch.full_like(forget, target))
@@ -449,7 +462,9 @@ def _feature(data: Dataset, args: list[str], seed: int) -> Request:
     pool = (data.y_train == target).nonzero().flatten()
     count = int(round(fraction * pool.numel()))
     if count == 0:
-        raise UnlearnKitError(f"request {spec!r} selects no samples: class {target} has {pool.numel()} training samples")
+        raise UnlearnKitError(
+            f"request {spec!r} selects no samples: class {target} has {pool.numel()} training samples"
+        )
     forget = _seeded_subset(pool, count, _generator(seed, "feature"))
     return _stamped(spec, data, seed, forget, Trigger.feature_for_image_size(data.image_size), target)
 
@@ -481,7 +496,9 @@ def read_memorization_scores(path: str | Path, data: Dataset) -> torch.Tensor:
     except json.JSONDecodeError:
         raise UnlearnKitError(f"{path} is not a memorisation scores file (not JSON)") from None
     if not isinstance(record, dict) or record.get("format") != SCORES_FORMAT:
-        raise UnlearnKitError(f"{path} is not a memorisation scores file ({SCORES_FORMAT}); write one with `unlearnkit audit`")
+        raise UnlearnKitError(
+            f"{path} is not a memorisation scores file ({SCORES_FORMAT}); write one with `unlearnkit audit`"
+        )
     if record.get("data_fingerprint") != data.fingerprint:
         raise UnlearnKitError(f"{path} holds scores for data set fingerprint {record.get('data_fingerprint')}, "
                               f"not {data.name} ({data.fingerprint})")

@@ -74,7 +74,10 @@ def top_fraction(scores: Scores, fraction: float, *, largest: bool = True, per_p
     """Select ``round(fraction * n)`` entries by score, over all parameters or within each one."""
     _check_fraction(fraction)
     if per_parameter:
-        return {name: top_k({name: s}, int(round(fraction * s.numel())), largest=largest)[name] for name, s in scores.items()}
+        return {
+            name: top_k({name: s}, int(round(fraction * s.numel())), largest=largest)[name]
+            for name, s in scores.items()
+        }
     total = sum(s.numel() for s in scores.values())
     return top_k(scores, int(round(fraction * total)), largest=largest)
 

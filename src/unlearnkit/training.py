@@ -46,7 +46,9 @@ class TrainConfig:
     lr: float = option(0.05, "learning rate", gt=0, le=10)
     momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = option(5e-4, "weight decay (L2 through the optimiser)", ge=0, le=1)
-    schedule: Literal["cosine", "multistep", "linear", "constant"] = option("cosine", "learning-rate schedule, per step")
+    schedule: Literal["cosine", "multistep", "linear", "constant"] = option(
+        "cosine", "learning-rate schedule, per step"
+    )
     milestones: tuple[float, ...] = option((0.5, 0.75), "multistep: where the rate drops, as fractions of training",
                                            ge=0, le=1)
     gamma: float = option(0.1, "multistep: factor at each milestone", gt=0, le=1)
@@ -239,7 +241,9 @@ def fit(
             raise UnlearnKitError(f"trainable mask names unknown parameters: {sorted(unknown)[:3]}")
         for name, param in named.items():
             mask = trainable.get(name)
-            mask = torch.zeros_like(param, dtype=torch.bool) if mask is None else mask.to(device=device, dtype=torch.bool)
+            mask = (
+                torch.zeros_like(param, dtype=torch.bool) if mask is None else mask.to(device=device, dtype=torch.bool)
+            )
             if not bool(mask.all()):
                 frozen[name] = (mask, param.detach().clone())
     params = [p for n, p in named.items() if p.requires_grad and not (n in frozen and not bool(frozen[n][0].any()))]
@@ -248,7 +252,10 @@ def fit(
     optimizer = make_optimizer(params, config) if params else None
     steps_per_epoch = [p.source.num_batches() for p in phases]
     total_steps = sum(
-        steps for epoch in range(config.epochs) for p, steps in zip(phases, steps_per_epoch) if p.when is None or p.when(epoch)
+        steps
+        for epoch in range(config.epochs)
+        for p, steps in zip(phases, steps_per_epoch)
+        if p.when is None or p.when(epoch)
     )
     use_amp = device.type == "cuda"
     history: list[dict] = []
@@ -310,7 +317,9 @@ def fit(
                         ctx.step += 1
                         if bar is not None:
                             bar.update(1)
-                            bar.set_postfix_str(f"ep {epoch + 1}/{config.epochs} {phase.name} loss {loss_sum / seen:.3f}", refresh=False)
+                            bar.set_postfix_str(
+                                f"ep {epoch + 1}/{config.epochs} {phase.name} loss {loss_sum / seen:.3f}", refresh=False
+                            )
                     prefix = "" if len(phases) == 1 else f"{phase.name}_"
                     record[f"{prefix}loss"] = round(loss_sum / max(seen, 1), 5)
                     if scored:  # only losses that report logits give an accuracy

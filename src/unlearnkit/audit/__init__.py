@@ -8,9 +8,35 @@ challenge's ε score, and the same attack on retained examples. See docs/audit.m
 
 from .core import ORIGINAL, AuditSettings, analyse, audit_variants, run_audit
 from .memorization import memorization_scores, split_requests
-from .stats import (AttackSummary, challenge_score, epsilon_from_rates, example_epsilon, example_epsilons,
-                    forgetting_quality, held_out_likelihood_ratios, roc_auc, tpr_at_fpr, ulira)
+from .stats import (
+    AttackSummary,
+    challenge_score,
+    epsilon_from_rates,
+    example_epsilon,
+    example_epsilons,
+    forgetting_quality,
+    held_out_likelihood_ratios,
+    roc_auc,
+    tpr_at_fpr,
+    ulira,
+)
 
-__all__ = ["AuditSettings", "run_audit", "analyse", "audit_variants", "ORIGINAL", "memorization_scores", "split_requests",
-           "AttackSummary", "ulira", "held_out_likelihood_ratios", "roc_auc", "tpr_at_fpr", "epsilon_from_rates",
-           "example_epsilon", "example_epsilons", "forgetting_quality", "challenge_score"]
+__all__ = [
+    "AuditSettings",
+    "run_audit",
+    "analyse",
+    "audit_variants",
+    "ORIGINAL",
+    "memorization_scores",
+    "split_requests",
+    "AttackSummary",
+    "ulira",
+    "held_out_likelihood_ratios",
+    "roc_auc",
+    "tpr_at_fpr",
+    "epsilon_from_rates",
+    "example_epsilon",
+    "example_epsilons",
+    "forgetting_quality",
+    "challenge_score",
+]

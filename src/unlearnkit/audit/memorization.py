@@ -62,7 +62,9 @@ def memorization_scores(true_class_probs: np.ndarray, trained_on: np.ndarray) ->
         raise UnlearnKitError(f"memorisation: {probs.shape} probabilities but a {inside.shape} membership mask")
     n_in, n_out = inside.sum(0), (~inside).sum(0)
     if (n_in == 0).any() or (n_out == 0).any():
-        raise UnlearnKitError("memorisation: every example must be trained on by some split models and held out of others")
+        raise UnlearnKitError(
+            "memorisation: every example must be trained on by some split models and held out of others"
+        )
     return (probs * inside).sum(0) / n_in - (probs * ~inside).sum(0) / n_out
 
 

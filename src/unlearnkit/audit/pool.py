@@ -86,7 +86,11 @@ class Logits:
 
 
 def _outputs_path(ctx: Context, weights_sha: str) -> Path:
-    return Path(ctx.cache_root) / "outputs" / f"{config_hash({'weights': weights_sha, 'data': ctx.data.fingerprint})}.safetensors"
+    return (
+        Path(ctx.cache_root)
+        / "outputs"
+        / f"{config_hash({'weights': weights_sha, 'data': ctx.data.fingerprint})}.safetensors"
+    )
 
 
 def checkpoint_logits(ctx: Context, path: str | Path) -> Logits:
@@ -101,7 +105,9 @@ def checkpoint_logits(ctx: Context, path: str | Path) -> Logits:
 
 def _logits_of(ctx: Context, model: torch.nn.Module) -> Logits:
     device = resolve_device(ctx.device)
-    return Logits(predict_logits(model, ctx.data.x_train, device=device), predict_logits(model, ctx.data.x_test, device=device))
+    return Logits(
+        predict_logits(model, ctx.data.x_train, device=device), predict_logits(model, ctx.data.x_test, device=device)
+    )
 
 
 def _save_logits(path: Path, logits: Logits) -> None:
@@ -136,7 +142,9 @@ def run_job(ctx: Context, job: Job) -> dict:
     request = request_from_record(json.loads(job.request), ctx.data)
     if job.kind == "retrained":
         original_path, original_key = _original(ctx, job.seed)
-        path = ctx.cache.retrained(original_path, original_key, request, ctx.data, ctx.device, ctx.log, seed=job.train_seed)
+        path = ctx.cache.retrained(
+            original_path, original_key, request, ctx.data, ctx.device, ctx.log, seed=job.train_seed
+        )
         checkpoint_logits(ctx, path)
         return {"path": str(path)}
     if job.kind == "unlearned":
@@ -146,11 +154,16 @@ def run_job(ctx: Context, job: Job) -> dict:
             checkpoint = load_checkpoint(original_path)
             label = Variant(job.method, job.options).label
             ctx.log(f"unlearning {request.spec} from original {job.seed} with {label}")
-            result = unlearn(checkpoint, request, ctx.data, job.method, seed=job.seed, device=ctx.device, **dict(job.options))
+            result = unlearn(
+                checkpoint, request, ctx.data, job.method, seed=job.seed, device=ctx.device, **dict(job.options)
+            )
             logits = _logits_of(ctx, result.model)
             with atomic_path(target) as staged:
                 staged.mkdir()
-                save_file({"train": logits.train.contiguous(), "test": logits.test.contiguous()}, str(staged / "logits.safetensors"))
+                save_file(
+                    {"train": logits.train.contiguous(), "test": logits.test.contiguous()},
+                    str(staged / "logits.safetensors"),
+                )
                 (staged / "record.json").write_text(json.dumps({
                     "method": job.method, "options": dict(job.options), "config": result.config, "seed": job.seed,
                     "request": request.spec, "original": str(original_path), "cost": result.cost.to_dict(),

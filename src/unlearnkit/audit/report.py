@@ -69,23 +69,34 @@ def markdown(results: dict) -> str:
     v = results.get("versions", {})
     timings = results.get("timings", {})
     lines = [
-        f"# Audit: {results['suite']} — {results['dataset']}, {results.get('model') or 'default model'}, N = {n} models per side",
+        f"# Audit: {results['suite']} — {results['dataset']}, {results.get('model') or 'default model'}, N = {n} "
+        "models per side",
         "",
-        f"Machine: {machine.get('processor', '?')}, {machine.get('cpu_count', '?')} CPUs; {results['settings']['workers']} worker "
-        f"process(es) × {results['settings']['threads']} torch thread(s). Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + ".",
+        f"Machine: {machine.get('processor', '?')}, {machine.get('cpu_count', '?')} CPUs; "
+        f"{results['settings']['workers']} worker "
+        f"process(es) × {results['settings']['threads']} torch thread(s). Versions: "
+        + ", ".join(f"{k} {x}" for k, x in v.items())
+        + ".",
         f"Command: `{results['command']}`." if results.get("command") else "Command: not recorded (Python API).",
-        f"Wall time: {results['wall_s']:.0f} s in all (" + ", ".join(f"{k} {x:.0f} s" for k, x in timings.items())
+        f"Wall time: {results['wall_s']:.0f} s in all ("
+        + ", ".join(f"{k} {x:.0f} s" for k, x in timings.items())
         + "); cached models are not trained again, so a re-run or an extension costs only what is new.",
         "",
-        "Protocol (docs/audit.md): per forget example, the logit-scaled confidence φ under N unlearned models (the method "
-        "run on N originals with seeds 0..N−1) and N retrained models (seeds 1000..). **U-LiRA** fits a Gaussian to each "
-        "side per example on N − 1 models and scores the held-out pair (leave one pair out); accuracy of the likelihood-"
+        "Protocol (docs/audit.md): per forget example, the logit-scaled confidence φ under N unlearned models (the "
+        "method "
+        "run on N originals with seeds 0..N−1) and N retrained models (seeds 1000..). **U-LiRA** fits a Gaussian to "
+        "each "
+        "side per example on N − 1 models and scores the held-out pair (leave one pair out); accuracy of the "
+        "likelihood-"
         "ratio rule (50 % = indistinguishable), AUC, TPR at 1 % / 0.1 % FPR pooled over examples × held-out targets. "
         "**F** is the NeurIPS 2023 challenge's forgetting quality (per-example ε from threshold tests, δ = 1e-5, "
-        f"binned: 1, ½, ¼, … per 0.5 of ε up to ceil(log(N − 1)) = {math.ceil(math.log(n - 1))}); the **challenge score** is "
+        f"binned: 1, ½, ¼, … per 0.5 of ε up to ceil(log(N − 1)) = {math.ceil(math.log(n - 1))}); the **challenge "
+        "score** is "
         "F × RA/RA_retrain × TA/TA_retrain. **Retain exposure** is U-LiRA on retained examples. **φ shift** is how far "
-        "the mean φ on D_f moved from the original's towards the retrained models' (0 = not at all, 100 = as far, > 100 = past it). Avg. Gap and UA/RA/TA/MIA "
-        "come from `unlearnkit.evaluate` against retrained reference k, mean ± std over the N models. Retrain's row is what "
+        "the mean φ on D_f moved from the original's towards the retrained models' (0 = not at all, 100 = as far, > "
+        "100 = past it). Avg. Gap and UA/RA/TA/MIA "
+        "come from `unlearnkit.evaluate` against retrained reference k, mean ± std over the N models. Retrain's row "
+        "is what "
         "chance looks like with N models (F < 1 there is the estimator's small-N bias, not a leak).",
         "",
     ]
@@ -95,10 +106,12 @@ def markdown(results: dict) -> str:
         lines += [
             f"## {spec}: {req['n_forget']} forget examples, {req['retain_ids']} retained examples attacked",
             "",
-            f"Retrained references: RA {_pm(ref['RA'])}, TA {_pm(ref['TA'])}, UA {_pm(ref['UA'])}, MIA {_pm(ref['MIA'])}; "
+            f"Retrained references: RA {_pm(ref['RA'])}, TA {_pm(ref['TA'])}, UA {_pm(ref['UA'])}, MIA "
+            f"{_pm(ref['MIA'])}; "
             f"retraining takes {ref['retrain_s']:.1f} s per model. Audit of this request: {req['seconds']:.0f} s.",
             "",
-            "| method | U-LiRA acc. (%) | AUC | TPR@1% FPR (%) | TPR@0.1% FPR (%) | F | challenge score | D_r exposure: U-LiRA acc. (%) "
+            "| method | U-LiRA acc. (%) | AUC | TPR@1% FPR (%) | TPR@0.1% FPR (%) | F | challenge score | D_r "
+            "exposure: U-LiRA acc. (%) "
             "| D_r TPR@1% FPR (%) | φ shift on D_f (%) | Avg. Gap | UA | RA | TA | MIA | time (s) | work (% Retrain) |",
             "| --- |" + " --- |" * 17,
         ]
@@ -107,13 +120,21 @@ def markdown(results: dict) -> str:
             u, c, e, p, cost = r["ulira"], r["challenge"], r["retain_exposure"], r["population"], r["cost"]
             work = "–" if label == ORIGINAL or cost.get("work_pct") is None else f"{cost['work_pct']:.1f}"
             lines.append(
-                f"| {_name(label)} | {u['accuracy']:.1f} | {u['auc']:.3f} | {u['tpr_at_1pct_fpr']:.1f} | {u['tpr_at_0.1pct_fpr']:.1f} "
+                f"| {_name(label)} | {u['accuracy']:.1f} | {u['auc']:.3f} | {u['tpr_at_1pct_fpr']:.1f} | "
+                f"{u['tpr_at_0.1pct_fpr']:.1f} "
                 f"| {c['forget_quality']:.3f} | {c['score']:.3f} | {e['accuracy']:.1f} | {e['tpr_at_1pct_fpr']:.1f} "
-                f"| {'–' if r.get('forget_shift_pct') is None else format(r['forget_shift_pct'], '.0f')} | {_pm(p['avg_gap'])} | {_pm(p['UA'])} | {_pm(p['RA'])} | {_pm(p['TA'])} | {_pm(p['MIA'])} "
-                f"| {cost['seconds'][0]:.2f} | {work} |")
+                f"| {'–' if r.get('forget_shift_pct') is None else format(r['forget_shift_pct'], '.0f')} | "
+                f"{_pm(p['avg_gap'])} | {_pm(p['UA'])} | {_pm(p['RA'])} | {_pm(p['TA'])} | {_pm(p['MIA'])} "
+                f"| {cost['seconds'][0]:.2f} | {work} |"
+            )
         stopped = {m: r["stopped_early"] for m, r in methods.items() if r.get("stopped_early")}
         if stopped:
-            lines += ["", "Stopped early (guards, divergence roll-backs): " + ", ".join(f"{m} {k}/{n}" for m, k in sorted(stopped.items())) + "."]
+            lines += [
+                "",
+                "Stopped early (guards, divergence roll-backs): "
+                + ", ".join(f"{m} {k}/{n}" for m, k in sorted(stopped.items()))
+                + ".",
+            ]
         ranks = rankings(methods)
         if ranks["Avg. Gap"]:
             titles = [t for t, _, _ in RANKINGS]

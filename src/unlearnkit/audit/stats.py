@@ -29,7 +29,9 @@ Variance = Literal["auto", "global", "per_example"]
 def gaussian_log_likelihood_ratio(x, mean_a, var_a, mean_b, var_b) -> np.ndarray:
     """log N(x; mean_a, var_a) − log N(x; mean_b, var_b), elementwise (positive: x fits *a* better)."""
     x, mean_a, var_a, mean_b, var_b = (np.asarray(v, dtype=np.float64) for v in (x, mean_a, var_a, mean_b, var_b))
-    return (-0.5 * np.log(var_a) - 0.5 * (x - mean_a) ** 2 / var_a) - (-0.5 * np.log(var_b) - 0.5 * (x - mean_b) ** 2 / var_b)
+    return (-0.5 * np.log(var_a) - 0.5 * (x - mean_a) ** 2 / var_a) - (
+        -0.5 * np.log(var_b) - 0.5 * (x - mean_b) ** 2 / var_b
+    )
 
 
 def resolve_variance(variance: Variance, pool_size: int) -> str:
@@ -62,7 +64,9 @@ def held_out_likelihood_ratios(unlearned: np.ndarray, retrained: np.ndarray, var
     unlearned = np.asarray(unlearned, dtype=np.float64)
     retrained = np.asarray(retrained, dtype=np.float64)
     if unlearned.ndim != 2 or unlearned.shape != retrained.shape:
-        raise UnlearnKitError(f"U-LiRA needs two models × examples matrices of one shape, got {unlearned.shape} and {retrained.shape}")
+        raise UnlearnKitError(
+            f"U-LiRA needs two models × examples matrices of one shape, got {unlearned.shape} and {retrained.shape}"
+        )
     n = unlearned.shape[0]
     if n < 3:
         raise UnlearnKitError(f"U-LiRA needs at least 3 models per side (a variance from the held-out pools), got {n}")

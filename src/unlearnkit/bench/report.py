@@ -4,7 +4,8 @@ Per request: one row per method variant (Retrain first, then the untouched origi
 "mean ± std (gap)" over seeds where gap = |mean − Retrain's mean|, the best cell per column in bold, in the
 direction each metric declares beside its definition (``evaluation.METRICS``: closest to Retrain for UA/RA/TA/MIA,
 lowest Avg. Gap and run time, highest forgetting rate, unlearning degree and retention rate). Written as Markdown,
-CSV and LaTeX, with the machine, versions and command that produced the records, plus PNG plots of Avg. Gap against run time. When a method
+CSV and LaTeX, with the machine, versions and command that produced the records, plus PNG plots of Avg. Gap against run
+time. When a method
 has several variants (a sweep), a selection table ranks them by mean Avg. Gap over the requests.
 """
 
@@ -24,9 +25,21 @@ from .runner import load_records
 
 COLUMNS = [("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA-Eff."), ("avg_gap", "Avg. Gap"),
            ("rte_s", "RTE (s)"), ("rte_pct", "RTE (% Retrain)"), ("work_pct", "Work (% Retrain)")]
-EXTRA = [("FR", "FR"), ("MRR", "MRR"), ("UD_acc", "UD acc"), ("UD_loss", "UD loss"), ("gap_UD_acc", "|UD − UD_r|"),
-         ("spd_acc", "Acc G(D_f)"), ("js_forget", "JS D_f"), ("js_test", "JS test"), ("l2_to_reference", "L2 to Retrain"),
-         ("MIA_entropy", "MIA ent."), ("MIA_m_entropy", "MIA m-ent."), ("ASR", "ASR"), ("forget_acc_corrected", "Acc D_f (true)")]
+EXTRA = [
+    ("FR", "FR"),
+    ("MRR", "MRR"),
+    ("UD_acc", "UD acc"),
+    ("UD_loss", "UD loss"),
+    ("gap_UD_acc", "|UD − UD_r|"),
+    ("spd_acc", "Acc G(D_f)"),
+    ("js_forget", "JS D_f"),
+    ("js_test", "JS test"),
+    ("l2_to_reference", "L2 to Retrain"),
+    ("MIA_entropy", "MIA ent."),
+    ("MIA_m_entropy", "MIA m-ent."),
+    ("ASR", "ASR"),
+    ("forget_acc_corrected", "Acc D_f (true)"),
+]
 GAPPED = {"UA", "RA", "TA", "MIA"}
 # The report's own columns (derived here from records, so declared here); every other column's direction is
 # declared with the metric in evaluation.METRICS.
@@ -48,9 +61,13 @@ def _stats(values: list[float]) -> tuple[float, float]:
 def provenance(record: dict, shared_cpu: bool = False) -> str:
     """"Machine: …, N CPUs, torch threads T. Versions: …." from a benchmark record."""
     machine, versions = record.get("machine", {}), record.get("versions", {})
-    return (f"Machine: {machine.get('processor', '?')}, {machine.get('cpu_count', '?')} CPUs{' (shared)' if shared_cpu else ''}, "
-            f"torch threads {machine.get('torch_threads', '?')}{', ' + machine['cuda_device'] if 'cuda_device' in machine else ''}. "
-            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    return (
+        f"Machine: {machine.get('processor', '?')}, {machine.get('cpu_count', '?')} "
+        f"CPUs{' (shared)' if shared_cpu else ''}, "
+        "torch threads "
+        f"{machine.get('torch_threads', '?')}{', ' + machine['cuda_device'] if 'cuda_device' in machine else ''}. "
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."
+    )
 
 
 def _passes(cost: dict | None) -> int:
@@ -130,7 +147,11 @@ def markdown(summary: dict, header: str = "", columns=COLUMNS) -> str:
             for key, _ in columns:
                 cell = _cell(rows[variant], key, ref.get(key))
                 cells.append(f"**{cell}**" if best[key] == variant else cell)
-            name = "Retrain" if variant == "retrain" else ("Original (no unlearning)" if variant == "original" else variant)
+            name = (
+                "Retrain"
+                if variant == "retrain"
+                else ("Original (no unlearning)" if variant == "original" else variant)
+            )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -174,16 +195,23 @@ def selection_table(summary: dict, budget: float = 0.05) -> tuple[str, dict[str,
     """Rank each method's variants by mean Avg. Gap over the requests; choose the best whose work (sample
     passes) is within ``budget`` × Retrain's, or the cheapest if none fits. Work, not wall-clock time, so that
     a sweep run on a busy machine selects the same defaults as a quiet one."""
-    per_method: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    per_method: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     for request, rows in summary.items():
         for variant, s in rows.items():
             if variant in ("retrain", "original") or "avg_gap" not in s:
                 continue
             per_method[s["method"]][variant]["gap"].append(s["avg_gap"][0])
-            per_method[s["method"]][variant]["time"].append(s.get("work_pct", s.get("rte_pct", (float("nan"), 0)))[0] / 100.0)
+            per_method[s["method"]][variant]["time"].append(
+                s.get("work_pct", s.get("rte_pct", (float("nan"), 0)))[0] / 100.0
+            )
     chosen: dict[str, str] = {}
-    lines = [f"| method | variant | mean Avg. Gap over requests | mean work (% Retrain) | chosen (budget {100 * budget:.0f} %) |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| method | variant | mean Avg. Gap over requests | mean work (% Retrain) | chosen (budget "
+        f"{100 * budget:.0f} %) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for method in sorted(per_method):
         variants = per_method[method]
         if len(variants) < 2:
@@ -211,9 +239,21 @@ def plot(summary: dict, path: Path) -> None:
             if variant in ("retrain", "original") or "avg_gap" not in s or "rte_pct" not in s:
                 continue
             ax.errorbar(max(s["rte_pct"][0], 1e-2), s["avg_gap"][0], yerr=s["avg_gap"][1], fmt="o", capsize=3)
-            ax.annotate(variant, (max(s["rte_pct"][0], 1e-2), s["avg_gap"][0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                variant,
+                (max(s["rte_pct"][0], 1e-2), s["avg_gap"][0]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         if "original" in summary[request] and "avg_gap" in summary[request]["original"]:
-            ax.axhline(summary[request]["original"]["avg_gap"][0], color="grey", ls="--", lw=1, label="original (no unlearning)")
+            ax.axhline(
+                summary[request]["original"]["avg_gap"][0],
+                color="grey",
+                ls="--",
+                lw=1,
+                label="original (no unlearning)",
+            )
             ax.legend(fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("run time (% of Retrain, log scale)")
@@ -241,18 +281,32 @@ def write_report(out_dir: str | Path, *, budget: float = 0.05) -> str:
         info = json.loads(run.read_text())
         if info.get("command"):
             commands.append(info["command"])
-    header = "\n".join([
-        f"# {first.get('suite', 'benchmark')}: {first['dataset']}, {first['model']}", "",
-        f"Records: {len(records)}. " + provenance(first),
-        "Command(s): " + ("; ".join(f"`{c}`" for c in dict.fromkeys(commands)) if commands else "not recorded") + ".", "",
-        "Cells are mean ± std over seeds; for UA/RA/TA/MIA-Eff. the gap to Retrain is in parentheses; the best "
-        "cell per column (excluding Retrain and the original) is bold: closest to Retrain for UA, RA, TA, MIA and the "
-        "other accuracies, lowest for gaps, divergences, distances, ASR and cost, highest for FR, MRR and UD. RTE is "
-        "the wall-clock time of the unlearning call alone, measured in the same run as the methods it is compared with only when the records say so "
-        "(see `retrain_s` and timestamps in the records).", "",
-    ])
+    header = "\n".join(
+        [
+            f"# {first.get('suite', 'benchmark')}: {first['dataset']}, {first['model']}",
+            "",
+            f"Records: {len(records)}. " + provenance(first),
+            "Command(s): "
+            + ("; ".join(f"`{c}`" for c in dict.fromkeys(commands)) if commands else "not recorded")
+            + ".",
+            "",
+            "Cells are mean ± std over seeds; for UA/RA/TA/MIA-Eff. the gap to Retrain is in parentheses; the best "
+            "cell per column (excluding Retrain and the original) is bold: closest to Retrain for UA, RA, TA, MIA and "
+            "the "
+            "other accuracies, lowest for gaps, divergences, distances, ASR and cost, highest for FR, MRR and UD. RTE "
+            "is "
+            "the wall-clock time of the unlearning call alone, measured in the same run as the methods it is compared "
+            "with only when the records say so "
+            "(see `retrain_s` and timestamps in the records).",
+            "",
+        ]
+    )
     text = markdown(summary, header)
-    extra = markdown(summary, "## More metrics\n", columns=[c for c in EXTRA if any(c[0] in s for r in summary.values() for s in r.values())])
+    extra = markdown(
+        summary,
+        "## More metrics\n",
+        columns=[c for c in EXTRA if any(c[0] in s for r in summary.values() for s in r.values())],
+    )
     selection, chosen = selection_table(summary, budget)
     if selection:
         text += "\n## Variant selection\n\n" + selection + "\n"

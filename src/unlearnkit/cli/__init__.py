@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import UnlearnKitError
-from . import audit, bench, byod, core, prune, requests, sisa, spdgan
 from ..options import option
+from . import audit, bench, byod, core, prune, requests, sisa, spdgan
 from .common import Command, add_flags, command_flags, parse_sets, parse_value, printable, split_top_level
 
 # One line per command module, in the order `unlearnkit --help` lists them.
@@ -42,9 +42,14 @@ def commands() -> dict[str, Command]:
 
 @dataclass
 class GlobalFlags:
-    threads: int | None = option(None, "torch intra-op threads (default: torch's choice). Benchmarks on a shared CPU use "
-                                       "1: a single-threaded process keeps its core, while two-thread processes spin-wait "
-                                       "on each other", ge=1, le=1024)
+    threads: int | None = option(
+        None,
+        "torch intra-op threads (default: torch's choice). Benchmarks on a shared CPU use "
+        "1: a single-threaded process keeps its core, while two-thread processes spin-wait "
+        "on each other",
+        ge=1,
+        le=1024,
+    )
 
 
 command_flags("unlearnkit", GlobalFlags)

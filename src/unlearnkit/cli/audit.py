@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,15 +26,27 @@ command_flags("audit", AuditFlags)
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", required=True, help="suite name under benchmarks/suites/ or a .toml path (data set, model, "
-                                                  "recipe, requests, methods, method options)")
+    p.add_argument(
+        "--suite",
+        required=True,
+        help="suite name under benchmarks/suites/ or a .toml path (data set, model, "
+        "recipe, requests, methods, method options)",
+    )
     add_flags(p, AuditFlags, only=("models",))
-    p.add_argument("--methods", default=None, help="comma list of methods or variants (NAME[k=v,...]); 'all' = every registered "
-                                                   "method at its defaults (default: the suite's). Retrain and the original are always rows")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma list of methods or variants (NAME[k=v,...]); 'all' = every registered "
+        "method at its defaults (default: the suite's). Retrain and the original are always rows",
+    )
     p.add_argument("--request", action="append", default=None, metavar="SPEC",
                    help="a request to audit (repeatable; default: the suite's), e.g. random:0.1 or memorized:144")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/audit/SUITE)")
-    p.add_argument("--cache", default="runs/bench-cache", help="model cache shared with `unlearnkit bench` (default: runs/bench-cache)")
+    p.add_argument(
+        "--cache",
+        default="runs/bench-cache",
+        help="model cache shared with `unlearnkit bench` (default: runs/bench-cache)",
+    )
     add_overwrite_arg(p, "an existing audit of the same suite")
     add_flags(p, AuditFlags, only=("workers", "worker_threads", "retain_sample", "memorization_models", "variance"))
     p.add_argument("--data-dir", default=None)
@@ -43,8 +54,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from ..bench import load_suite
     from ..audit import AuditSettings, run_audit
+    from ..bench import load_suite
 
     suite = load_suite(args.suite)
     settings = AuditSettings(models=args.models, workers=args.workers, threads=args.worker_threads,

@@ -22,7 +22,11 @@ command_flags("report", ReportFlags)
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", required=True, help="suite name under benchmarks/suites/ or a .toml path")
-    p.add_argument("--seeds", default=None, help="N (seeds 0..N-1) or a comma list; one seed k alone: \"k,\" (default: the suite's)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="N (seeds 0..N-1) or a comma list; one seed k alone: \"k,\" (default: the suite's)",
+    )
     p.add_argument("--methods", default=None, help="comma list of methods or variants to run (default: all)")
     p.add_argument("--requests", default=None, help="comma list of the suite's requests to run (default: all); with "
                    "--seeds, splits a suite over processes that share --out and --cache")
@@ -33,9 +37,13 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
-    p.add_argument("--prune", default=None, metavar="SPEC",
-                   help="prune first, then unlearn: prune the suite's originals by SPEC (e.g. omp:0.95; 'none' for dense), "
-                        "overriding the suite's `prune` key; default --out gains the spec")
+    p.add_argument(
+        "--prune",
+        default=None,
+        metavar="SPEC",
+        help="prune first, then unlearn: prune the suite's originals by SPEC (e.g. omp:0.95; 'none' for dense), "
+        "overriding the suite's `prune` key; default --out gains the spec",
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -57,8 +65,12 @@ def _bench(args: argparse.Namespace) -> int:
                                   f"(its requests: {', '.join(suite.requests)})")
         suite = dataclasses.replace(suite, requests=wanted)
     seeds = None if not args.seeds else parse_seeds(args.seeds)
-    suffix = "" if args.prune is None else "-" + ("dense" if suite.prune is None else
-                                                   "".join(c if c.isalnum() or c in ".=-" else "_" for c in suite.prune))
+    suffix = (
+        ""
+        if args.prune is None
+        else "-"
+        + ("dense" if suite.prune is None else "".join(c if c.isalnum() or c in ".=-" else "_" for c in suite.prune))
+    )
     out = args.out if args.out is not None else f"benchmarks/results/{suite.name}{suffix}"
     inputs = [suite.path, *([args.data_dir] if args.data_dir else [])]
     out = check_output(out, "bench", args, inputs, resume=True, detail=suite.name)
@@ -74,9 +86,18 @@ def _bench(args: argparse.Namespace) -> int:
         if unknown:
             raise UnlearnKitError(f"--methods: {', '.join(unknown)} not in suite {suite.name!r} "
                                   f"(its variants: {', '.join(v.label for v in suite.variants)})")
-    run_suite(suite, out, cache_dir=args.cache, device=args.device, data_dir=args.data_dir, seeds=seeds, methods=methods,
-              command="unlearnkit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("unlearnkit") else None,
-              progress=sys.stderr.isatty(), rerun=args.overwrite)
+    run_suite(
+        suite,
+        out,
+        cache_dir=args.cache,
+        device=args.device,
+        data_dir=args.data_dir,
+        seeds=seeds,
+        methods=methods,
+        command="unlearnkit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("unlearnkit") else None,
+        progress=sys.stderr.isatty(),
+        rerun=args.overwrite,
+    )
     if not args.no_report:
         write_report(out)
         print(f"report written to {out}/report.md")
@@ -109,7 +130,9 @@ def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise UnlearnKitError(f"--seeds {text!r}: use N (seeds 0..N-1) or a comma list of integers, e.g. 1,2 or 2,") from None
+        raise UnlearnKitError(
+            f"--seeds {text!r}: use N (seeds 0..N-1) or a comma list of integers, e.g. 1,2 or 2,"
+        ) from None
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise UnlearnKitError(f"--seeds {text!r}: seeds are distinct integers >= 0")
     return seeds

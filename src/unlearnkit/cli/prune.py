@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-
-from ..errors import UnlearnKitError
 from dataclasses import dataclass
 
+from ..errors import UnlearnKitError
 from ..options import option
 from ..sparsity.spec import OPTIONS, PRUNE_METHODS, PruneSpec
 from .common import SEED_MAX, Command, add_flags, add_overwrite_arg, check_output, command_flags, parse_sets
@@ -17,7 +16,9 @@ from .common import SEED_MAX, Command, add_flags, add_overwrite_arg, check_outpu
 class PruneFlags:
     finetune_epochs: int = option(0, "fine-tune this many epochs after pruning (recipe of the checkpoint)", ge=0,
                                   le=10_000)
-    finetune_lr: float | None = option(None, "fine-tuning learning rate (default: a fifth of the recipe's)", gt=0, le=10)
+    finetune_lr: float | None = option(
+        None, "fine-tuning learning rate (default: a fifth of the recipe's)", gt=0, le=10
+    )
     seed: int | None = option(None, "seed for fine-tuning/retraining data order (default: the checkpoint's)", ge=0,
                               le=SEED_MAX)
 
@@ -37,8 +38,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="method options: " + "; ".join(f"{k} ({', '.join(m)})" for k, (m, _) in OPTIONS.items()
                                                        if k not in ("scope", "layers", "classifier")))
     add_flags(p, PruneFlags, only=("finetune_epochs", "finetune_lr"))
-    p.add_argument("--at-init", action="store_true",
-                   help="synflow: prune the checkpoint's architecture at its recorded seed's initialisation, then train it with its recipe")
+    p.add_argument(
+        "--at-init",
+        action="store_true",
+        help="synflow: prune the checkpoint's architecture at its recorded seed's initialisation, then train it with "
+             "its recipe",
+    )
     add_flags(p, PruneFlags, only=("seed",))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
@@ -53,7 +58,9 @@ def _prune(args: argparse.Namespace) -> int:
     options = parse_sets(args.set)
     for key in ("scope", "layers", "classifier"):
         if key in options:
-            raise UnlearnKitError(f"use --{key if key != 'classifier' else 'exclude-classifier'} rather than --set {key}=...")
+            raise UnlearnKitError(
+                f"use --{key if key != 'classifier' else 'exclude-classifier'} rather than --set {key}=..."
+            )
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise UnlearnKitError(f"unknown pruning option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")

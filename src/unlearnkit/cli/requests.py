@@ -31,7 +31,9 @@ class ForgetFlags:
 
 @dataclass
 class RequestsListFlags:
-    state: Literal["received", "planned", "running", "done", "failed"] | None = option(None, "only requests in this state")
+    state: Literal["received", "planned", "running", "done", "failed"] | None = option(
+        None, "only requests in this state"
+    )
 
 
 command_flags("forget", ForgetFlags)
@@ -61,7 +63,9 @@ def _forget_arguments(p: argparse.ArgumentParser) -> None:
     add_flags(p, ForgetFlags, only=("mode",))
     p.add_argument("--request-id", default=None, help="your id for this request: resubmitting it is a no-op")
     add_flags(p, ForgetFlags, only=("seed",))
-    p.add_argument("--plan-only", action="store_true", help="print the plan and its estimates; record and change nothing")
+    p.add_argument(
+        "--plan-only", action="store_true", help="print the plan and its estimates; record and change nothing"
+    )
     p.add_argument("--evaluate", action="store_true", help="record the new ensemble's test accuracy with the request")
     add_flags(p, ForgetFlags, only=("workers",))
     policy_arguments(p)
@@ -104,7 +108,8 @@ def _print_purges(purges: list[dict]) -> None:
         what = {"stage": "stage checkpoint", "quarantined": "quarantined checkpoint", "temporary": "temporary folder",
                 "version-weights": "weights of a superseded version"}.get(item["kind"], item["kind"])
         if item["kind"] in ("stage", "quarantined") and "shard" in detail:
-            what += f" (shard {detail['shard']}, stage {detail['stage']}, {detail.get('deleted_ids_held', '?')} deleted ids held)"
+            held = detail.get("deleted_ids_held", "?")
+            what += f" (shard {detail['shard']}, stage {detail['stage']}, {held} deleted ids held)"
         elif item["kind"] == "version-weights":
             what += f" (version {detail.get('version')}, sha256 {str(detail.get('sha256'))[:16]}...)"
         when = item["purged"] or "planned, not finished"
@@ -170,12 +175,18 @@ def _requests(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([r.to_dict() for r in records], indent=2, default=str))
                 return 0
-            print(f"{'id':<24} {'state':<8} {'decision':<8} {'ids':>6} {'version':>7} {'est. s':>8} {'took s':>8}  created")
+            print(
+                f"{'id':<24} {'state':<8} {'decision':<8} {'ids':>6} {'version':>7} {'est. s':>8} {'took s':>8}  "
+                "created"
+            )
             for r in records:
                 est = "" if r.estimated_seconds is None else f"{r.estimated_seconds:.2f}"
                 act = "" if r.actual_seconds is None else f"{r.actual_seconds:.2f}"
                 version = "" if r.version is None else str(r.version)
-                print(f"{printable(r.id):<24} {r.state:<8} {r.decision or '':<8} {r.n_ids:>6} {version:>7} {est:>8} {act:>8}  {r.created}")
+                print(
+                    f"{printable(r.id):<24} {r.state:<8} {r.decision or '':<8} {r.n_ids:>6} {version:>7} {est:>8} "
+                    f"{act:>8}  {r.created}"
+                )
             return 0
         record = ledger.get(args.id)
         events = ledger.events(record.id)

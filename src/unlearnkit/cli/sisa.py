@@ -15,8 +15,17 @@ from dataclasses import dataclass
 
 from ..options import option
 from ..training import TrainConfig
-from .common import (SEED_MAX, Command, add_data_args, add_flags, check_output, command_flags, data_inputs, parse_sets,
-                     training_changes)
+from .common import (
+    SEED_MAX,
+    Command,
+    add_data_args,
+    add_flags,
+    check_output,
+    command_flags,
+    data_inputs,
+    parse_sets,
+    training_changes,
+)
 from .requests import policy_arguments, policy_from_args
 
 
@@ -132,17 +141,29 @@ def _sisa_info(args: argparse.Namespace) -> int:
     version = sisa.version()
     status = version.status
     info = {
-        "path": str(sisa.path), "dataset": sisa.meta["dataset"]["name"], "model": sisa.meta["model"]["name"],
-        "shards": sisa.shards, "slices": sisa.slices, "epochs_per_stage": sisa.config.epochs,
-        "threads_per_shard": sisa.meta["sisa"]["threads"], "workers": sisa.workers,
-        "version": version.number, "versions": sisa.store.version_numbers(),
-        "samples": {"active": int((status == ACTIVE).sum()), "deleted_exact": int((status == DELETED_EXACT).sum()),
-                    "deleted_approx": int((status == DELETED_APPROX).sum())},
-        "pending_approx_per_shard": np.bincount(sisa.provenance.shard_of[status == DELETED_APPROX], minlength=sisa.shards).tolist(),
+        "path": str(sisa.path),
+        "dataset": sisa.meta["dataset"]["name"],
+        "model": sisa.meta["model"]["name"],
+        "shards": sisa.shards,
+        "slices": sisa.slices,
+        "epochs_per_stage": sisa.config.epochs,
+        "threads_per_shard": sisa.meta["sisa"]["threads"],
+        "workers": sisa.workers,
+        "version": version.number,
+        "versions": sisa.store.version_numbers(),
+        "samples": {
+            "active": int((status == ACTIVE).sum()),
+            "deleted_exact": int((status == DELETED_EXACT).sum()),
+            "deleted_approx": int((status == DELETED_APPROX).sum()),
+        },
+        "pending_approx_per_shard": np.bincount(
+            sisa.provenance.shard_of[status == DELETED_APPROX], minlength=sisa.shards
+        ).tolist(),
         "versions_with_weights": [n for n in sisa.store.version_numbers() if sisa.store.has_weights(n)],
         "keep_versions": sisa.store.keep_versions,
         "original_test_acc": sisa.store.read_version_info(0).get("metrics", {}).get("test_acc"),
-        "calibration": sisa.meta.get("calibration"), "policy": (sisa.meta.get("hybrid") or {}).get("policy"),
+        "calibration": sisa.meta.get("calibration"),
+        "policy": (sisa.meta.get("hybrid") or {}).get("policy"),
     }
     if args.json:
         print(json.dumps(info, indent=2))

@@ -3,5 +3,15 @@
 from .datasets import DATASET_INFO, DATASETS, FASHION_MNIST_DIR, Dataset, as_dataset, load_dataset
 from .loader import Augment, Batch, Source, augment_for
 
-__all__ = ["DATASETS", "DATASET_INFO", "FASHION_MNIST_DIR", "Dataset", "load_dataset", "as_dataset", "Augment", "Batch", "Source",
-           "augment_for"]
+__all__ = [
+    "DATASETS",
+    "DATASET_INFO",
+    "FASHION_MNIST_DIR",
+    "Dataset",
+    "load_dataset",
+    "as_dataset",
+    "Augment",
+    "Batch",
+    "Source",
+    "augment_for",
+]

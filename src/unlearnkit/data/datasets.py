@@ -55,7 +55,9 @@ class Dataset:
                                   f"{tuple(self.x_train.shape[1:])}; both splits must have one shape")
         for split, (x, y) in {"train": (self.x_train, self.y_train), "test": (self.x_test, self.y_test)}.items():
             if x.ndim != 4 or x.dtype != torch.float32:
-                raise UnlearnKitError(f"{self.name} {split}: images must be float32 N x C x H x W, got {x.dtype} {tuple(x.shape)}")
+                raise UnlearnKitError(
+                    f"{self.name} {split}: images must be float32 N x C x H x W, got {x.dtype} {tuple(x.shape)}"
+                )
             if y.ndim != 1 or y.shape[0] != x.shape[0] or y.dtype != torch.int64:
                 raise UnlearnKitError(f"{self.name} {split}: labels must be int64 of length {x.shape[0]}")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
@@ -171,8 +173,16 @@ def _need_files(root: Path, names: dict[str, list[str]], how_to_get: str) -> dic
 
 def _idx_pair(root: Path, prefix: str) -> dict[str, list[str]]:
     return {
-        f"{prefix}_images": [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"],
-        f"{prefix}_labels": [f"{prefix}-labels-idx1-ubyte.gz", f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"],
+        f"{prefix}_images": [
+            f"{prefix}-images-idx3-ubyte.gz",
+            f"{prefix}-images-idx3-ubyte",
+            f"{prefix}-images.idx3-ubyte",
+        ],
+        f"{prefix}_labels": [
+            f"{prefix}-labels-idx1-ubyte.gz",
+            f"{prefix}-labels-idx1-ubyte",
+            f"{prefix}-labels.idx1-ubyte",
+        ],
     }
 
 
@@ -202,7 +212,9 @@ def load_fashion_mnist(root: str | Path | None = None) -> Dataset:
 
 def load_mnist(root: str | Path | None = None) -> Dataset:
     if root is None:
-        raise UnlearnKitError("MNIST needs --data-dir: a folder with train-images-idx3-ubyte(.gz) and the other three IDX files")
+        raise UnlearnKitError(
+            "MNIST needs --data-dir: a folder with train-images-idx3-ubyte(.gz) and the other three IDX files"
+        )
     return _load_idx_dataset(
         "mnist", Path(root), "put the four MNIST IDX files (train-/t10k- images and labels) there",
         tuple(str(i) for i in range(10)),
@@ -231,10 +243,15 @@ def _load_cifar(root: str | Path | None, fine: bool) -> Dataset:
     n_classes = 100 if fine else 10
     return Dataset(
         name=name,
-        x_train=_images(np.concatenate(xs)), y_train=_labels(np.concatenate(ys)),
-        x_test=_images(formats.cifar_images(test, test_path)), y_test=_labels(formats.cifar_labels(test, key, test_path)),
-        num_classes=n_classes, class_names=tuple(str(i) for i in range(n_classes)),
-        crop_padding=4, horizontal_flip=True, source=str(root),
+        x_train=_images(np.concatenate(xs)),
+        y_train=_labels(np.concatenate(ys)),
+        x_test=_images(formats.cifar_images(test, test_path)),
+        y_test=_labels(formats.cifar_labels(test, key, test_path)),
+        num_classes=n_classes,
+        class_names=tuple(str(i) for i in range(n_classes)),
+        crop_padding=4,
+        horizontal_flip=True,
+        source=str(root),
     )
 
 
@@ -302,7 +319,9 @@ _CACHE: dict[tuple[str, str], Dataset] = {}
 USER_DATA_CACHE: dict[tuple, Dataset] = {}
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, subset: tuple[int, int] | None = None) -> Dataset:
+def load_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, *, subset: tuple[int, int] | None = None
+) -> Dataset:
     """Load a registered data set by name (cached per process).
 
     ``subset=(n_train, n_test)`` returns a seeded class-stratified subset, e.g. for quick runs.

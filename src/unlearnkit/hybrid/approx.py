@@ -117,18 +117,36 @@ def approximate_delete(sisa: SisaModel, version: Version, new_ids: np.ndarray, s
         pool = members[touched & ~removed[members]]
         probe = amend_probe(pool, settings.amend_probe_size, shard_seed)
         baseline = probe_loss(original, data.x_train, data.y_train, probe, device)
-        result = unlearn(original, request, data, method=settings.method, seed=shard_seed, device=device,
-                         recipe=sisa.config, model_name=sisa.meta["model"]["name"], model_args=sisa.meta["model"]["args"],
-                         original_test_acc=shard_acc[shard], **settings.method_options)
+        result = unlearn(
+            original,
+            request,
+            data,
+            method=settings.method,
+            seed=shard_seed,
+            device=device,
+            recipe=sisa.config,
+            model_name=sisa.meta["model"]["name"],
+            model_args=sisa.meta["model"]["args"],
+            original_test_acc=shard_acc[shard],
+            **settings.method_options,
+        )
         model = result.model
-        amended = amend(model, data.x_train, data.y_train, pool, probe, baseline, settings, seed=shard_seed, device=device)
+        amended = amend(
+            model, data.x_train, data.y_train, pool, probe, baseline, settings, seed=shard_seed, device=device
+        )
         states[shard] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         status[forget] = DELETED_APPROX
-        shards.append({
-            "shard": shard, "deleted": int(forget.size),
-            "modification": {"method": settings.method, "samples": result.cost.backward,
-                             "seconds": round(result.cost.seconds, 4),
-                             **({"stopped_early": result.notes["stopped_early"]} if "stopped_early" in result.notes else {})},
-            "amend": amended,
-        })
+        shards.append(
+            {
+                "shard": shard,
+                "deleted": int(forget.size),
+                "modification": {
+                    "method": settings.method,
+                    "samples": result.cost.backward,
+                    "seconds": round(result.cost.seconds, 4),
+                    **({"stopped_early": result.notes["stopped_early"]} if "stopped_early" in result.notes else {}),
+                },
+                "amend": amended,
+            }
+        )
     return ApproxResult(states, status, shards)

@@ -93,7 +93,10 @@ def calibrate(sisa: SisaModel, approx: ApproxSettings | None = None, *, device: 
     for n in sorted({1, max(1, members.size // 100)}):
         with metered() as meter:
             result = approximate_delete(sisa, version, last[:n], approx, seed=n, device=device)
-        explained = meter.backward * cal.approx_seconds_per_sample + (meter.forward - meter.backward) * cal.eval_seconds_per_sample
+        explained = (
+            meter.backward * cal.approx_seconds_per_sample
+            + (meter.forward - meter.backward) * cal.eval_seconds_per_sample
+        )
         overheads.append(max(0.0, meter.seconds - explained))
         rounds += [s["amend"]["rounds"] for s in result.shards]
     cal.shard_overhead_seconds = float(np.mean(overheads))
@@ -108,9 +111,12 @@ def calibrate(sisa: SisaModel, approx: ApproxSettings | None = None, *, device: 
     if echo:
         import sys
 
-        print(f"calibrated: stage training {1e3 * cal.train_seconds_per_sample:.3f} ms/sample, approximate path "
-              f"{1e3 * cal.approx_seconds_per_sample:.3f} ms/sample (inference {1e3 * cal.eval_seconds_per_sample:.3f}), "
-              f"{cal.amend_rounds:.1f} amend rounds, shard overhead {cal.shard_overhead_seconds:.2f} s, request "
-              f"overhead {cal.request_overhead_seconds:.2f} s, pool start {cal.pool_overhead_seconds:.2f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"calibrated: stage training {1e3 * cal.train_seconds_per_sample:.3f} ms/sample, approximate path "
+            f"{1e3 * cal.approx_seconds_per_sample:.3f} ms/sample (inference {1e3 * cal.eval_seconds_per_sample:.3f}), "
+            f"{cal.amend_rounds:.1f} amend rounds, shard overhead {cal.shard_overhead_seconds:.2f} s, request "
+            f"overhead {cal.request_overhead_seconds:.2f} s, pool start {cal.pool_overhead_seconds:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     return cal

@@ -99,7 +99,9 @@ def estimate_exact(remaining: np.ndarray, first_slice: np.ndarray, epochs: int, 
              for k, s in zip(affected, stages)]
     seconds, used = cal.request_overhead_seconds + sum(loads), 1
     if workers > 1 and len(affected) > 1:
-        parallel = cal.request_overhead_seconds + makespan(loads, workers) + (0.0 if pool_warm else cal.pool_overhead_seconds)
+        parallel = (
+            cal.request_overhead_seconds + makespan(loads, workers) + (0.0 if pool_warm else cal.pool_overhead_seconds)
+        )
         if parallel < seconds:
             seconds, used = parallel, min(workers, len(affected))
     return Estimate(int(work.sum()), seconds, {int(k): int(work[k]) for k in affected}, used)

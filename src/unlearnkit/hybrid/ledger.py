@@ -165,7 +165,9 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             raise UnlearnKitError(f"request ledger {self.path} cannot be opened: {exc}") from None
         if str(mode).lower() != "wal":
-            raise UnlearnKitError(f"request ledger {self.path}: SQLite refused WAL mode ({mode}); is it on a network file system?")
+            raise UnlearnKitError(
+                f"request ledger {self.path}: SQLite refused WAL mode ({mode}); is it on a network file system?"
+            )
 
     def _migrate(self) -> None:
         """Bring the ledger to SCHEMA_VERSION, one migration per transaction (safe against concurrent openers
@@ -175,8 +177,10 @@ class Ledger:
             if version == SCHEMA_VERSION:
                 return
             if version > SCHEMA_VERSION or (version and version not in _MIGRATIONS):
-                raise UnlearnKitError(f"{self.path} is a ledger of schema {version}; this unlearnkit reads schemas up to "
-                                      f"{SCHEMA_VERSION} (upgrade unlearnkit)")
+                raise UnlearnKitError(
+                    f"{self.path} is a ledger of schema {version}; this unlearnkit reads schemas up to "
+                    f"{SCHEMA_VERSION} (upgrade unlearnkit)"
+                )
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 if self.db.execute("PRAGMA user_version").fetchone()[0] == version:  # nobody migrated it meanwhile
@@ -216,7 +220,9 @@ class Ledger:
         return self.list(UNFINISHED)
 
     def events(self, request_id: str) -> list[dict]:
-        rows = self.db.execute("SELECT at, state, note FROM events WHERE request_id = ? ORDER BY seq", (request_id,)).fetchall()
+        rows = self.db.execute(
+            "SELECT at, state, note FROM events WHERE request_id = ? ORDER BY seq", (request_id,)
+        ).fetchall()
         return [dict(r) for r in rows]
 
     def deleted_by(self, ids: np.ndarray) -> dict[str, int]:
@@ -328,9 +334,16 @@ class Ledger:
                 known = self.db.execute("SELECT 1 FROM purges WHERE path = ? AND kind = ? AND purged IS NULL",
                                         (item["path"], item["kind"])).fetchone()
                 if known is None:
-                    self.db.execute("INSERT INTO purges (request_id, planned, kind, path, detail) VALUES (?, ?, ?, ?, ?)",
-                                    (request_id, now, item["kind"], item["path"],
-                                     json.dumps(item.get("detail") or {}, sort_keys=True, default=_json_default)))
+                    self.db.execute(
+                        "INSERT INTO purges (request_id, planned, kind, path, detail) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            request_id,
+                            now,
+                            item["kind"],
+                            item["path"],
+                            json.dumps(item.get("detail") or {}, sort_keys=True, default=_json_default),
+                        ),
+                    )
                     added += 1
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -349,7 +362,9 @@ class Ledger:
         try:
             self.db.execute("BEGIN IMMEDIATE")
             for kind, path in paths:
-                self.db.execute("UPDATE purges SET purged = ? WHERE kind = ? AND path = ? AND purged IS NULL", (now, kind, path))
+                self.db.execute(
+                    "UPDATE purges SET purged = ? WHERE kind = ? AND path = ? AND purged IS NULL", (now, kind, path)
+                )
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -394,7 +409,9 @@ class Ledger:
         return self.get(request_id)
 
     def _event(self, request_id: str, state: str, note: str) -> None:
-        self.db.execute("INSERT INTO events (request_id, at, state, note) VALUES (?, ?, ?, ?)", (request_id, _now(), state, note))
+        self.db.execute(
+            "INSERT INTO events (request_id, at, state, note) VALUES (?, ?, ?, ?)", (request_id, _now(), state, note)
+        )
 
     def _rollback(self) -> None:
         try:

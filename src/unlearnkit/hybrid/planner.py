@@ -52,7 +52,9 @@ class Plan:
     new_ids: np.ndarray  # ids to delete now (sorted; those not deleted before)
     already_deleted: int
     affected_shards: list[int]
-    first_slice: dict[int, int]  # exact path: shard -> first slice to retrain from (incl. earlier approximate deletions)
+    first_slice: dict[
+        int, int
+    ]  # exact path: shard -> first slice to retrain from (incl. earlier approximate deletions)
     exact: Estimate | None
     approx: Estimate | None
     budget_seconds: float
@@ -84,8 +86,10 @@ def validate_ids(ids, provenance: Provenance) -> np.ndarray:
     array = array.astype(np.int64)
     bad = array[(array < 0) | (array >= provenance.n)]
     if bad.size:
-        raise UnlearnKitError(f"{bad.size} id(s) are not training samples of this model (ids are 0..{provenance.n - 1}; "
-                              f"first unknown: {int(bad[0])})")
+        raise UnlearnKitError(
+            f"{bad.size} id(s) are not training samples of this model (ids are 0..{provenance.n - 1}; "
+            f"first unknown: {int(bad[0])})"
+        )
     array = np.sort(array)
     dupes = array[1:][array[1:] == array[:-1]]
     if dupes.size:
@@ -134,7 +138,9 @@ def make_plan(ids, provenance: Provenance, status: np.ndarray, *, epochs: int, w
     pending = np.flatnonzero(status == DELETED_APPROX)
     if pending.size:
         pending_first = np.full(shards, slices, dtype=np.int64)
-        np.minimum.at(pending_first, provenance.shard_of[pending].astype(np.int64), provenance.slice_of[pending].astype(np.int64))
+        np.minimum.at(
+            pending_first, provenance.shard_of[pending].astype(np.int64), provenance.slice_of[pending].astype(np.int64)
+        )
         first = np.where(new_per_shard > 0, np.minimum(first, pending_first), first)
     first = np.where(new_per_shard > 0, first, -1)
     exact = estimate_exact(remaining, first, epochs, workers, cal, pool_warm)
@@ -154,8 +160,11 @@ def make_plan(ids, provenance: Provenance, status: np.ndarray, *, epochs: int, w
         limit = max(budget, policy.beta * approx_estimate.seconds)
         if exact.seconds <= limit:
             decision = "exact"
-            reason = (f"exact retraining ({exact.seconds:.2f} s) is within "
-                      + (f"the budget ({budget:.2f} s)" if limit == budget else f"{policy.beta:g} x the approximate path ({approx_estimate.seconds:.2f} s)"))
+            reason = f"exact retraining ({exact.seconds:.2f} s) is within " + (
+                f"the budget ({budget:.2f} s)"
+                if limit == budget
+                else f"{policy.beta:g} x the approximate path ({approx_estimate.seconds:.2f} s)"
+            )
         else:
             decision = "approx"
             reason = (f"exact retraining ({exact.seconds:.2f} s) exceeds both the budget ({budget:.2f} s) and "

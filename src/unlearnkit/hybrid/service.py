@@ -114,7 +114,9 @@ class Unlearner:
         return bool((record.options or {}).get("evaluate", self.evaluate))
 
     # -- requests ------------------------------------------------------------------------------------
-    def submit(self, ids, request_id: str | None = None, mode: str = "auto", source: str | None = None) -> RequestRecord:
+    def submit(
+        self, ids, request_id: str | None = None, mode: str = "auto", source: str | None = None
+    ) -> RequestRecord:
         """Record a request with this object's options (idempotent for a known ``request_id`` with the same
         ids, mode and options; a failed one is queued again, with the new mode and options)."""
         ids = validate_ids(ids, self.sisa.provenance)
@@ -124,7 +126,9 @@ class Unlearner:
             record = self.ledger.retry(record.id, mode, options)
         return record
 
-    def forget(self, ids, request_id: str | None = None, mode: str = "auto", source: str | None = None) -> RequestRecord:
+    def forget(
+        self, ids, request_id: str | None = None, mode: str = "auto", source: str | None = None
+    ) -> RequestRecord:
         """Submit a request and process it (after any earlier unfinished one); returns its final record."""
         record = self.submit(ids, request_id, mode, source)
         if record.state == "done":
@@ -209,19 +213,28 @@ class Unlearner:
         if target in store.version_numbers():
             info = store.read_version_info(target)
             if info.get("request_id") != record.id:
-                raise UnlearnKitError(f"version {target} of {store.path} was made by request {info.get('request_id')!r}, "
-                                      f"not by {record.id!r}: the ledger and the versions disagree")
+                raise UnlearnKitError(
+                    f"version {target} of {store.path} was made by request {info.get('request_id')!r}, "
+                    f"not by {record.id!r}: the ledger and the versions disagree"
+                )
             cost = info.get("cost", {})
             purged = self._purge(record.id, store.read_status(target), target)
             _fault.point("purged")
-            return self.ledger.mark_done(record.id, target, cost.get("seconds"), cost.get("samples"), info.get("metrics", {}),
-                                         note=f"version {target} was committed before an interruption; "
-                                              f"{_purge_text(purged)}; recorded now")
+            return self.ledger.mark_done(
+                record.id,
+                target,
+                cost.get("seconds"),
+                cost.get("samples"),
+                info.get("metrics", {}),
+                note=f"version {target} was committed before an interruption; {_purge_text(purged)}; recorded now",
+            )
         if store.current_version() != parent:
             raise UnlearnKitError(f"request {record.id!r} was planned against version {parent}, but the model is at "
                                   f"version {store.current_version()}; resubmit it under a new id")
         record = self.ledger.mark_running(record.id)
-        self._say(f"request {record.id}: attempt {record.attempts}, {record.decision} from version {parent} to {target}")
+        self._say(
+            f"request {record.id}: attempt {record.attempts}, {record.decision} from version {parent} to {target}"
+        )
         try:
             return self._execute(record, parent, target)
         except UnlearnKitError as exc:
@@ -250,8 +263,14 @@ class Unlearner:
                 samples = sum(r.samples for r in result.shards)
             else:
                 settings = ApproxSettings(**record.plan.get("approx_settings", {})) if record.plan else self.approx
-                result = approximate_delete(sisa, version, new_ids, settings, seed=derived_seed(sisa.meta["sisa"]["seed"], record.id),
-                                            device=self.device)
+                result = approximate_delete(
+                    sisa,
+                    version,
+                    new_ids,
+                    settings,
+                    seed=derived_seed(sisa.meta["sisa"]["seed"], record.id),
+                    device=self.device,
+                )
                 states, status = result.states, result.status
                 metrics["shards"] = result.shards
                 samples = meter.backward
@@ -263,8 +282,13 @@ class Unlearner:
         seconds = time.perf_counter() - started
         pending = np.bincount(sisa.provenance.shard_of[status == DELETED_APPROX], minlength=sisa.shards)
         info = {
-            "parent": parent, "request_id": record.id, "decision": record.decision,
-            "shards": [{"shard": k, "exact": bool(pending[k] == 0), "pending_approx": int(pending[k])} for k in range(sisa.shards)],
+            "parent": parent,
+            "request_id": record.id,
+            "decision": record.decision,
+            "shards": [
+                {"shard": k, "exact": bool(pending[k] == 0), "pending_approx": int(pending[k])}
+                for k in range(sisa.shards)
+            ],
             "metrics": metrics,
             "cost": {"seconds": round(seconds, 4), "samples": int(samples), "forward_samples": meter.forward},
         }
@@ -288,8 +312,11 @@ def _purge_text(items: list[dict]) -> str:
     return "purged " + (", ".join(f"{n} {names.get(k, k)}" for k, n in sorted(counts.items())) or "nothing")
 
 
-def ids_from_request(sisa: SisaModel, ids_file: str | None = None, spec: str | None = None, seed: int = 0) -> tuple[np.ndarray, str]:
-    """Ids from ``--ids FILE`` (one per line, '#' comments) or a request spec (``random:0.001``, ``class:3``, ``ids:FILE``)."""
+def ids_from_request(
+    sisa: SisaModel, ids_file: str | None = None, spec: str | None = None, seed: int = 0
+) -> tuple[np.ndarray, str]:
+    """Ids from ``--ids FILE`` (one per line, '#' comments) or a request spec (``random:0.001``, ``class:3``,
+    ``ids:FILE``)."""
     from ..requests import build_request
 
     if (ids_file is None) == (spec is None):

@@ -26,7 +26,7 @@ from ..masks import enforce_prune_masks
 from ..options import BIG, build, declare, option, options_of  # noqa: F401  (BIG, option: for method modules)
 from ..recipes import default_recipe
 from ..requests import EFFECTS, Request, build_request
-from ..training import Cost, FitReport, Phase, TrainConfig, fit, metered, predict_logits, accuracy
+from ..training import Cost, FitReport, Phase, TrainConfig, accuracy, fit, metered, predict_logits
 
 
 @dataclass
@@ -244,7 +244,9 @@ class SGDOptions:
                            weight_decay=self.weight_decay, schedule=self.schedule, augment=False)
 
 
-def random_wrong_labels(y: torch.Tensor, ids: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+def random_wrong_labels(
+    y: torch.Tensor, ids: torch.Tensor, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
     """A copy of ``y`` whose entries at ``ids`` are uniformly random *other* classes (never the true one)."""
     out = y.clone()
     shift = torch.randint(1, num_classes, (ids.numel(),), generator=generator)

@@ -39,7 +39,12 @@ def nearest_wrong_labels(task: Task, epsilon: float, batch_size: int = 256) -> t
     return labels
 
 
-@register("boundary_shrink", BoundaryShrinkConfig, touches=("forget",), summary="relabel D_f to its nearest wrong class by FGSM (Boundary Shrink)")
+@register(
+    "boundary_shrink",
+    BoundaryShrinkConfig,
+    touches=("forget",),
+    summary="relabel D_f to its nearest wrong class by FGSM (Boundary Shrink)",
+)
 def boundary_shrink(task: Task, cfg: BoundaryShrinkConfig) -> None:
     labels = nearest_wrong_labels(task, cfg.epsilon)
     task.fit(Phase(task.forget_source(cfg.batch_size, labels=labels), name="shrink"),

@@ -16,7 +16,9 @@ class FinetuneConfig(SGDOptions):
     epochs: int = option(4, "passes", ge=0, le=10_000)
     lr: float = option(0.1, "SGD learning rate (momentum 0.9, weight decay 5e-4)", gt=0, le=10)
     schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate schedule over the run")
-    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG)
+    retain_per_forget: float | None = option(
+        1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG
+    )
 
 
 @register("finetune", FinetuneConfig, touches=("retain",), effects=("remove", "relabel", "edit"),

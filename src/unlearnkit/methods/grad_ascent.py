@@ -21,7 +21,9 @@ class GradAscentConfig(SGDOptions):
     epochs: int = option(1, "passes over the forget set (at most)", ge=0, le=10_000)
     lr: float = option(2e-3, "SGD learning rate", gt=0, le=10)
     weight_decay: float = option(0.0, "weight decay (none: it would only shrink weights during ascent)", ge=0, le=1)
-    target_forget_acc: float | None = option(-1.0, "stop once forget accuracy (%) falls to this; -1: auto (see module doc); None: never", ge=-1, le=100)
+    target_forget_acc: float | None = option(
+        -1.0, "stop once forget accuracy (%) falls to this; -1: auto (see module doc); None: never", ge=-1, le=100
+    )
     check_every: int = option(5, "steps between guard checks", ge=1, le=BIG)
     probe_size: int = option(512, "forget samples the guard measures", ge=1, le=BIG)
 

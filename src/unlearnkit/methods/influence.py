@@ -24,8 +24,9 @@ class InfluenceConfig:
     hessian: Literal["woodfisher", "diagonal", "lissa"] = option("woodfisher", "inverse-curvature approximation")
     alpha: float = option(0.02, "step scale α", ge=0, le=BIG)
     damping: float = option(1e-3, "λ added to the curvature", ge=0, le=BIG)
-    curvature_samples: int = option(512, "retain samples for the curvature (WoodFisher N, diagonal Fisher, LiSSA batches)",
-                                    ge=1, le=10**8)
+    curvature_samples: int = option(
+        512, "retain samples for the curvature (WoodFisher N, diagonal Fisher, LiSSA batches)", ge=1, le=10**8
+    )
     retain_samples: int = option(8192, "retain samples for the mean retain gradient", ge=1, le=10**8)
     lissa_depth: int = option(100, "LiSSA recursion depth", ge=1, le=BIG)
     lissa_scale: float = option(50.0, "LiSSA scale (must exceed the curvature's top eigenvalue)", gt=0, le=BIG)

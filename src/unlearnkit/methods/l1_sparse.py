@@ -18,10 +18,17 @@ class L1SparseConfig(SGDOptions):
     lr: float = option(0.1, "SGD learning rate", gt=0, le=10)
     schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate schedule over the run")
     alpha: float = option(2e-4, "initial ℓ1 coefficient α (on the sum of |θ| over all parameters)", ge=0, le=1)
-    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG)
+    retain_per_forget: float | None = option(
+        1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG
+    )
 
 
-@register("l1_sparse", L1SparseConfig, touches=("retain",), summary="fine-tune on D_r with a linearly decaying ℓ1 penalty (seed 000)")
+@register(
+    "l1_sparse",
+    L1SparseConfig,
+    touches=("retain",),
+    summary="fine-tune on D_r with a linearly decaying ℓ1 penalty (seed 000)",
+)
 def l1_sparse(task: Task, cfg: L1SparseConfig) -> None:
     def l1_penalty(model, ctx):
         alpha_t = cfg.alpha * (1.0 - ctx.epoch / ctx.epochs)

@@ -53,10 +53,14 @@ class PerturbOptions(SGDOptions):
 
     sigma: float = option(1.0, "noise scale σ (multiplies the scale chosen by `scale`)", ge=0, le=1000)
     scale: Literal["parameter", "layer", "absolute"] = option(
-        "parameter", "noise standard deviation per entry: σ·|θ_j| (parameter), σ·std of θ_j's tensor (layer) or σ (absolute)")
+        "parameter",
+        "noise standard deviation per entry: σ·|θ_j| (parameter), σ·std of θ_j's tensor (layer) or σ (absolute)",
+    )
     epochs: int = option(1, "repair passes over retain samples after the perturbation (0: no repair)", ge=0, le=10_000)
     lr: float = option(0.01, "repair learning rate", gt=0, le=10)
-    retain_per_forget: float | None = option(1.0, "repair: retain samples per pass, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG)
+    retain_per_forget: float | None = option(
+        1.0, "repair: retain samples per pass, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG
+    )
     repair_scope: Literal["all", "selected"] = option("all", "repair every parameter, or only the perturbed entries")
 
 
@@ -65,9 +69,12 @@ class TopKConfig(PerturbOptions):
     fraction: float = option(0.01, "K as a fraction of all (unpruned) parameter entries", ge=0, le=1)
     k: int | None = option(None, "K as a count of entries (overrides fraction; at most the unpruned entries)", ge=0,
                           le=10**12)
-    importance: Importance = option("loss", "importance Ω for D_f: output (MAS), loss (cross-entropy) or fisher (empirical Fisher diagonal)")
-    importance_batch: int = option(64, "forget samples per gradient whose magnitude is averaged (1: exact per-sample magnitudes)",
-                                  ge=1, le=65_536)
+    importance: Importance = option(
+        "loss", "importance Ω for D_f: output (MAS), loss (cross-entropy) or fisher (empirical Fisher diagonal)"
+    )
+    importance_batch: int = option(
+        64, "forget samples per gradient whose magnitude is averaged (1: exact per-sample magnitudes)", ge=1, le=65_536
+    )
     contrast: Literal["none", "ratio"] = option("none", "rank by Ω_f (none) or by Ω_f / (Ω_r + ε·mean Ω_r) (ratio)")
     retain_samples: int = option(2048, "contrast=ratio: retain samples for Ω_r", ge=1, le=10**8)
     contrast_epsilon: float = option(1e-3, "contrast=ratio: ε, relative to the mean of Ω_r", gt=0, le=BIG)
@@ -75,8 +82,9 @@ class TopKConfig(PerturbOptions):
 
 @dataclass
 class RandomKConfig(PerturbOptions):
-    fraction: float = option(0.05, "k as a fraction of all (unpruned) parameter entries, chosen uniformly at random (seeded)",
-                           ge=0, le=1)
+    fraction: float = option(
+        0.05, "k as a fraction of all (unpruned) parameter entries, chosen uniformly at random (seeded)", ge=0, le=1
+    )
 
 
 @dataclass

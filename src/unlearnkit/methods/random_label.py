@@ -17,7 +17,9 @@ from .base import BIG, SGDOptions, Task, option, random_wrong_labels, register
 class RandomLabelConfig(SGDOptions):
     epochs: int = option(1, "passes", ge=0, le=10_000)
     lr: float = option(0.01, "SGD learning rate", gt=0, le=10)
-    retain_per_forget: float | None = option(3.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG)
+    retain_per_forget: float | None = option(
+        3.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG
+    )
 
 
 def random_label_source(task: Task, batch_size: int, retain_per_forget: float | None) -> Source:
@@ -26,12 +28,19 @@ def random_label_source(task: Task, batch_size: int, retain_per_forget: float | 
     per_epoch = task.retain_count(retain_per_forget)
     retain = task.request.retain
     if per_epoch is None or per_epoch >= retain.numel():
-        return Source(task.x, labels, torch.cat([task.request.forget, retain]), batch_size=batch_size, name="random-label")
+        return Source(
+            task.x, labels, torch.cat([task.request.forget, retain]), batch_size=batch_size, name="random-label"
+        )
     return Source(task.x, labels, task.request.forget, batch_size=batch_size,
                   sample_from=retain, sample_size=per_epoch, name="random-label")
 
 
-@register("random_label", RandomLabelConfig, touches=("forget", "retain"), summary="random wrong labels on D_f mixed with D_r (RL)")
+@register(
+    "random_label",
+    RandomLabelConfig,
+    touches=("forget", "retain"),
+    summary="random wrong labels on D_f mixed with D_r (RL)",
+)
 def random_label(task: Task, cfg: RandomLabelConfig) -> None:
     source = random_label_source(task, cfg.batch_size, cfg.retain_per_forget)
     task.fit(Phase(source, name="rl"), cfg.train_config())

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import new_model
 from ..errors import UnlearnKitError
 from ..masks import attach_prune_masks, prune_masks
+from ..models import new_model
 from ..training import train_classifier
 from .base import Task, option, register
 

@@ -20,8 +20,12 @@ from .random_label import random_label_source
 class SalUnConfig(SGDOptions):
     epochs: int = option(1, "passes", ge=0, le=10_000)
     lr: float = option(5e-3, "SGD learning rate", gt=0, le=10)
-    mask_fraction: float = option(0.5, "fraction of all parameter entries that may change (largest saliency)", gt=0, le=1)
-    retain_per_forget: float | None = option(2.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG)
+    mask_fraction: float = option(
+        0.5, "fraction of all parameter entries that may change (largest saliency)", gt=0, le=1
+    )
+    retain_per_forget: float | None = option(
+        2.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG
+    )
 
 
 def forget_gradient(task: Task, batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -47,7 +51,12 @@ def saliency_mask(task: Task, fraction: float) -> dict[str, torch.Tensor]:
     return selection.top_fraction({n: g.abs() for n, g in forget_gradient(task).items()}, fraction)
 
 
-@register("salun", SalUnConfig, touches=("forget", "retain"), summary="random labelling on the most salient weights only (SalUn)")
+@register(
+    "salun",
+    SalUnConfig,
+    touches=("forget", "retain"),
+    summary="random labelling on the most salient weights only (SalUn)",
+)
 def salun(task: Task, cfg: SalUnConfig) -> None:
     mask = saliency_mask(task, cfg.mask_fraction)
     picked, total = selection.count(mask)

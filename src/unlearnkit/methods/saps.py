@@ -5,8 +5,10 @@ the parameter entries.
 ``saps``: estimate diag(H) at the trained weights, select a fraction ρ of the entries by ``criterion``, and
 apply the update to those entries only. diag(H) is the exact Gauss–Newton diagonal (``curvature=ggn``;
 for the project's models — piecewise linear in each parameter — it *is* the Hessian diagonal, see
-``unlearnkit.curvature.fisher_diagonal``), its one-sample Monte-Carlo estimate (``sampled``, the default: K = 10 times cheaper, Spearman 0.97 against
-the exact diagonal at 1,000 samples) or Hutchinson's estimate (``hutchinson``; far noisier on the CNN). Criteria: ``largest`` / ``smallest`` |h| (the sources disagree on which the paper
+``unlearnkit.curvature.fisher_diagonal``), its one-sample Monte-Carlo estimate (``sampled``, the default: K = 10 times
+cheaper, Spearman 0.97 against
+the exact diagonal at 1,000 samples) or Hutchinson's estimate (``hutchinson``; far noisier on the CNN). Criteria:
+``largest`` / ``smallest`` |h| (the sources disagree on which the paper
 means; both ship and the benchmark decides), ``newton_gain`` G²/(|h| + λ) (the first-order decrease a
 diagonal Newton step buys), ``gradient`` |G|, ``random`` (seeded), ``last_layer``. Updates: ``first``,
 ``second`` (CG restricted to the selected subspace), ``diagonal`` (G/(|h| + λ) entry-wise, no solve), or
@@ -17,7 +19,8 @@ one class alone; the retain samples are there to keep the class balance (see ``b
 
 Defaults (chosen on ``benchmarks/results/saps``, Fashion-MNIST 10k subset, relabel:0.1 and backdoor:0.05:0, one
 seed; kept after ``benchmarks/results/saps-rho``, 3 seeds, where |G| and largest |h| tie within noise and |G| needs
-no curvature pass): masked SGD on the 10 % of entries with the largest |h|. The closed-form diagonal step collapsed the CNN (RA ≈ 10 %) at every ρ
+no curvature pass): masked SGD on the 10 % of entries with the largest |h|. The closed-form diagonal step collapsed the
+CNN (RA ≈ 10 %) at every ρ
 ≥ 1 % for every criterion but ``smallest``, which picks entries with h = 0 = G (dead units) and changes nothing.
 """
 
@@ -40,7 +43,11 @@ class SapsConfig(SGDOptions):
     fraction: float = option(0.1, "ρ: fraction of parameter entries updated", gt=0, le=1)
     criterion: Literal["largest", "smallest", "newton_gain", "gradient", "random", "last_layer"] = option(
         "largest", "how entries are selected from diag(H) and G")
-    curvature: Literal["ggn", "sampled", "hutchinson"] = option("sampled", "diag(H) estimator (sampled: 1 backward per sample instead of K; Spearman 0.97 against the exact diagonal at 1,000 samples, benchmarks/results/curvature)")
+    curvature: Literal["ggn", "sampled", "hutchinson"] = option(
+        "sampled",
+        "diag(H) estimator (sampled: 1 backward per sample instead of K; Spearman 0.97 against the exact diagonal at "
+        "1,000 samples, benchmarks/results/curvature)",
+    )
     curvature_samples: int | None = option(1024, "corrected training samples for diag(H) (None: all)", ge=1, le=10**8)
     probes: int = option(64, "Hutchinson probes (curvature=hutchinson)", ge=1, le=100_000)
     update: Literal["first", "second", "diagonal", "sgd"] = option("sgd", "update of the selected entries")
@@ -105,7 +112,9 @@ def saps_mask(task: Task, cfg: SapsConfig, diag, g) -> dict[str, torch.Tensor]:
           summary="sharpness-aware parameter selection: update only entries picked from diag(H) (SAPS)")
 def saps(task: Task, cfg: SapsConfig) -> None:
     # At ρ = 1 every criterion selects everything: no diag(H) pass unless the update itself needs it.
-    needs_diag = (cfg.criterion in ("largest", "smallest", "newton_gain") and cfg.fraction < 1.0) or cfg.update == "diagonal"
+    needs_diag = (
+        cfg.criterion in ("largest", "smallest", "newton_gain") and cfg.fraction < 1.0
+    ) or cfg.update == "diagonal"
     diag = hessian_diagonal(task, cfg) if needs_diag else None
     g = correction_gradient(task)
     mask = saps_mask(task, cfg, diag, g)

@@ -26,8 +26,12 @@ class ScrubConfig(SGDOptions):
     temperature: float = option(4.0, "distillation temperature", gt=0, le=1000)
     kl_weight: float = option(1.0, "α: weight of the KL term in min-steps", ge=0, le=BIG)
     ce_weight: float = option(1.0, "γ: weight of the cross-entropy in min-steps", ge=0, le=BIG)
-    retain_per_forget: float | None = option(1.0, "retain samples per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG)
-    kl_cap: float | None = option(2.0, "max-steps skip batches whose KL(teacher ‖ student) already exceeds this", gt=0, le=BIG)
+    retain_per_forget: float | None = option(
+        1.0, "retain samples per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG
+    )
+    kl_cap: float | None = option(
+        2.0, "max-steps skip batches whose KL(teacher ‖ student) already exceeds this", gt=0, le=BIG
+    )
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -54,7 +58,9 @@ def scrub(task: Task, cfg: ScrubConfig) -> None:
         with torch.no_grad():
             target = teacher(batch.x)
         logits = model(batch.x)
-        loss = cfg.kl_weight * distill_kl(logits, target, cfg.temperature) + cfg.ce_weight * F.cross_entropy(logits, batch.y)
+        loss = cfg.kl_weight * distill_kl(logits, target, cfg.temperature) + cfg.ce_weight * F.cross_entropy(
+            logits, batch.y
+        )
         return loss, logits
 
     phases = [

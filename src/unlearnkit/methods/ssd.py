@@ -22,9 +22,13 @@ from .base import BIG, Task, option, register
 
 @dataclass
 class SsdConfig:
-    selection: float = option(2.0, "α: dampen entries whose forget importance exceeds α × the global importance", gt=0, le=BIG)
+    selection: float = option(
+        2.0, "α: dampen entries whose forget importance exceeds α × the global importance", gt=0, le=BIG
+    )
     dampening: float = option(1.0, "λ: β = min(λ·I_D/I_f, 1)", gt=0, le=BIG)
-    importance: Literal["batch", "per_sample"] = option("per_sample", "squared mini-batch gradients (paper) or per-sample Fisher")
+    importance: Literal["batch", "per_sample"] = option(
+        "per_sample", "squared mini-batch gradients (paper) or per-sample Fisher"
+    )
     batch_size: int = option(64, "mini-batch size for importance='batch'", ge=1, le=65_536)
     train_samples: int = option(8192, "training samples used for the global importance I_D", ge=1, le=10**8)
     forget_samples: int = option(8192, "forget samples used for I_f (at most |D_f|)", ge=1, le=10**8)
@@ -37,7 +41,9 @@ def _batch_importance(task: Task, ids: torch.Tensor, cfg: SsdConfig) -> dict:
     total = None
     for chunk in batches:
         g = curvature.gradient(task.model, task.samples(chunk, cfg.batch_size))
-        total = {k: v.square() for k, v in g.items()} if total is None else {k: total[k] + v.square() for k, v in g.items()}
+        total = (
+            {k: v.square() for k, v in g.items()} if total is None else {k: total[k] + v.square() for k, v in g.items()}
+        )
     return {k: v / len(batches) for k, v in total.items()}
 
 

@@ -43,7 +43,9 @@ class WarneckeFirstConfig:
 
 @dataclass
 class WarneckeSecondConfig:
-    damping: float = option(1e-2, "λ added to the Hessian (the L2 regulariser's strength for a convex model)", ge=0, le=BIG)
+    damping: float = option(
+        1e-2, "λ added to the Hessian (the L2 regulariser's strength for a convex model)", ge=0, le=BIG
+    )
     scale: float = option(1.0, "multiplies the Newton step", ge=0, le=BIG)
     solver: Literal["cg", "lissa"] = option("cg", "inverse-Hessian-vector product")
     max_iter: int = option(50, "CG iterations (each one HVP over the curvature samples)", ge=1, le=BIG)

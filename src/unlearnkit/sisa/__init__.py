@@ -9,7 +9,22 @@ from .shards import ShardJob, ShardPool, ShardResult, StageSettings, run_shard_j
 from .store import SisaStore, StageCorrupted, Version
 
 __all__ = [
-    "Ensemble", "Provenance", "stage_seed", "ACTIVE", "DELETED_EXACT", "DELETED_APPROX", "SisaModel", "ExactResult",
-    "train_sisa", "default_stage_config", "ShardJob", "ShardPool", "ShardResult", "StageSettings", "run_shard_job", "SisaStore",
-    "StageCorrupted", "Version",
+    "Ensemble",
+    "Provenance",
+    "stage_seed",
+    "ACTIVE",
+    "DELETED_EXACT",
+    "DELETED_APPROX",
+    "SisaModel",
+    "ExactResult",
+    "train_sisa",
+    "default_stage_config",
+    "ShardJob",
+    "ShardPool",
+    "ShardResult",
+    "StageSettings",
+    "run_shard_job",
+    "SisaStore",
+    "StageCorrupted",
+    "Version",
 ]

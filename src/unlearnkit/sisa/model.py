@@ -21,7 +21,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from .. import _fault
 from .._util import resolve_device, versions
@@ -45,7 +44,9 @@ class ExactResult:
 class SisaModel:
     """An opened SISA model directory (see :mod:`unlearnkit.sisa.store` for its layout)."""
 
-    def __init__(self, store: SisaStore, data: Dataset | None = None, data_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, store: SisaStore, data: Dataset | None = None, data_dir: str | os.PathLike | None = None
+    ) -> None:
         self.store = store
         self._data = data
         self._data_dir = data_dir
@@ -87,8 +88,14 @@ class SisaModel:
     @property
     def settings(self) -> StageSettings:
         grid = self.meta["sisa"]
-        return StageSettings(seed=grid["seed"], config=self.meta["train"], threads=grid["threads"], device=grid["device"],
-                             crop_padding=grid["augment"][0], horizontal_flip=grid["augment"][1])
+        return StageSettings(
+            seed=grid["seed"],
+            config=self.meta["train"],
+            threads=grid["threads"],
+            device=grid["device"],
+            crop_padding=grid["augment"][0],
+            horizontal_flip=grid["augment"][1],
+        )
 
     @property
     def workers(self) -> int:
@@ -106,8 +113,10 @@ class SisaModel:
     def _check_data(self, data: Dataset) -> None:
         info = self.meta["dataset"]
         if data.fingerprint != info["fingerprint"]:
-            raise UnlearnKitError(f"data set {data.name} has fingerprint {data.fingerprint}, but the SISA model {self.path} "
-                                  f"was trained on {info['name']} with fingerprint {info['fingerprint']}")
+            raise UnlearnKitError(
+                f"data set {data.name} has fingerprint {data.fingerprint}, but the SISA model {self.path} "
+                f"was trained on {info['name']} with fingerprint {info['fingerprint']}"
+            )
 
     # -- versions and prediction ---------------------------------------------------------------------
     def current_version(self) -> int:
@@ -178,9 +187,14 @@ class SisaModel:
 def recipe_root(meta: dict) -> str:
     """Hash of everything besides the ids that determines a stage's weights."""
     identity = {
-        "data": meta["dataset"]["fingerprint"], "model": meta["model"], "train": meta["train"],
-        "seed": meta["sisa"]["seed"], "threads": meta["sisa"]["threads"], "grid": [meta["sisa"]["shards"], meta["sisa"]["slices"]],
-        "augment": meta["sisa"]["augment"], "device": meta["sisa"]["device"],
+        "data": meta["dataset"]["fingerprint"],
+        "model": meta["model"],
+        "train": meta["train"],
+        "seed": meta["sisa"]["seed"],
+        "threads": meta["sisa"]["threads"],
+        "grid": [meta["sisa"]["shards"], meta["sisa"]["slices"]],
+        "augment": meta["sisa"]["augment"],
+        "device": meta["sisa"]["device"],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -250,12 +264,20 @@ def _train_all(store: SisaStore, data: Dataset, data_dir, echo: bool, model_name
     sisa = SisaModel(store, data, data_dir)
     sisa.store.build_model()  # fail early on bad model options
     if echo:
-        print(f"training {shards} shards x {slices} slices of {model_name} on {data.name} "
-              f"({config.epochs} epochs per stage, {workers} worker(s) x {threads} thread(s))", file=sys.stderr, flush=True)
+        print(
+            f"training {shards} shards x {slices} slices of {model_name} on {data.name} "
+            f"({config.epochs} epochs per stage, {workers} worker(s) x {threads} thread(s))",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def shard_done(result: ShardResult) -> None:
         if echo:
-            print(f"  shard {result.shard}: stages {result.trained or 'all reused'} in {result.seconds:.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"  shard {result.shard}: stages {result.trained or 'all reused'} in {result.seconds:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     removed = np.zeros(data.n_train, dtype=bool)
     with metered() as cost:
@@ -287,4 +309,12 @@ def _train_all(store: SisaStore, data: Dataset, data_dir, echo: bool, model_name
     return sisa
 
 
-__all__ = ["SisaModel", "ExactResult", "train_sisa", "default_stage_config", "ACTIVE", "DELETED_EXACT", "DELETED_APPROX"]
+__all__ = [
+    "SisaModel",
+    "ExactResult",
+    "train_sisa",
+    "default_stage_config",
+    "ACTIVE",
+    "DELETED_EXACT",
+    "DELETED_APPROX",
+]

@@ -123,7 +123,9 @@ def run_shard_job(store_path: str, job: ShardJob, settings: StageSettings,
         if state is None:  # nothing to resume from: the seeded initialisation is stage 0
             seed_everything(stage_seed(settings.seed, job.shard, 0))
             model = store.build_model()
-            store.save_stage(job.shard, 0, job.keys[0], model, {"n_ids": 0, "excluded": [], "threads": settings.threads})
+            store.save_stage(
+                job.shard, 0, job.keys[0], model, {"n_ids": 0, "excluded": [], "threads": settings.threads}
+            )
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         for stage in range(max(result.resumed_from, 0) + 1, stages + 1):
             ids = job.stage_ids[stage - 1]
@@ -166,8 +168,8 @@ def warm_up(_: int = 0) -> int:
     """What a fresh worker pays before its first stage: imports, and the first optimiser step (which imports
     torch._dynamo, seconds on a busy CPU) and version record (which imports scikit-learn)."""
     from .._util import versions
-    from ..training import Phase, TrainConfig, fit
     from ..data import Source
+    from ..training import Phase, TrainConfig, fit
 
     with torch_threads(1):
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))

@@ -112,7 +112,9 @@ class SisaStore:
             existing = cls.open(path)
             if existing.version_numbers():
                 raise UnlearnKitError(f"{path} already holds a trained SISA model; choose another --out")
-            if existing.meta["root"] != meta["root"] or not np.array_equal(existing.provenance.shard_of, provenance.shard_of):
+            if existing.meta["root"] != meta["root"] or not np.array_equal(
+                existing.provenance.shard_of, provenance.shard_of
+            ):
                 raise UnlearnKitError(f"{path} holds an unfinished SISA training run with a different recipe; "
                                       "remove it or choose another --out")
             return existing  # resume: stage checkpoints already written are reused
@@ -136,10 +138,14 @@ class SisaStore:
         meta = read_json_record(meta_path, FORMAT, "a SISA model description")
         prov_path = path / PROVENANCE
         if not prov_path.is_file() or sha256_file(prov_path) != meta.get("provenance_sha256"):
-            raise UnlearnKitError(f"{prov_path} is missing or does not match its hash in {META}: the model directory is damaged")
+            raise UnlearnKitError(
+                f"{prov_path} is missing or does not match its hash in {META}: the model directory is damaged"
+            )
         tensors = _load_safetensors(prov_path)
         grid = meta["sisa"]
-        provenance = Provenance(tensors["shard_of"].numpy(), tensors["slice_of"].numpy(), grid["shards"], grid["slices"])
+        provenance = Provenance(
+            tensors["shard_of"].numpy(), tensors["slice_of"].numpy(), grid["shards"], grid["slices"]
+        )
         return cls(path, meta, provenance)
 
     def update_meta(self, **entries: Any) -> None:
@@ -164,7 +170,11 @@ class SisaStore:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if echo:
-                    print(f"waiting for another unlearnkit process working on {self.path} ...", file=sys.stderr, flush=True)
+                    print(
+                        f"waiting for another unlearnkit process working on {self.path} ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 fcntl.flock(handle, fcntl.LOCK_EX)
             yield
         finally:
@@ -291,9 +301,19 @@ class SisaStore:
             if (folder / PURGED).is_file() and not (folder / WEIGHTS).exists():
                 continue
             info = self.read_version_info(number)
-            items.append({"kind": "version-weights", "path": str((folder / WEIGHTS).relative_to(self.path)), "detail": {
-                "version": number, "sha256": (info.get("files") or {}).get(WEIGHTS), "request_id": info.get("request_id"),
-                "reason": f"superseded by version {current}; retention keeps {keep_versions} earlier version(s)"}})
+            items.append(
+                {
+                    "kind": "version-weights",
+                    "path": str((folder / WEIGHTS).relative_to(self.path)),
+                    "detail": {
+                        "version": number,
+                        "sha256": (info.get("files") or {}).get(WEIGHTS),
+                        "request_id": info.get("request_id"),
+                        "reason": f"superseded by version {current}; retention keeps {keep_versions} earlier "
+                                  "version(s)",
+                    },
+                }
+            )
         for temporary in self.temporaries():
             items.append({"kind": "temporary", "path": str(temporary.relative_to(self.path)),
                           "detail": {"reason": "left by an interrupted write"}})
@@ -323,7 +343,9 @@ class SisaStore:
         path = self.path / rel
         if not rel.parts or rel.is_absolute() or ".." in rel.parts or \
                 not path.parent.resolve().is_relative_to(self.path.resolve()):
-            raise UnlearnKitError(f"refusing to purge {relative!r}: not inside {self.path}: the model directory is damaged")
+            raise UnlearnKitError(
+                f"refusing to purge {relative!r}: not inside {self.path}: the model directory is damaged"
+            )
         return path
 
     def _stage_holds(self, stage_dir: Path, removed: np.ndarray) -> dict | None:
@@ -411,8 +433,10 @@ class SisaStore:
     def current_version(self) -> int:
         numbers = self.version_numbers()
         if not numbers:
-            raise UnlearnKitError(f"{self.path} has no trained version yet; finish training with `unlearnkit sisa train` "
-                                  "(re-running it with the same options resumes)")
+            raise UnlearnKitError(
+                f"{self.path} has no trained version yet; finish training with `unlearnkit sisa train` "
+                "(re-running it with the same options resumes)"
+            )
         return numbers[-1]
 
     def read_version_info(self, number: int) -> dict:
@@ -441,7 +465,11 @@ class SisaStore:
         target = self.version_dir(number)
         if target.exists():
             raise UnlearnKitError(f"version {number} of {self.path} already exists; versions are never overwritten")
-        weights = {f"shard{k}.{name}": t.detach().cpu().contiguous() for k, state in enumerate(states) for name, t in state.items()}
+        weights = {
+            f"shard{k}.{name}": t.detach().cpu().contiguous()
+            for k, state in enumerate(states)
+            for name, t in state.items()
+        }
         with atomic_path(target) as staged:
             staged.mkdir()
             save_file(weights, str(staged / WEIGHTS))
@@ -462,10 +490,14 @@ class SisaStore:
         path = self.version_dir(number) / STATUS
         digest = (info.get("files") or {}).get(STATUS)
         if not path.is_file() or sha256_file(path) != digest:
-            raise UnlearnKitError(f"{path} is missing or does not match the SHA-256 in its version.json: the file is corrupted")
+            raise UnlearnKitError(
+                f"{path} is missing or does not match the SHA-256 in its version.json: the file is corrupted"
+            )
         status = _load_safetensors(path)["status"].numpy().astype(np.uint8)
         if status.shape != (self.provenance.n,):
-            raise UnlearnKitError(f"version {number} of {self.path} has a status for {status.shape[0]} samples, not {self.provenance.n}")
+            raise UnlearnKitError(
+                f"version {number} of {self.path} has a status for {status.shape[0]} samples, not {self.provenance.n}"
+            )
         return status
 
     def read_version(self, number: int | None = None) -> Version:
@@ -474,9 +506,11 @@ class SisaStore:
         folder = self.version_dir(number)
         if (folder / PURGED).is_file():
             purged = self.purged_info(number)
-            raise UnlearnKitError(f"the weights of version {number} of {self.path} were purged on {purged.get('purged')} "
-                                  f"(retention keeps {self.keep_versions} superseded version(s)); its version.json and "
-                                  "status remain as the audit trail")
+            raise UnlearnKitError(
+                f"the weights of version {number} of {self.path} were purged on {purged.get('purged')} "
+                f"(retention keeps {self.keep_versions} superseded version(s)); its version.json and "
+                "status remain as the audit trail"
+            )
         for name, digest in info.get("files", {}).items():
             path = folder / name
             if not path.is_file():
@@ -491,7 +525,9 @@ class SisaStore:
             prefix, _, param = name.partition(".")
             states[int(prefix[len("shard"):])][param] = tensor
         if status.shape[0] != self.provenance.n:
-            raise UnlearnKitError(f"version {number} of {self.path} has a status for {status.shape[0]} samples, not {self.provenance.n}")
+            raise UnlearnKitError(
+                f"version {number} of {self.path} has a status for {status.shape[0]} samples, not {self.provenance.n}"
+            )
         return Version(number, states, status, info)
 
 

@@ -8,12 +8,30 @@ every optimiser step and :func:`unlearnkit.methods.unlearn` after every method. 
 
 from ..masks import PRUNE_SUFFIX, attach_prune_masks, enforce_prune_masks, prune_masks, remove_prune_masks
 from .layers import LAYER_CHOICES, global_sparsity, layer_sparsity, prunable_names
-from .magnitude import (imp_schedule, iterative_magnitude_prune, magnitude_prune, rewind, select_survivors, snapshot,
-                        train_with_snapshot)
+from .magnitude import (
+    imp_schedule,
+    iterative_magnitude_prune,
+    magnitude_prune,
+    rewind,
+    select_survivors,
+    snapshot,
+    train_with_snapshot,
+)
 from .spec import PRUNE_METHODS, PruneSpec, parse_prune_spec
 from .synflow import SynFlowScorer, input_shape_of, synflow_prune, synflow_scores
-from .workflow import (PRUNE_FIRST_FINETUNE_EPOCHS, ClassifierTrainer, PruneResult, Pruned, prune, prune_checkpoint,
-                       prune_first, prune_first_finetune_epochs, replay_rewind_state, save_pruned, train_sparse)
+from .workflow import (
+    PRUNE_FIRST_FINETUNE_EPOCHS,
+    ClassifierTrainer,
+    Pruned,
+    PruneResult,
+    prune,
+    prune_checkpoint,
+    prune_first,
+    prune_first_finetune_epochs,
+    replay_rewind_state,
+    save_pruned,
+    train_sparse,
+)
 
 __all__ = [
     "PRUNE_SUFFIX", "attach_prune_masks", "enforce_prune_masks", "prune_masks", "remove_prune_masks",

@@ -51,8 +51,14 @@ def select_survivors(scores: dict[str, torch.Tensor], alive: Mask, sparsity: flo
     groups = [list(scores)] if scope == "global" else [[name] for name in scores]
     survivors: Mask = {}
     for group in groups:
-        ranked = {n: torch.where(alive[n].to(scores[n].device), scores[n].detach(),
-                                 torch.tensor(-math.inf, dtype=scores[n].dtype, device=scores[n].device)) for n in group}
+        ranked = {
+            n: torch.where(
+                alive[n].to(scores[n].device),
+                scores[n].detach(),
+                torch.tensor(-math.inf, dtype=scores[n].dtype, device=scores[n].device),
+            )
+            for n in group
+        }
         total = sum(t.numel() for t in ranked.values())
         already = total - sum(int(alive[n].sum()) for n in group)
         zeros = int(round(sparsity * total))
@@ -104,7 +110,9 @@ def rewind(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         own[key].copy_(value)
 
 
-def train_with_snapshot(model: nn.Module, train: TrainFn, rewind_epoch: int) -> tuple[dict[str, torch.Tensor], FitReport]:
+def train_with_snapshot(
+    model: nn.Module, train: TrainFn, rewind_epoch: int
+) -> tuple[dict[str, torch.Tensor], FitReport]:
     """Run ``train`` (the dense run) and keep the state after ``rewind_epoch`` epochs (0: the initial weights)."""
     kept: dict[str, dict] = {}
     if rewind_epoch == 0:
@@ -116,7 +124,9 @@ def train_with_snapshot(model: nn.Module, train: TrainFn, rewind_epoch: int) -> 
 
     report = train(model, keep_early if rewind_epoch > 0 else None)
     if "state" not in kept:
-        raise UnlearnKitError(f"rewind_epoch {rewind_epoch} is beyond the {len(report.history)} epochs of the dense run")
+        raise UnlearnKitError(
+            f"rewind_epoch {rewind_epoch} is beyond the {len(report.history)} epochs of the dense run"
+        )
     return kept["state"], report
 
 

@@ -13,7 +13,8 @@ from ..options import check_fields, declare, option, options_of
 
 PRUNE_METHODS = {
     "omp": "one-shot global magnitude pruning of the given weights",
-    "imp": "iterative magnitude pruning: rounds of `rate` of the remaining weights, rewinding survivors to an early epoch",
+    "imp": "iterative magnitude pruning: rounds of `rate` of the remaining weights, rewinding survivors to an early "
+           "epoch",
     "synflow": "SynFlow (Tanaka et al. 2020): data-free iterative pruning by synaptic flow, meant at initialisation",
 }
 
@@ -35,10 +36,16 @@ class PruneSpec:
     layers: Literal["conv+linear", "conv", "linear"] = option("conv+linear", "which weights are prunable")
     classifier: bool = option(True, "whether the final linear layer is prunable")
     rate: float = option(0.2, "fraction of the remaining weights each IMP round prunes", gt=0, lt=1)
-    rewind_epoch: int | None = option(None, "rewind survivors to the weights after this many epochs of the dense run, "
-                                            "then retrain (IMP default 1; OMP: none from `prune`, 1 under `train --prune`)",
-                                      ge=0, le=10_000)
-    epochs: int | None = option(None, "epochs of each retraining after a rewind (default: the recipe's)", ge=1, le=10_000)
+    rewind_epoch: int | None = option(
+        None,
+        "rewind survivors to the weights after this many epochs of the dense run, "
+        "then retrain (IMP default 1; OMP: none from `prune`, 1 under `train --prune`)",
+        ge=0,
+        le=10_000,
+    )
+    epochs: int | None = option(
+        None, "epochs of each retraining after a rewind (default: the recipe's)", ge=1, le=10_000
+    )
     iterations: int = option(100, "SynFlow scoring/pruning rounds on the exponential schedule (the paper's 100)", ge=1,
                              le=100_000)
 
@@ -49,7 +56,9 @@ class PruneSpec:
         defaults = PruneSpec.__dataclass_fields__
         for key, methods in APPLIES_TO.items():
             if self.method not in methods and getattr(self, key) != defaults[key].default:
-                raise UnlearnKitError(f"option {key} does not apply to {self.method} (it applies to {', '.join(methods)})")
+                raise UnlearnKitError(
+                    f"option {key} does not apply to {self.method} (it applies to {', '.join(methods)})"
+                )
 
     @property
     def retrains(self) -> bool:
@@ -93,7 +102,9 @@ def parse_prune_spec(text: str | PruneSpec) -> PruneSpec:
     try:
         sparsity = float(parts[1])
     except ValueError:
-        raise UnlearnKitError(f"bad sparsity {parts[1]!r} in pruning spec {text!r}; give a fraction such as 0.95") from None
+        raise UnlearnKitError(
+            f"bad sparsity {parts[1]!r} in pruning spec {text!r}; give a fraction such as 0.95"
+        ) from None
     options = {}
     if len(parts) == 3 and parts[2].strip():
         for item in parts[2].split(","):

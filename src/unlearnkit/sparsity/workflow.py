@@ -41,7 +41,7 @@ from ..requests import Request
 from ..training import (Cost, FitReport, TrainConfig, accuracy, metered, predict_logits, train_classifier,
                         weights_runtime)
 from .layers import global_sparsity, layer_sparsity, prunable_names
-from .magnitude import (alive_masks, iterative_magnitude_prune, magnitude_prune, snapshot, train_with_snapshot)
+from .magnitude import alive_masks, iterative_magnitude_prune, magnitude_prune, snapshot, train_with_snapshot
 from .spec import PruneSpec, parse_prune_spec
 from .synflow import input_shape_of, synflow_prune
 
@@ -110,7 +110,9 @@ def prune(
                 raise UnlearnKitError(f"{spec} rewinds and retrains: it needs data and a recipe; use "
                                       f"`unlearnkit train --prune {spec}` or `unlearnkit prune --checkpoint ...`")
             rate = spec.rate if spec.method == "imp" else max(spec.sparsity, 1e-9)  # OMP: a single round
-            rounds = iterative_magnitude_prune(model, retrain, rewind_state, spec.sparsity, names, rate=rate, scope=spec.scope)
+            rounds = iterative_magnitude_prune(
+                model, retrain, rewind_state, spec.sparsity, names, rate=rate, scope=spec.scope
+            )
         attach_prune_masks(model, alive_masks(model, names))  # sparsity 0 still records which layers are pruned
     return PruneResult(spec, names, alive_masks(model, names), cost, rounds,
                        spec.rewind_or(DEFAULT_REWIND_EPOCH) if spec.retrains else None)
@@ -134,13 +136,19 @@ class ClassifierTrainer:
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)
-        self.x, self.y = self.request.training_data(self.data) if self.request is not None else (self.data.x_train, self.data.y_train)
+        self.x, self.y = (
+            self.request.training_data(self.data)
+            if self.request is not None
+            else (self.data.x_train, self.data.y_train)
+        )
 
     def __call__(self, model: nn.Module, after_epoch=None, config: TrainConfig | None = None) -> FitReport:
         config = config or self.config
 
         def log(m: nn.Module, record: dict):
-            record["test_acc"] = round(accuracy(predict_logits(m, self.data.x_test, device=self.device), self.data.y_test), 3)
+            record["test_acc"] = round(
+                accuracy(predict_logits(m, self.data.x_test, device=self.device), self.data.y_test), 3
+            )
             if self.echo:
                 print(f"  epoch {record['epoch']:>3}/{config.epochs}  loss {record['loss']:.4f}  test acc "
                       f"{record['test_acc']:6.2f}  {record['seconds']:.1f}s", file=sys.stderr, flush=True)
@@ -268,7 +276,10 @@ def prune_checkpoint(
             model = _initialisation(spec_model, seed)
             result = prune(model, spec, input_shape=input_shape_of(spec_model["args"]), names=names)
             pruned_acc = trainer.test_accuracy(model)
-            _say(echo, f"SynFlow pruned the seed-{seed} initialisation to {spec.sparsity}; training {recipe.epochs} epochs")
+            _say(
+                echo,
+                f"SynFlow pruned the seed-{seed} initialisation to {spec.sparsity}; training {recipe.epochs} epochs",
+            )
             history += [{"stage": "train", **r} for r in trainer(model).history]
         elif not spec.retrains:
             model = copy.deepcopy(checkpoint.model)
@@ -281,7 +292,10 @@ def prune_checkpoint(
             k = spec.rewind_or(DEFAULT_REWIND_EPOCH)
             if k > recipe.epochs:
                 raise UnlearnKitError(f"rewind_epoch {k} is beyond the recipe's {recipe.epochs} epochs")
-            _say(echo, f"replaying the first {k} epoch(s) of the recorded recipe (seed {seed}) to recover the rewind point")
+            _say(
+                echo,
+                f"replaying the first {k} epoch(s) of the recorded recipe (seed {seed}) to recover the rewind point",
+            )
             rewind_state = replay_rewind_state(spec_model, seed, trainer, k)
             model = copy.deepcopy(checkpoint.model)
             stage: list[dict] = []
@@ -293,7 +307,10 @@ def prune_checkpoint(
         if finetune_epochs:
             lr = finetune_lr if finetune_lr is not None else recipe.lr * FINETUNE_LR_FACTOR
             _say(echo, f"fine-tuning {finetune_epochs} epoch(s) at lr {lr:g}")
-            history += [{"stage": "finetune", **r} for r in trainer(model, None, recipe.replace(epochs=finetune_epochs, lr=lr)).history]
+            history += [
+                {"stage": "finetune", **r}
+                for r in trainer(model, None, recipe.replace(epochs=finetune_epochs, lr=lr)).history
+            ]
     pruning = result.describe(model)
     pruning.update({
         "at_init": at_init,
@@ -336,7 +353,9 @@ def _initialisation(model_spec: dict, seed: int) -> nn.Module:
     return build_model(model_spec["name"], **model_spec.get("args", {}))
 
 
-def replay_rewind_state(model_spec: dict, seed: int, trainer: ClassifierTrainer, epochs: int) -> dict[str, torch.Tensor]:
+def replay_rewind_state(
+    model_spec: dict, seed: int, trainer: ClassifierTrainer, epochs: int
+) -> dict[str, torch.Tensor]:
     """θ_k of the recorded dense run: rebuild its initialisation and rerun its first ``epochs`` epochs.
 
     The run is the same one (same initialisation, schedule over the full recipe, data order and

@@ -51,7 +51,7 @@ from .._util import resolve_device, seed_everything
 from ..data import Source
 from ..errors import UnlearnKitError
 from ..options import BIG, build, check_fields, declare, option
-from ..training import Cost, metered, count_passes, predict_logits
+from ..training import Cost, count_passes, metered, predict_logits
 
 
 @dataclass
@@ -61,17 +61,27 @@ class SpdGanConfig:
 
     epsilon: float = option(0.1, "L∞ budget in pixel units ([0, 1] images)", gt=0, le=1)
     epochs: int = option(40, "passes over the training images", ge=0, le=10_000)
-    train_samples: int | None = option(512, "train on a seeded random subset of at most this many forget images (None: "
-                                            "all); the generator is image-to-image, so it is then applied to every forget "
-                                            "image", ge=1, le=10**8)
+    train_samples: int | None = option(
+        512,
+        "train on a seeded random subset of at most this many forget images (None: "
+        "all); the generator is image-to-image, so it is then applied to every forget "
+        "image",
+        ge=1,
+        le=10**8,
+    )
     batch_size: int = option(64, "forget images per step", ge=1, le=65_536)
     lr: float = option(2e-4, "Adam learning rate of the generator (β = 0.5, 0.999)", gt=0, le=10)
     d_lr: float = option(2e-3, "Adam learning rate of the discriminator (β = 0.5, 0.999); ten times the generator's "
                                "(two time-scale updates): at the generator's rate the discriminator never left chance",
                          gt=0, le=10)
-    probe_steps: int = option(200, "after training, steps of a fresh discriminator trained on half of the real/generated "
-                                   "pairs and tested on the other half (its accuracy says whether G's output is still "
-                                   "told apart; 0: no probe)", ge=0, le=BIG)
+    probe_steps: int = option(
+        200,
+        "after training, steps of a fresh discriminator trained on half of the real/generated "
+        "pairs and tested on the other half (its accuracy says whether G's output is still "
+        "told apart; 0: no probe)",
+        ge=0,
+        le=BIG,
+    )
     width: int = option(8, "channels of the generator's and discriminator's hidden layers", ge=1, le=1024)
     noise_channels: int = option(4, "channels of the spatial N(0, 1) noise input", ge=0, le=1024)
     adversarial_weight: float = option(1.0, "w_adv: weight of the adversarial loss", ge=0, le=BIG)
@@ -285,21 +295,27 @@ def train_spdgan(original: nn.Module, x: torch.Tensor, ids: torch.Tensor, config
                     seen += n
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix_str(f"ep {epoch + 1}/{config.epochs} D {sums['d_loss'] / seen:.3f} "
-                                            f"adv {sums['adversarial'] / seen:.3f} close {sums['closeness'] / seen:.3f} "
-                                            f"label {sums['label'] / seen:.3f} div {sums['diversity'] / seen:.3f}",
-                                            refresh=False)
+                        bar.set_postfix_str(
+                            f"ep {epoch + 1}/{config.epochs} D {sums['d_loss'] / seen:.3f} "
+                            f"adv {sums['adversarial'] / seen:.3f} close {sums['closeness'] / seen:.3f} "
+                            f"label {sums['label'] / seen:.3f} div {sums['diversity'] / seen:.3f}",
+                            refresh=False,
+                        )
                 record = {"epoch": epoch + 1, **{k: round(v / seen, 5) for k, v in sums.items()}}
                 record["kept_label"] = round(100.0 * sums["kept_label"] / seen, 3)
                 record["max_delta"] = round(max_delta, 5)
                 record["seconds"] = round(time.perf_counter() - started, 3)
                 history.append(record)
                 if echo:
-                    print(f"spdgan epoch {epoch + 1}/{config.epochs}: D {record['d_loss']:.3f}  adversarial "
-                          f"{record['adversarial']:.3f}  closeness {record['closeness']:.3f}  label {record['label']:.3f}  "
-                          f"diversity {record['diversity']:.3f}  label kept {record['kept_label']:.1f} %  "
-                          f"|δ|/ε mean {record['mean_delta']:.3f} max {record['max_delta']:.3f}  ({record['seconds']:.1f} s)",
-                          flush=True)
+                    print(
+                        f"spdgan epoch {epoch + 1}/{config.epochs}: D {record['d_loss']:.3f}  adversarial "
+                        f"{record['adversarial']:.3f}  closeness {record['closeness']:.3f}  label "
+                        f"{record['label']:.3f}  "
+                        f"diversity {record['diversity']:.3f}  label kept {record['kept_label']:.1f} %  "
+                        f"|δ|/ε mean {record['mean_delta']:.3f} max {record['max_delta']:.3f}  "
+                        f"({record['seconds']:.1f} s)",
+                        flush=True,
+                    )
                 if not math.isfinite(record["d_loss"] + record["adversarial"] + record["label"]):
                     raise UnlearnKitError(f"SPD-GAN training diverged at epoch {epoch + 1} (non-finite loss); lower lr")
     finally:

@@ -54,15 +54,19 @@ class SpdGan:
         where = self.path or "this SPD-GAN"
         trained_on = self.manifest["dataset"]
         if data.fingerprint != trained_on["fingerprint"]:
-            raise UnlearnKitError(f"{where} was trained on data set {trained_on['name']} ({trained_on['fingerprint'][:12]}), "
-                                  f"not {data.name} ({data.fingerprint[:12]}); train one for this data set")
+            raise UnlearnKitError(
+                f"{where} was trained on data set {trained_on['name']} ({trained_on['fingerprint'][:12]}), "
+                f"not {data.name} ({data.fingerprint[:12]}); train one for this data set"
+            )
         record = self.manifest["request"]
         if request.forget_hash != record["forget_hash"]:
             raise UnlearnKitError(f"{where} was trained for request {record['spec']} (seed {record['seed']}), not "
                                   f"{request.spec} (seed {request.seed}); train one with `unlearnkit spdgan train`")
         if original is not None and model_hash(original) != self.manifest["original"]["state_sha256"]:
-            raise UnlearnKitError(f"{where} was trained against a different original model "
-                                  f"({self.manifest['original'].get('path') or 'in memory'}); train one for this original")
+            raise UnlearnKitError(
+                f"{where} was trained against a different original model "
+                f"({self.manifest['original'].get('path') or 'in memory'}); train one for this original"
+            )
 
     def perturb_forget(self, data: Dataset, request: Request, *, original: nn.Module | None = None,
                        seed: int | None = None, device=None) -> torch.Tensor:
@@ -77,13 +81,25 @@ class SpdGan:
         return perturb(self.generator, x, seed=noise_seed, device=device)
 
 
-def train_for_request(original: nn.Module, data: Dataset, request: Request, config: SpdGanConfig | None = None, *,
-                      seed: int = 0, device="auto", progress: bool = False, echo: bool = False,
-                      original_path: str | os.PathLike | None = None, original_file_sha256: str | None = None) -> SpdGan:
+def train_for_request(
+    original: nn.Module,
+    data: Dataset,
+    request: Request,
+    config: SpdGanConfig | None = None,
+    *,
+    seed: int = 0,
+    device="auto",
+    progress: bool = False,
+    echo: bool = False,
+    original_path: str | os.PathLike | None = None,
+    original_file_sha256: str | None = None,
+) -> SpdGan:
     """Train an SPD-GAN on ``request``'s forget set against ``original`` and return it with its manifest."""
     x, _ = request.training_data(data)
     trained = train_spdgan(original, x, request.forget, config, seed=seed, device=device, progress=progress, echo=echo)
-    return SpdGan(trained.generator, _manifest(trained, data, request, original, seed, original_path, original_file_sha256))
+    return SpdGan(
+        trained.generator, _manifest(trained, data, request, original, seed, original_path, original_file_sha256)
+    )
 
 
 def _manifest(trained: TrainedSpdGan, data: Dataset, request: Request, original: nn.Module, seed: int,
@@ -115,7 +131,11 @@ def save_spdgan(path: str | os.PathLike, gan: SpdGan) -> Path:
         save_file(state, str(staged / WEIGHTS))
         manifest = {
             **gan.manifest,
-            "weights": {"file": WEIGHTS, "sha256": sha256_file(staged / WEIGHTS), "bytes": (staged / WEIGHTS).stat().st_size},
+            "weights": {
+                "file": WEIGHTS,
+                "sha256": sha256_file(staged / WEIGHTS),
+                "bytes": (staged / WEIGHTS).stat().st_size,
+            },
             "versions": versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -134,11 +154,21 @@ def _check_architecture(manifest: dict, where: Path) -> None:
     args = manifest["architecture"]
     for key, limit in _ARCHITECTURE_LIMITS.items():
         value = args.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit or (key != "noise_channels" and value == 0):
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 0 <= value <= limit
+            or (key != "noise_channels" and value == 0)
+        ):
             raise UnlearnKitError(f"damaged model directory: {where} has architecture {key}={str(value)[:40]}; "
                                   f"it must be an integer in {0 if key == 'noise_channels' else 1}..{limit}")
     for value in (args.get("epsilon"), manifest.get("epsilon")):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not 0 < value <= 1:
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or not 0 < value <= 1
+        ):
             raise UnlearnKitError(f"damaged model directory: {where} has an ε that is not a number in (0, 1]")
 
 
@@ -159,9 +189,13 @@ def load_spdgan(path: str | os.PathLike) -> SpdGan:
     if not weights.is_file():
         raise UnlearnKitError(f"{path} has no weights file {weights.name}")
     if sha256_file(weights) != manifest["weights"].get("sha256"):
-        raise UnlearnKitError(f"{weights} does not match the SHA-256 in its manifest: the file is corrupted or was changed")
+        raise UnlearnKitError(
+            f"{weights} does not match the SHA-256 in its manifest: the file is corrupted or was changed"
+        )
     args = manifest["architecture"]
-    generator = Generator(int(args["channels"]), float(args["epsilon"]), int(args["width"]), int(args["noise_channels"]))
+    generator = Generator(
+        int(args["channels"]), float(args["epsilon"]), int(args["width"]), int(args["noise_channels"])
+    )
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -169,8 +203,12 @@ def load_spdgan(path: str | os.PathLike) -> SpdGan:
     try:
         generator.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise UnlearnKitError(f"weights in {path} do not fit the recorded generator architecture: {str(exc).splitlines()[0]}") from None
+        raise UnlearnKitError(
+            f"weights in {path} do not fit the recorded generator architecture: {str(exc).splitlines()[0]}"
+        ) from None
     if abs(float(generator.epsilon) - float(manifest["epsilon"])) > 1e-6 * float(manifest["epsilon"]):  # float32 buffer
-        raise UnlearnKitError(f"{path}: the weights' ε {float(generator.epsilon)} differs from the manifest's {manifest['epsilon']}")
+        raise UnlearnKitError(
+            f"{path}: the weights' ε {float(generator.epsilon)} differs from the manifest's {manifest['epsilon']}"
+        )
     generator.eval()
     return SpdGan(generator, manifest, path)
