@@ -41,7 +41,7 @@ def main() -> int:
 
     import torch
 
-    from unlearnkit._util import machine, versions
+    from unlearnkit.results import machine, versions
 
     torch.set_num_threads(1)
     cases = [c for c in all_cases() if args.only is None or c.name.startswith(args.only)]

@@ -32,9 +32,9 @@ import torch
 from scipy.stats import spearmanr
 
 from unlearnkit import curvature as C
-from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic
 from unlearnkit.checkpoint import load_checkpoint
 from unlearnkit.data import Source, augment_for
+from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic
 from unlearnkit.training import TrainConfig, metered, train_classifier
 
 CHUNK = 8  # Hutchinson probes per call
@@ -105,9 +105,8 @@ def simulate(truth: np.ndarray, variance: np.ndarray, probes: list[int], seed: i
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--checkpoint", default="/work/main/runs/fmnist", help="a trained small-cnn checkpoint on fashion-mnist"
-    )
+    parser.add_argument("--checkpoint", required=True,
+                        help="a trained small-cnn checkpoint on fashion-mnist (e.g. from `unlearnkit train`)")
     parser.add_argument("--out", default="benchmarks/results/curvature")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadier on a shared CPU)")
     parser.add_argument("--seed", type=int, default=0)

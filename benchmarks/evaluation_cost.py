@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import unlearnkit as uk
-from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic
+from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic
 from unlearnkit.evaluation import MIA_BINS, evaluate, model_outputs
 from unlearnkit.training import TrainConfig, predict_logits
 

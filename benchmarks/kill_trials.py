@@ -33,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,9 +43,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic  # noqa: E402
 from unlearnkit.data import load_dataset  # noqa: E402
 from unlearnkit.hybrid import Ledger  # noqa: E402
+from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic  # noqa: E402
 from unlearnkit.sisa import SisaModel, train_sisa  # noqa: E402
 from unlearnkit.training import TrainConfig  # noqa: E402
 
@@ -119,7 +120,8 @@ def request_ids(sisa: SisaModel, workers: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", default="/tmp/unlearnkit-kill-trials", help="scratch folder (model, trial copies)")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "unlearnkit-kill-trials"),
+                        help="scratch folder (model, trial copies)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kill-trials"))
     parser.add_argument("--only", default=None, help="run only trials whose name contains this")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random kill delays")

@@ -1,4 +1,5 @@
-"""The sparsity sweep of seed 000 (prune first, then unlearn): how UA, MIA-efficacy, RA, TA and Avg. Gap of
+"""The sparsity sweep of Jia et al. (NeurIPS 2023; prune first, then unlearn): how UA, MIA-efficacy, RA, TA and Avg.
+Gap of
 each method move with the sparsity of the model it unlearns from, each next to the retrained model of the
 same sparsity.
 
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from unlearnkit._util import machine, save_figure, versions, write_json_atomic, write_text_atomic
 from unlearnkit.bench import load_records, load_suite, provenance, run_suite, stats, with_prune, write_report
+from unlearnkit.results import machine, save_figure, versions, write_json_atomic, write_text_atomic
 
 TITLES = {
     "UA": "UA",

@@ -10,7 +10,7 @@
    process as the fine-tunes, so that the cost ratio is side by side.
 4. Optionally (--with-rewind), the seed-000 OMP recipe at 0.95: prune once, rewind to epoch 1, retrain.
 
-Usage: python benchmarks/pruning.py --checkpoint /work/main/runs/fmnist [--finetune-epochs 2] [--threads 1]
+Usage: python benchmarks/pruning.py --checkpoint runs/fmnist [--finetune-epochs 2] [--threads 1]
 The checkpoint is only read.
 """
 
@@ -27,7 +27,7 @@ import torch
 
 import unlearnkit as uk
 from unlearnkit import sparsity as sp
-from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic
+from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic
 from unlearnkit.training import TrainConfig, metered
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)

@@ -20,8 +20,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from unlearnkit._util import save_figure, write_json_atomic, write_text_atomic
 from unlearnkit.bench import load_records, provenance, stats
+from unlearnkit.results import save_figure, write_json_atomic, write_text_atomic
 
 CRITERIA = ["largest", "newton_gain", "gradient", "random", "smallest"]
 CRITERION_NAMES = {"largest": "largest |h|", "smallest": "smallest |h|", "newton_gain": "Newton gain G²/(|h|+λ)",

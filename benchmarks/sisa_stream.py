@@ -30,12 +30,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic  # noqa: E402
 from unlearnkit.data import load_dataset  # noqa: E402
 from unlearnkit.errors import UnlearnKitError  # noqa: E402
 from unlearnkit.evaluation import Outputs, evaluate  # noqa: E402
 from unlearnkit.hybrid import Unlearner, calibrate  # noqa: E402
 from unlearnkit.requests import Request  # noqa: E402
+from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic  # noqa: E402
 from unlearnkit.sisa import SisaModel, train_sisa  # noqa: E402
 from unlearnkit.sisa.model import default_stage_config  # noqa: E402
 from unlearnkit.training import predict_logits  # noqa: E402

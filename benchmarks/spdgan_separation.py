@@ -1,5 +1,5 @@
 """Does the SPD-GAN unlearning degree separate the original model from the retrained one better than plain
-forget-set accuracy does? (issue 6, seed 003)
+forget-set accuracy does? (issue 6; SPD-GAN of Zuo et al., TKDE 2025)
 
 For each request and seed, the original θ_o and the retrained θ_r (the ones the `perturb` suite uses, from the same
 model cache) are measured on the forget set D_f and on SPD-GAN-perturbed copies G(D_f), for generators trained at
@@ -29,12 +29,12 @@ from statistics import mean, stdev
 import torch
 import torch.nn.functional as F
 
-from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic
 from unlearnkit.bench.runner import ModelCache
 from unlearnkit.bench.suite import load_suite
 from unlearnkit.checkpoint import load_checkpoint
 from unlearnkit.data import load_dataset
 from unlearnkit.requests import build_request
+from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic
 from unlearnkit.spdgan import load_spdgan
 from unlearnkit.training import predict_logits
 

@@ -1,4 +1,5 @@
-"""Transfer after unlearning (seed 000's application, at this machine's scale): does a model that unlearned a
+"""Transfer after unlearning (an application Jia et al., NeurIPS 2023, report, at this machine's scale): does a model
+that unlearned a
 source class transfer better or worse to a downstream task than the original, and than the model retrained
 without that class — dense and 95 % sparse?
 
@@ -38,7 +39,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unlearnkit._util import machine, save_figure, seed_everything, versions, write_json_atomic, write_text_atomic
 from unlearnkit.bench import load_suite, with_prune
 from unlearnkit.bench.runner import ModelCache
 from unlearnkit.checkpoint import load_checkpoint
@@ -46,6 +46,7 @@ from unlearnkit.data import load_dataset
 from unlearnkit.methods import unlearn
 from unlearnkit.models import last_layer, new_model
 from unlearnkit.requests import build_request
+from unlearnkit.results import machine, save_figure, seed_everything, versions, write_json_atomic, write_text_atomic
 from unlearnkit.sparsity import global_sparsity
 from unlearnkit.training import TrainConfig, accuracy, metered, predict_logits, train_classifier
 

@@ -249,11 +249,21 @@ class HalfRetrainConfig:
     keep: float = option(0.5, "weight of the original's logits")
 
 
-if "half_retrain_for_tests" not in METHODS:
-    @register("half_retrain_for_tests", HalfRetrainConfig, touches=("retain",), effects=("remove",),
-              summary="test only: half the original's logits plus half a retrained model's")
-    def _half_retrain(task, cfg):
-        return Mixture(task.original, retrain(task, RetrainConfig()), cfg.keep)
+def _half_retrain(task, cfg):
+    return Mixture(task.original, retrain(task, RetrainConfig()), cfg.keep)
+
+
+@pytest.fixture(scope="module")
+def half_retrain_method():
+    """Registers the test-only method "half_retrain_for_tests" for this module's audits (they run it in this
+    process: one worker) and removes it, with its declared options, afterwards."""
+    from unlearnkit.options import OWNERS
+
+    register("half_retrain_for_tests", HalfRetrainConfig, touches=("retain",), effects=("remove",),
+             summary="test only: half the original's logits plus half a retrained model's")(_half_retrain)
+    yield "half_retrain_for_tests"
+    METHODS.pop("half_retrain_for_tests", None)
+    OWNERS.pop(("method", "half_retrain_for_tests"), None)
 
 
 SANITY_SUITE = {
@@ -264,7 +274,7 @@ SANITY_SUITE = {
 
 
 @pytest.fixture(scope="module")
-def sanity(tmp_path_factory):
+def sanity(tmp_path_factory, half_retrain_method):
     root = tmp_path_factory.mktemp("audit")
     suite = suite_from_dict(SANITY_SUITE)
     settings = AuditSettings(models=8, workers=1, retain_sample=200)
