@@ -1,4 +1,4 @@
-"""One evaluation function for every metric of the field (DESIGN.md §6).
+"""One evaluation function for every metric of the field (docs/metrics.md).
 
 ``evaluate(model, request, data, reference=retrained, original=original)`` runs each model over the
 training set (as the original saw it) and the test set once, batched, and derives every metric from those
@@ -20,10 +20,11 @@ outputs:
 * With a ``reference`` (the retrained model): per-metric gaps, **avg_gap** over UA/RA/TA/MIA, Jensen–Shannon
   divergence of the output distributions on D_f and on the test set (bits), and the L2 distance of the weights.
 * With the ``original``: forgetting rate **FR** = (A_o(D_f) − A_u(D_f)) / A_o(D_f) and memory retention rate
-  **MRR** = A_u(D_r) / A_o(D_r) (seed 003; the paper's exact formulas are not public, these are the design's).
+  **MRR** = A_u(D_r) / A_o(D_r) (Zuo et al., TKDE 2025; the paper's exact formulas are not public, these are
+  unlearnkit's).
 * With ``spdgan`` (a trained :class:`~unlearnkit.spdgan.SpdGan`, or its perturbed forget images): accuracy
   **spd_acc** and cross-entropy **spd_loss** on the SPD-GAN-perturbed forget set G(D_f) (labels as trained); with
-  the ``original`` also the **unlearning degree** (seed 003) **UD_acc** = A_o(G(D_f)) − A_u(G(D_f)) and **UD_loss** =
+  the ``original`` also the **unlearning degree** (Zuo et al.) **UD_acc** = A_o(G(D_f)) − A_u(G(D_f)) and **UD_loss** =
   L_u(G(D_f)) − L_o(G(D_f)) (signed so that both grow as the model forgets), and with the ``reference`` too the
   retrained model's degree **UD_acc_retrain** / **UD_loss_retrain** and **gap_UD_acc** = |UD_acc − UD_acc_retrain|.
   **forget_loss** (cross-entropy on D_f) is always reported, to compare with spd_loss.
@@ -81,7 +82,7 @@ METRICS: dict[str, tuple[str, str | float | None]] = {
     "forget_loss": ("mean cross-entropy on D_f (labels as trained)", REF),
     "spd_acc": ("accuracy (%) on the SPD-GAN-perturbed forget set G(D_f) (labels as trained)", REF),
     "spd_loss": ("mean cross-entropy on G(D_f)", REF),
-    "UD_acc": ("unlearning degree (seed 003): A_o(G(D_f)) − A_u(G(D_f)), accuracy points", HIGHER),
+    "UD_acc": ("unlearning degree (Zuo et al., TKDE 2025): A_o(G(D_f)) − A_u(G(D_f)), accuracy points", HIGHER),
     "UD_loss": ("unlearning degree on the loss: L_u(G(D_f)) − L_o(G(D_f))", HIGHER),
     "UD_acc_retrain": ("the retrained model's unlearning degree A_o(G(D_f)) − A_r(G(D_f)) (the target)", None),
     "UD_loss_retrain": ("the retrained model's L_r(G(D_f)) − L_o(G(D_f))", None),

@@ -102,7 +102,7 @@ class Suite:
     mia_attack: str = "svc"
     spdgan: dict[str, Any] | None = None  # SPD-GAN options (see unlearnkit.spdgan.SpdGanConfig); None: no unlearning degree
     path: str | None = None
-    # Prune first, then unlearn (seed 000): every original is the dense original pruned by this spec and
+    # Prune first, then unlearn (Jia et al., NeurIPS 2023): every original is the dense original pruned by this spec and
     # fine-tuned (see unlearnkit.sparsity.prune_first); the reference Retrain keeps its mask.
     prune: str | None = None
     prune_finetune_epochs: int | None = None  # None: sparsity.prune_first_finetune_epochs(spec)

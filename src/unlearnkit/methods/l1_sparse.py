@@ -1,4 +1,5 @@
-"""ℓ1-sparse unlearning (Jia et al., NeurIPS 2023, seed 000): fine-tune on the retain set with an ℓ1
+"""ℓ1-sparse unlearning (Jia et al., *Model Sparsity Can Simplify Machine Unlearning*, NeurIPS 2023): fine-tune on the
+retain set with an ℓ1
 penalty on all parameters, α_t·‖θ‖₁, whose coefficient decays linearly per epoch, α_t = α·(1 − t/T) for
 epoch t = 0..T−1 (ending at α/T). Sparsity pushes the model towards the sparse regime in which
 approximate unlearning is closer to exact."""
@@ -27,7 +28,7 @@ class L1SparseConfig(SGDOptions):
     "l1_sparse",
     L1SparseConfig,
     touches=("retain",),
-    summary="fine-tune on D_r with a linearly decaying ℓ1 penalty (seed 000)",
+    summary="fine-tune on D_r with a linearly decaying ℓ1 penalty (Jia et al., NeurIPS 2023)",
 )
 def l1_sparse(task: Task, cfg: L1SparseConfig) -> None:
     def l1_penalty(model, ctx):

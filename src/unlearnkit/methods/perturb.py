@@ -1,4 +1,5 @@
-"""Fine-grained parameter perturbation (Zuo et al., TKDE 2025; seed 003): add Gaussian noise to a few chosen
+"""Fine-grained parameter perturbation (Zuo et al., *Machine Unlearning through Fine-Grained Model Parameters
+Perturbation*, TKDE 2025): add Gaussian noise to a few chosen
 parameter entries instead of to all of them, then optionally repair the model with a short fine-tune on
 retain samples.
 
@@ -23,7 +24,7 @@ Noise: θ_j ← θ_j + σ·s_j·z_j, z_j ~ N(0, 1) from the task's seeded genera
 Selection goes through :mod:`unlearnkit.selection` (exact top-k, seeded random fraction); entries a pruning mask
 has removed are never selected. The repair is the project's loop (``task.fit``) on ``retain_per_forget`` × |D_f|
 fresh retain samples per epoch, over all parameters or (``repair_scope="selected"``) only the perturbed ones.
-The paper does not publish its importance, noise or repair formulas; these are the design's (DESIGN.md §4),
+The paper does not publish its importance, noise or repair formulas; these are unlearnkit's own,
 and the defaults were chosen by the variants of ``benchmarks/suites/perturb.toml`` (see ``docs/perturbation.md``).
 """
 
@@ -234,18 +235,20 @@ def _live_random(task: Task, fraction: float) -> dict[str, torch.Tensor]:
 
 
 @register("topk_perturb", TopKConfig, touches=("forget", "retain"),
-          summary="Gaussian noise on the K entries most important to D_f, then a short repair on D_r (seed 003)")
+          summary="Gaussian noise on the K entries most important to D_f, then a short repair on D_r (Zuo et al., "
+                  "TKDE 2025)")
 def topk_perturb(task: Task, cfg: TopKConfig) -> None:
     perturb_and_repair(task, cfg, topk_mask(task, cfg))
 
 
 @register("randomk_perturb", RandomKConfig, touches=("retain",),
-          summary="Gaussian noise on a seeded random k % of entries, then a short repair on D_r (seed 003)")
+          summary="Gaussian noise on a seeded random k % of entries, then a short repair on D_r "
+                  "(Zuo et al., TKDE 2025)")
 def randomk_perturb(task: Task, cfg: RandomKConfig) -> None:
     perturb_and_repair(task, cfg, _live_random(task, cfg.fraction))
 
 
 @register("global_perturb", GlobalPerturbConfig, touches=("retain",),
-          summary="Gaussian noise on every entry, then a short repair on D_r (the global baseline of seed 003)")
+          summary="Gaussian noise on every entry, then a short repair on D_r (the global baseline of Zuo et al.)")
 def global_perturb(task: Task, cfg: GlobalPerturbConfig) -> None:
     perturb_and_repair(task, cfg, selection.everything(task.model))

@@ -403,7 +403,7 @@ def prune_first(
     echo: bool = False,
     extra: dict | None = None,
 ) -> Checkpoint:
-    """The model to unlearn from under seed 000's "prune first, then unlearn": ``checkpoint`` pruned by
+    """The model to unlearn from under Jia et al.'s (NeurIPS 2023) "prune first, then unlearn": ``checkpoint`` pruned by
     ``spec`` (SynFlow: at the recorded seed's initialisation, then trained), then fine-tuned
     ``finetune_epochs`` (default :func:`prune_first_finetune_epochs`) on the data as trained.
 

@@ -1,4 +1,5 @@
-"""SPD-GAN (seed 003): a small generator that slightly perturbs the forget set within an L∞ budget ε, trained
+"""SPD-GAN (Zuo et al., TKDE 2025): a small generator that slightly perturbs the forget set within an L∞ budget ε,
+trained
 adversarially against a discriminator while keeping the original model's labels; the *unlearning degree* of
 :func:`unlearnkit.evaluate` compares models on its outputs. See ``docs/perturbation.md``.
 

@@ -1,4 +1,5 @@
-"""SPD-GAN ("slightly perturbed distribution" GAN; Zuo et al., TKDE 2025, seed 003): a small generator that maps a
+"""SPD-GAN ("slightly perturbed distribution" GAN; Zuo et al., *Machine Unlearning through Fine-Grained Model
+Parameters Perturbation*, TKDE 2025): a small generator that maps a
 forget image and noise to a nearby image, G(x, z) = clamp(x + ε·tanh(h(x, z)), 0, 1), so every output lies within
 the L∞ ball of radius ε around its input *by construction* (clamping to [0, 1] only moves a pixel towards x, which
 is already in [0, 1]). A discriminator tells real forget images from generated ones.
@@ -11,7 +12,7 @@ The generator minimises, per batch,
   − w_div · mean|G(x, z₁) − G(x, z₂)| / ε                 diversity: the noise must matter
 
 and the discriminator minimises BCE(D(x), real) + BCE(D(G(x, z)), fake). The paper does not publish its losses;
-the first three are the design's (DESIGN.md §6, issue 6). The diversity term is ours and is needed: without it
+the first three are unlearnkit's own. The diversity term is ours and is needed: without it
 the identity G(x, z) = x is optimal for the other three (nothing to tell apart, zero distance, labels kept), and
 "perturbed" data would be the forget set itself. For independent ±a perturbations the two terms are
 w_div·a/ε − w_close·(a/ε)², largest at a = ε·w_div/(2·w_close): with equal weights a mean |δ| of about ε/2, so ε sets
