@@ -14,7 +14,6 @@ from typing import Any, Callable
 from ..errors import UnlearnKitError
 from ..options import Declared, declare, options_of, parse_text
 
-
 # Seeds are stored in manifests and records and fed to torch.manual_seed / numpy; keep them in uint32.
 SEED_MAX = 2**32 - 1
 
@@ -49,7 +48,8 @@ def add_flags(p: argparse.ArgumentParser, config: type, *, only: tuple[str, ...]
     its range (the :class:`UnlearnKitError` leaves ``parse_args`` and :func:`unlearnkit.cli.main` prints it).
 
     ``only`` picks fields; ``unset`` makes every default None ("not given": e.g. ``train --lr`` overrides the
-    recipe's learning rate only when given) and says what applies then (e.g. "the recipe's"). Flags of another owner's options (the training recipe's ``--epochs``)
+    recipe's learning rate only when given) and says what applies then (e.g. "the recipe's"). Flags of another owner's
+    options (the training recipe's ``--epochs``)
     reuse that owner's declaration rather than declaring the option again."""
     for name, d in options_of(config).items():
         if only is not None and name not in only:
@@ -124,10 +124,15 @@ def training_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- outputs (docs/safety.md) ------------------------------------------------------------------------------
-def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "an existing unlearnkit artefact of the same kind") -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help=f"replace {what} at the output (only once the new one is complete); without it an existing "
-                        "artefact is refused. A folder that is not one, or that is or holds an input, is always refused")
+def add_overwrite_arg(
+    p: argparse.ArgumentParser, what: str = "an existing unlearnkit artefact of the same kind"
+) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} at the output (only once the new one is complete); without it an existing "
+        "artefact is refused. A folder that is not one, or that is or holds an input, is always refused",
+    )
 
 
 def request_files(spec: str | None) -> list[str]:

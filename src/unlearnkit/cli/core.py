@@ -5,15 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
 from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import UnlearnKitError
 from ..options import option
 from ..training import TrainConfig
-from .common import (SEED_MAX, Command, add_data_args, add_flags, add_overwrite_arg, check_output, command_flags, data_inputs,
-                     parse_sets, request_files, training_changes)
+from .common import (
+    SEED_MAX,
+    Command,
+    add_data_args,
+    add_flags,
+    add_overwrite_arg,
+    check_output,
+    command_flags,
+    data_inputs,
+    parse_sets,
+    request_files,
+    training_changes,
+)
 
 
 # The numeric and choice flags of these commands, declared once (type, range, help); the training recipe's own
@@ -37,7 +47,9 @@ class UnlearnFlags:
     prune_finetune_epochs: int | None = option(
         None, "fine-tuning epochs after pruning, on the data as trained (default: 2 after a one-shot prune, 0 where "
               "the spec retrains or trains)", ge=0, le=10_000)
-    prune_finetune_lr: float | None = option(None, "their learning rate (default: a fifth of the recipe's)", gt=0, le=10)
+    prune_finetune_lr: float | None = option(
+        None, "their learning rate (default: a fifth of the recipe's)", gt=0, le=10
+    )
 
 
 @dataclass
@@ -54,14 +66,22 @@ command_flags("demo", DemoFlags)
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--model", default=None, help="model name (default: the data set's default)")
-    p.add_argument("--request", default=None, help="request the training data carries (relabel:/backdoor:) or to record")
+    p.add_argument(
+        "--request", default=None, help="request the training data carries (relabel:/backdoor:) or to record"
+    )
     add_flags(p, TrainConfig, only=("epochs", "lr", "batch_size"), unset="the recipe's")
     add_flags(p, TrainFlags)
     p.add_argument("--device", default="auto")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="other training options (e.g. schedule=multistep)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="other training options (e.g. schedule=multistep)"
+    )
     p.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model options (e.g. width=128)")
-    p.add_argument("--prune", default=None, metavar="SPEC",
-                   help="train a sparse model: omp:S, imp:S or synflow:S (S = fraction of weights zeroed; see docs/sparsity.md)")
+    p.add_argument(
+        "--prune",
+        default=None,
+        metavar="SPEC",
+        help="train a sparse model: omp:S, imp:S or synflow:S (S = fraction of weights zeroed; see docs/sparsity.md)",
+    )
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     add_overwrite_arg(p, "an existing checkpoint")
     p.add_argument("--keep-diverged", action="store_true",
@@ -75,11 +95,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from ..api import train
+    from ..models import check_model_options
     from ..recipes import default_model, default_recipe
 
-    from ..models import check_model_options
-
-    out = check_output(args.out, "checkpoint", args, data_inputs(args.dataset, args.data_dir) + request_files(args.request))
+    out = check_output(
+        args.out, "checkpoint", args, data_inputs(args.dataset, args.data_dir) + request_files(args.request)
+    )
     model = args.model or default_model(args.dataset)
     config = default_recipe(args.dataset, model).replace(**training_changes(args))
     check_model_options(model, parse_sets(args.model_option))  # before the data set is read
@@ -98,20 +119,31 @@ def _train(args: argparse.Namespace) -> int:
                  "(last epoch, running, as trained)")
     print(f"test accuracy {m['test_acc']:.2f} %, {train_acc}, {m['train_seconds']:.0f} s")
     if trained.pruning is not None:
-        print(f"pruned by {trained.pruning['spec']}: sparsity {trained.pruning['achieved_sparsity']:.4f} of the prunable weights")
+        print(
+            f"pruned by {trained.pruning['spec']}: sparsity {trained.pruning['achieved_sparsity']:.4f} of the "
+            "prunable weights"
+        )
     print(f"checkpoint written to {trained.path}")
     return 0
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="the model to measure (e.g. an unlearned checkpoint)")
-    p.add_argument("--reference", default=None, help="the retrained checkpoint to compare with (gaps, Avg. Gap, JS, L2)")
-    p.add_argument("--original", default=None, help="the original checkpoint (FR, MRR); default: the checkpoint's parent")
+    p.add_argument(
+        "--reference", default=None, help="the retrained checkpoint to compare with (gaps, Avg. Gap, JS, L2)"
+    )
+    p.add_argument(
+        "--original", default=None, help="the original checkpoint (FR, MRR); default: the checkpoint's parent"
+    )
     p.add_argument("--request", default=None, help="request to evaluate (default: the one the checkpoint records)")
     add_flags(p, EvaluateFlags)
-    p.add_argument("--spdgan", default=None, metavar="G",
-                   help="a generator from `unlearnkit spdgan train`: adds accuracy/loss on the perturbed forget set and "
-                        "the unlearning degree (with --original; with --reference also the retrained model's)")
+    p.add_argument(
+        "--spdgan",
+        default=None,
+        metavar="G",
+        help="a generator from `unlearnkit spdgan train`: adds accuracy/loss on the perturbed forget set and "
+        "the unlearning degree (with --original; with --reference also the retrained model's)",
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON only")
@@ -172,14 +204,23 @@ def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="checkpoint directory for the unlearned model")
     add_overwrite_arg(p, "existing checkpoints (--out, --pruned-out)")
-    p.add_argument("--keep-diverged", action="store_true",
-                   help="keep a result whose loss became non-finite (rolled back to the start of that epoch; recorded in "
-                        "the manifest's notes); without it such a run writes nothing and exits 2")
-    p.add_argument("--prune", default=None, metavar="SPEC",
-                   help="prune first, then unlearn: prune the checkpoint by SPEC (omp:S, imp:S, synflow:S; see "
-                        "docs/sparsity.md) and unlearn the pruned model; its mask holds through the method (and Retrain)")
+    p.add_argument(
+        "--keep-diverged",
+        action="store_true",
+        help="keep a result whose loss became non-finite (rolled back to the start of that epoch; recorded in "
+        "the manifest's notes); without it such a run writes nothing and exits 2",
+    )
+    p.add_argument(
+        "--prune",
+        default=None,
+        metavar="SPEC",
+        help="prune first, then unlearn: prune the checkpoint by SPEC (omp:S, imp:S, synflow:S; see "
+        "docs/sparsity.md) and unlearn the pruned model; its mask holds through the method (and Retrain)",
+    )
     add_flags(p, UnlearnFlags, only=("prune_finetune_epochs", "prune_finetune_lr"))
-    p.add_argument("--pruned-out", default=None, help="also write the pruned model (before unlearning) as a checkpoint here")
+    p.add_argument(
+        "--pruned-out", default=None, help="also write the pruned model (before unlearning) as a checkpoint here"
+    )
 
 
 def _unlearn(args: argparse.Namespace) -> int:
@@ -234,7 +275,9 @@ def _unlearn(args: argparse.Namespace) -> int:
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's checkpoints")
     add_flags(p, TrainConfig, only=("epochs",), unset="the recipe's")
-    p.add_argument("--request", default="random:0.1", help="what to forget (default: a random 10 %% of the training set)")
+    p.add_argument(
+        "--request", default="random:0.1", help="what to forget (default: a random 10 %% of the training set)"
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     add_flags(p, DemoFlags)
@@ -323,10 +366,20 @@ def _gc(args: argparse.Namespace) -> int:
 COMMANDS = [
     Command("train", "train a model (optionally on data poisoned/relabelled by a request)", _train_arguments, _train),
     Command("unlearn", "unlearn a request from a checkpoint with a registered method", _unlearn_arguments, _unlearn),
-    Command("evaluate", "measure a checkpoint (every metric when it carries a request)", _evaluate_arguments, _evaluate),
-    Command("demo", "the main job on the embedded default: train, unlearn with the best methods, compare with Retrain",
-            _demo_arguments, _demo),
+    Command(
+        "evaluate", "measure a checkpoint (every metric when it carries a request)", _evaluate_arguments, _evaluate
+    ),
+    Command(
+        "demo",
+        "the main job on the embedded default: train, unlearn with the best methods, compare with Retrain",
+        _demo_arguments,
+        _demo,
+    ),
     Command("info", "list data sets, models, methods and metrics", _info_arguments, _info),
-    Command("gc", "remove the .tmp-* folders that killed writers left (only those whose process is gone)",
-            _gc_arguments, _gc),
+    Command(
+        "gc",
+        "remove the .tmp-* folders that killed writers left (only those whose process is gone)",
+        _gc_arguments,
+        _gc,
+    ),
 ]

@@ -57,7 +57,12 @@ def _sisa_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(train)
     train.add_argument("--model", default=None, help="model name (default: the data set's default)")
     add_flags(train, SisaTrainFlags, only=("shards", "slices", "seed", "workers", "shard_threads"))
-    add_flags(train, TrainConfig, only=("epochs", "lr", "batch_size"), unset="the recipe's; --epochs is per stage, by default the recipe's / slices")
+    add_flags(
+        train,
+        TrainConfig,
+        only=("epochs", "lr", "batch_size"),
+        unset="the recipe's; --epochs is per stage, by default the recipe's / slices",
+    )
     train.add_argument("--device", default="cpu", help="cpu (bitwise-reproducible retraining) or cuda")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="other training options")
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model options (e.g. width=128)")

@@ -13,7 +13,16 @@ from dataclasses import dataclass, fields
 from ..errors import UnlearnKitError
 from ..options import option
 from ..spdgan import SpdGanConfig
-from .common import SEED_MAX, Command, add_flags, add_overwrite_arg, check_output, command_flags, parse_sets, request_files
+from .common import (
+    SEED_MAX,
+    Command,
+    add_flags,
+    add_overwrite_arg,
+    check_output,
+    command_flags,
+    parse_sets,
+    request_files,
+)
 
 
 @dataclass
@@ -30,16 +39,24 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                            description="Train an SPD-GAN on the forget set of REQUEST against the model in CHECKPOINT "
                                        "and save it (generator weights + manifest) to OUT.")
     train.add_argument("--checkpoint", required=True, help="the original model (its labels are the ones to keep)")
-    train.add_argument("--request", default=None, help="what will be forgotten (default: the request the checkpoint records)")
+    train.add_argument(
+        "--request", default=None, help="what will be forgotten (default: the request the checkpoint records)"
+    )
     train.add_argument("--out", required=True, help="directory to write the generator to")
     add_overwrite_arg(train, "an existing generator")
     add_flags(train, SpdGanConfig, only=("epsilon", "epochs"), unset="the SPD-GAN default, see docs/options.md")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="other options: " + ", ".join(f.name for f in fields(SpdGanConfig) if f.name not in ("epsilon", "epochs")))
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="other options: " + ", ".join(f.name for f in fields(SpdGanConfig) if f.name not in ("epsilon", "epochs")),
+    )
     add_flags(train, SpdGanTrainFlags)
     train.add_argument("--data-dir", default=None)
     train.add_argument("--device", default="auto")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar (the per-epoch losses are still printed)")
+    train.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (the per-epoch losses are still printed)"
+    )
     show = sub.add_parser("show", help="describe a saved generator")
     show.add_argument("path", help="a directory written by `unlearnkit spdgan train`")
     show.add_argument("--json", action="store_true")
@@ -64,9 +81,18 @@ def _train(args: argparse.Namespace) -> int:
     request = checkpoint.resolve_request(data, args.request, args.seed, required=True)
     print(f"training SPD-GAN (ε {config.epsilon}, {config.epochs} epochs) on {request.spec}: "
           f"{request.forget.numel()} forget images", flush=True)
-    gan = train_for_request(checkpoint.model, data, request, config, seed=args.seed, device=args.device,
-                            progress=not args.no_progress and sys.stderr.isatty(), echo=True,
-                            original_path=checkpoint.path, original_file_sha256=checkpoint.manifest["weights"]["sha256"])
+    gan = train_for_request(
+        checkpoint.model,
+        data,
+        request,
+        config,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        echo=True,
+        original_path=checkpoint.path,
+        original_file_sha256=checkpoint.manifest["weights"]["sha256"],
+    )
     path = save_spdgan(out, gan)
     cost = gan.manifest["cost"]
     print(f"{cost['seconds']:.1f} s; generator written to {path}")
