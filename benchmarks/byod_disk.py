@@ -1,7 +1,8 @@
 """The disk-backed data path against the in-memory one, on Fashion-MNIST written as an image folder.
 
 For each training-set size (default 15,000 and 60,000 images; the test split is the first 2,000 test
-images, as it plays no part in an epoch) the script writes Fashion-MNIST as PNG files in class folders, prepares it once with
+images, as it plays no part in an epoch) the script writes Fashion-MNIST as PNG files in class folders, prepares it
+once with
 ``unlearnkit data prepare`` (memory-mapped float32 arrays), and then, each in a fresh process:
 
 * ``memory``: ``imagefolder:PATH`` decoded into memory, one training epoch of the small CNN (after a warm-up
@@ -70,8 +71,11 @@ class MemorySampler:
             self.peak[key] = max(self.peak[key], value)
 
     def megabytes(self) -> dict[str, float]:
-        return {"peak_rss_mb": round(self.peak["VmRSS"] / 1024, 1), "peak_anon_mb": round(self.peak["RssAnon"] / 1024, 1),
-                "peak_file_mb": round(self.peak["RssFile"] / 1024, 1)}
+        return {
+            "peak_rss_mb": round(self.peak["VmRSS"] / 1024, 1),
+            "peak_anon_mb": round(self.peak["RssAnon"] / 1024, 1),
+            "peak_file_mb": round(self.peak["RssFile"] / 1024, 1),
+        }
 
 
 def drop_page_cache(folder: Path) -> None:
@@ -88,8 +92,8 @@ def child(mode: str, spec: str, model_name: str, batch_size: int) -> dict:
     import torch
 
     from unlearnkit._util import sha256_tensors
-    from unlearnkit.models import new_model
     from unlearnkit.data import load_dataset
+    from unlearnkit.models import new_model
     from unlearnkit.training import TrainConfig, train_classifier
 
     torch.set_num_threads(1)
@@ -113,7 +117,9 @@ def child(mode: str, spec: str, model_name: str, batch_size: int) -> dict:
             if name == "cold":
                 drop_page_cache(Path(spec.split(":", 1)[1]))
             started = time.perf_counter()
-            train_classifier(model, data.x_train, data.y_train, torch.arange(data.n_train), config, seed=0, device="cpu")
+            train_classifier(
+                model, data.x_train, data.y_train, torch.arange(data.n_train), config, seed=0, device="cpu"
+            )
             seconds = time.perf_counter() - started
             epochs[name] = {"seconds": round(seconds, 2), "samples_per_s": round(data.n_train / seconds, 1),
                             # the same batches from the same start give the same weights, bit for bit
@@ -137,7 +143,10 @@ def write_folder(root: Path, n_train: int) -> None:
         return
     data = load_dataset("fashion-mnist")
     names = [n.replace("/", "-") for n in data.class_names]
-    for split, x, y, n in (("train", data.x_train, data.y_train, n_train), ("test", data.x_test, data.y_test, TEST_IMAGES)):
+    for split, x, y, n in (
+        ("train", data.x_train, data.y_train, n_train),
+        ("test", data.x_test, data.y_test, TEST_IMAGES),
+    ):
         pixels = (x[:n] * 255).round().byte().numpy()[:, 0]
         labels = y[:n].numpy()
         for name in names:
@@ -180,8 +189,14 @@ def main() -> int:
         prepare_s = time.perf_counter() - started
         log(f"{n}: folder written in {write_s:.0f} s, prepared in {prepare_s:.0f} s")
         row = {"n_train": n, "write_folder_s": round(write_s, 1), "prepare_s": round(prepare_s, 1)}
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
         for mode, spec in (("memory", f"imagefolder:{folder}"), ("disk", f"prepared:{prepared}")):
             command = [sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
                        "--child", mode, spec]

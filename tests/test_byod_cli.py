@@ -1,4 +1,5 @@
-"""`unlearnkit import` and `unlearnkit data prepare | show`: bad input is one line on stderr, exit 2, nothing written."""
+"""`unlearnkit import` and `unlearnkit data prepare | show`: bad input is one line on stderr, exit 2, nothing
+written."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def workspace(tmp_path, monkeypatch):
         for c in ("a", "b", "c"):
             (tmp_path / "pics" / split / c).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(tmp_path / "pics" / split / c / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(
+                    tmp_path / "pics" / split / c / f"{i}.png"
+                )
     (tmp_path / "cli_net.py").write_text(NET)
     torch.manual_seed(0)
     save_file(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).state_dict(), str(tmp_path / "w.safetensors"))
@@ -63,7 +66,9 @@ def test_import_then_unlearn_and_data_commands(workspace, capsys):
     code, _, err = run(capsys, "import", "--factory", "cli_net:build", "--weights", "w.safetensors",
                        "--dataset", "imagefolder:pics", "--out", "runs/imp")
     assert code == 2 and "--overwrite" in err
-    code, out, err = run(capsys, "data", "prepare", "--dataset", "imagefolder:pics", "--resize", "5x5", "--out", "runs/p")
+    code, out, err = run(
+        capsys, "data", "prepare", "--dataset", "imagefolder:pics", "--resize", "5x5", "--out", "runs/p"
+    )
     assert code == 0, err
     assert "prepared:runs/p" in out
     code, out, err = run(capsys, "data", "show", "prepared:runs/p", "--json")
@@ -86,7 +91,12 @@ def test_import_then_unlearn_and_data_commands(workspace, capsys):
     (["--out", "pics/train/a"], "lies inside the input"),
 ])
 def test_bad_import_is_one_line_exit_2_nothing_written(workspace, capsys, argv, message):
-    base = {"--factory": "cli_net:build", "--weights": "w.safetensors", "--dataset": "imagefolder:pics", "--out": "runs/imp"}
+    base = {
+        "--factory": "cli_net:build",
+        "--weights": "w.safetensors",
+        "--dataset": "imagefolder:pics",
+        "--out": "runs/imp",
+    }
     args = dict(base)
     extra = []
     for key, value in zip(argv[::2], argv[1::2]):

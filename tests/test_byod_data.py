@@ -12,10 +12,10 @@ from PIL import Image
 
 from unlearnkit._util import sha256_tensors
 from unlearnkit.data import Source, load_dataset
+from unlearnkit.data.datasets import USER_DATA_CACHE as _CACHE
 from unlearnkit.data.datasets import _to_uint8
 from unlearnkit.data.imagefolder import sample_paths
 from unlearnkit.data.prepared import prepare
-from unlearnkit.data.datasets import USER_DATA_CACHE as _CACHE
 from unlearnkit.data.readers import plan_spec
 from unlearnkit.errors import UnlearnKitError
 from unlearnkit.requests import build_request

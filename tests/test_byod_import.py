@@ -44,7 +44,10 @@ MODEL_CODE = textwrap.dedent('''
 def write_digits_folder(root: Path, n_train: int = 500, n_test: int = 200) -> None:
     """scikit-learn's digits as 8x8 grey PNGs in class folders (the layout users keep)."""
     digits = uk.load_dataset("digits")
-    for split, x, y, n in (("train", digits.x_train, digits.y_train, n_train), ("test", digits.x_test, digits.y_test, n_test)):
+    for split, x, y, n in (
+        ("train", digits.x_train, digits.y_train, n_train),
+        ("test", digits.x_test, digits.y_test, n_test),
+    ):
         for i in range(n):
             folder = root / split / f"digit{int(y[i])}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -103,8 +106,12 @@ def test_import_round_trip_unlearn_two_methods_and_retrain(workspace):
 
     request = uk.build_request("class:3", data, seed=0)
     results, models = {}, {}
-    for method, options in (("retrain", {}), ("finetune", {"epochs": 3}), ("grad_ascent", {"epochs": 30, "lr": 0.005, "check_every": 1}),
-                            ("fisher", {})):
+    for method, options in (
+        ("retrain", {}),
+        ("finetune", {"epochs": 3}),
+        ("grad_ascent", {"epochs": 30, "lr": 0.005, "check_every": 1}),
+        ("fisher", {}),
+    ):
         result = uk.unlearn(loaded, request, method=method, device="cpu", **options)
         assert type(result.model).__name__ == "Net"
         models[method] = result.model
@@ -132,29 +139,47 @@ def test_pt_state_dict_recipe_and_classifier_layer(workspace, tmp_path):
     default = uk.import_model("byod_net:build", root / "net.safetensors", data)
     assert default.manifest["recipe_source"] == "default" and default.manifest["train"] == uk.TrainConfig().to_dict()
     (tmp_path / "suite-style.toml").write_text("[train]\nepochs = 2\n")
-    assert uk.import_model("byod_net:build", root / "net.pt", data, recipe=tmp_path / "suite-style.toml").manifest["train"]["epochs"] == 2
+    assert (
+        uk.import_model("byod_net:build", root / "net.pt", data, recipe=tmp_path / "suite-style.toml").manifest[
+            "train"
+        ]["epochs"]
+        == 2
+    )
 
 
-@pytest.mark.parametrize("factory, weights, kwargs, message", [
-    ("no_such_module_xyz:build", "net.safetensors", {}, "cannot import the factory's module 'no_such_module_xyz'"),
-    ("byod_net:nope", "net.safetensors", {}, "has no 'nope'"),
-    ("byod_net", "net.safetensors", {}, "package.module:function"),
-    ("byod_net:broken", "net.safetensors", {}, "raised RuntimeError: no GPU here"),
-    ("byod_net:not_a_module", "net.safetensors", {}, "returned int, not a torch.nn.Module"),
-    ("byod_net:build", "net.safetensors", {"factory_args": {"colour": 1}}, "raised TypeError"),
-    ("byod_net:build", "net.safetensors", {"factory_args": {"hidden": 16}}, "shape mismatch body.1.bias \\(32,\\) vs model \\(16,\\), body.1.weight"),
-    ("byod_net:build", "whole.pt", {}, "needs unpickling beyond weights"),
-    ("byod_net:build", "missing.safetensors", {}, "does not exist"),
-    ("byod_net:build", "garbage.safetensors", {}, "cannot be read as safetensors"),
-    ("byod_net:build", "extra.safetensors", {}, "unexpected extra.weight"),
-    ("byod_net:build", "partial.safetensors", {}, "missing head.bias"),
-    ("byod_net:build", "net.safetensors", {"factory_args": {"num_classes": 7}}, "shape mismatch"),
-    ("byod_net:build", "seven.safetensors", {"factory_args": {"num_classes": 7}}, "7 outputs but .* has 10 classes"),
-    ("byod_net:build", "net.safetensors", {"classifier_layer": "body.1x"}, "no layer 'body.1x'"),
-    ("byod_net:build", "net.safetensors", {"classifier_layer": "body"}, "is a Sequential, not a torch.nn.Linear"),
-    ("byod_net:build", "net.safetensors", {"classifier_layer": "body.1"}, "32 outputs, but the data has 10"),
-    ("byod_net:build", "net.safetensors", {"recipe": "bad.toml"}, "recipe .* unknown training option"),
-])
+@pytest.mark.parametrize(
+    "factory, weights, kwargs, message",
+    [
+        ("no_such_module_xyz:build", "net.safetensors", {}, "cannot import the factory's module 'no_such_module_xyz'"),
+        ("byod_net:nope", "net.safetensors", {}, "has no 'nope'"),
+        ("byod_net", "net.safetensors", {}, "package.module:function"),
+        ("byod_net:broken", "net.safetensors", {}, "raised RuntimeError: no GPU here"),
+        ("byod_net:not_a_module", "net.safetensors", {}, "returned int, not a torch.nn.Module"),
+        ("byod_net:build", "net.safetensors", {"factory_args": {"colour": 1}}, "raised TypeError"),
+        (
+            "byod_net:build",
+            "net.safetensors",
+            {"factory_args": {"hidden": 16}},
+            "shape mismatch body.1.bias \\(32,\\) vs model \\(16,\\), body.1.weight",
+        ),
+        ("byod_net:build", "whole.pt", {}, "needs unpickling beyond weights"),
+        ("byod_net:build", "missing.safetensors", {}, "does not exist"),
+        ("byod_net:build", "garbage.safetensors", {}, "cannot be read as safetensors"),
+        ("byod_net:build", "extra.safetensors", {}, "unexpected extra.weight"),
+        ("byod_net:build", "partial.safetensors", {}, "missing head.bias"),
+        ("byod_net:build", "net.safetensors", {"factory_args": {"num_classes": 7}}, "shape mismatch"),
+        (
+            "byod_net:build",
+            "seven.safetensors",
+            {"factory_args": {"num_classes": 7}},
+            "7 outputs but .* has 10 classes",
+        ),
+        ("byod_net:build", "net.safetensors", {"classifier_layer": "body.1x"}, "no layer 'body.1x'"),
+        ("byod_net:build", "net.safetensors", {"classifier_layer": "body"}, "is a Sequential, not a torch.nn.Linear"),
+        ("byod_net:build", "net.safetensors", {"classifier_layer": "body.1"}, "32 outputs, but the data has 10"),
+        ("byod_net:build", "net.safetensors", {"recipe": "bad.toml"}, "recipe .* unknown training option"),
+    ],
+)
 def test_bad_imports_are_one_line_and_write_nothing(workspace, tmp_path, factory, weights, kwargs, message):
     root, data, trained = workspace
     state = trained.state_dict()

@@ -14,6 +14,21 @@ from .requests import Request, build_request  # noqa: E402
 from .training import TrainConfig, fit  # noqa: E402
 
 __all__ = [
-    "__version__", "train", "import_model", "unlearn", "evaluate", "METHODS", "accuracy_report", "load_checkpoint", "save_checkpoint", "Dataset", "load_dataset",
-    "UnlearnKitError", "build_model", "Request", "build_request", "TrainConfig", "fit",
+    "__version__",
+    "train",
+    "import_model",
+    "unlearn",
+    "evaluate",
+    "METHODS",
+    "accuracy_report",
+    "load_checkpoint",
+    "save_checkpoint",
+    "Dataset",
+    "load_dataset",
+    "UnlearnKitError",
+    "build_model",
+    "Request",
+    "build_request",
+    "TrainConfig",
+    "fit",
 ]

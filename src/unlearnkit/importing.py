@@ -20,7 +20,7 @@ from ._util import resolve_device, seed_everything, sha256_file
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import Dataset, load_dataset
 from .errors import UnlearnKitError
-from .models.imported import IMPORTED, build_imported, find_classifier, load_factory, read_weights, load_weights
+from .models.imported import IMPORTED, build_imported, find_classifier, load_factory, load_weights, read_weights
 from .training import TrainConfig, accuracy, predict_logits
 
 if sys.version_info >= (3, 11):
@@ -115,11 +115,15 @@ def import_model(
         with torch.no_grad():
             logits = model(probe)
     except Exception as exc:  # the user's forward pass raised
-        raise UnlearnKitError(f"the model cannot run on the data's images (float32 in [0, 1], shape "
-                              f"{tuple(probe.shape)}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        raise UnlearnKitError(
+            f"the model cannot run on the data's images (float32 in [0, 1], shape "
+            f"{tuple(probe.shape)}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from None
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != probe.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise UnlearnKitError(f"the model must return logits of shape N x classes; on {probe.shape[0]} images it returned {shape}")
+        raise UnlearnKitError(
+            f"the model must return logits of shape N x classes; on {probe.shape[0]} images it returned {shape}"
+        )
     if logits.shape[1] != data.num_classes:
         raise UnlearnKitError(f"the model has {logits.shape[1]} outputs but {data.name} has {data.num_classes} classes "
                               f"({', '.join(data.class_names[:10])}{', ...' if data.num_classes > 10 else ''})")
@@ -139,8 +143,10 @@ def import_model(
               f"SAPS criterion=last_layer) will refuse it", file=sys.stderr)
         print(f"train accuracy {metrics['train_acc']:.2f} %, test accuracy {metrics['test_acc']:.2f} % on {data.name}",
               file=sys.stderr)
-        print(f"Retrain will train {recipe.epochs} epochs with {recipe.optimizer} lr {recipe.lr} "
-              f"({'the default recipe; pass --recipe FILE.toml to set yours' if recipe_source == 'default' else recipe_source})",
+        source = recipe_source
+        if recipe_source == "default":
+            source = "the default recipe; pass --recipe FILE.toml to set yours"
+        print(f"Retrain will train {recipe.epochs} epochs with {recipe.optimizer} lr {recipe.lr} ({source})",
               file=sys.stderr)
     extra = {
         "seed": 0,

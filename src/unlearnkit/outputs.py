@@ -93,7 +93,10 @@ ARTEFACT_KINDS: dict[str, tuple[str, Callable[[Path], str | None]]] = {
     "sisa": ("a SISA model", lambda p: "" if _format_is(p / "sisa.json", "unlearnkit-sisa/1") else None),
     "bench": ("a benchmark results folder", _results_suite),
     "audit": ("an audit results folder", _audit_suite),
-    "prepared": ("a prepared data set", lambda p: "" if _format_is(p / "prepared.json", "unlearnkit-prepared/1") else None),
+    "prepared": (
+        "a prepared data set",
+        lambda p: "" if _format_is(p / "prepared.json", "unlearnkit-prepared/1") else None,
+    ),
 }
 
 

@@ -31,7 +31,9 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factory-args", default="{}", metavar="JSON",
                    help='its keyword arguments as a JSON object, e.g. \'{"num_classes": 10}\' (recorded, so Retrain '
                         "builds a fresh copy the same way)")
-    p.add_argument("--weights", required=True, help="model.safetensors (or a .pt state dict, read with weights_only=True)")
+    p.add_argument(
+        "--weights", required=True, help="model.safetensors (or a .pt state dict, read with weights_only=True)"
+    )
     p.add_argument("--dataset", required=True,
                    help="imagefolder:PATH, npz:PATH, hf:PATH?image=COL&label=COL, prepared:DIR or a built-in name")
     p.add_argument("--data-dir", default=None, help="for built-in data sets: the folder with their files")
@@ -39,9 +41,13 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier-layer", default=None, metavar="NAME",
                    help="the final linear layer (default: `classifier`, else the last nn.Linear; used by FF's class "
                         "rows, SAPS/last-layer selections, pruning's --exclude-classifier)")
-    p.add_argument("--recipe", default=None, metavar="FILE.toml",
-                   help="training options Retrain uses (epochs, batch_size, lr, optimizer, schedule, ...; the fields of "
-                        "the built-in recipes); default: 10 epochs SGD lr 0.05 momentum 0.9, cosine, batch 128")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        metavar="FILE.toml",
+        help="training options Retrain uses (epochs, batch_size, lr, optimizer, schedule, ...; the fields of "
+        "the built-in recipes); default: 10 epochs SGD lr 0.05 momentum 0.9, cosine, batch 128",
+    )
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     add_overwrite_arg(p, "an existing checkpoint")
     p.add_argument("--device", default="auto")
@@ -72,7 +78,9 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
                              description="Decode DATASET chunk by chunk into memory-mapped float32 arrays in OUT; "
                                          "then use --dataset prepared:OUT anywhere. Memory stays bounded by one chunk.")
     prepare.add_argument("--dataset", required=True, help="imagefolder:PATH, npz:PATH or hf:PATH?...")
-    prepare.add_argument("--resize", default=None, metavar="HxW", help="resize every image (image folders and hf: data)")
+    prepare.add_argument(
+        "--resize", default=None, metavar="HxW", help="resize every image (image folders and hf: data)"
+    )
     prepare.add_argument("--out", required=True, help="folder to write (new, or a prepared data set with --overwrite)")
     add_overwrite_arg(prepare, "an existing prepared data set")
     show = sub.add_parser("show", help="read a data set and print what unlearnkit sees (classes, shape, fingerprint)")

@@ -61,7 +61,9 @@ def _open_splits(root: Path, split_names: dict[str, str]):
     for split, name in split_names.items():
         mine = [f for f in files if name in f.relative_to(root).parts[:-1] or f.name.startswith(name)]
         if not mine:
-            raise UnlearnKitError(f"{root} has no parquet file for split {name!r} (named {name}*.parquet or in {name}/)")
+            raise UnlearnKitError(
+                f"{root} has no parquet file for split {name!r} (named {name}*.parquet or in {name}/)"
+            )
         try:
             table = pa.concat_tables([pq.read_table(f) for f in mine])
         except (pa.ArrowException, OSError) as exc:
@@ -79,8 +81,10 @@ def plan(path: str | Path, options: dict[str, str]) -> Plan:
     for split, ds in splits.items():
         for col in (image_col, label_col):
             if col not in ds.column_names:
-                raise UnlearnKitError(f"{root} {split} split has no column {col!r} (it has {', '.join(ds.column_names)}); "
-                                      f"name the columns with ?image=...&label=...")
+                raise UnlearnKitError(
+                    f"{root} {split} split has no column {col!r} (it has {', '.join(ds.column_names)}); "
+                    f"name the columns with ?image=...&label=..."
+                )
     feature = splits["train"].features[label_col]
     labels_raw = {s: np.asarray(ds.with_format("numpy")[label_col]) for s, ds in splits.items()}
     if isinstance(feature, datasets.ClassLabel):
@@ -130,7 +134,9 @@ def plan(path: str | Path, options: dict[str, str]) -> Plan:
                         image.load()
                         out[j] = pil_to_array(image, channels, resize)
                     except (OSError, ValueError, SyntaxError) as exc:
-                        raise UnlearnKitError(f"cannot decode image {start + j} of the {split} split of {root}: {exc}") from None
+                        raise UnlearnKitError(
+                            f"cannot decode image {start + j} of the {split} split of {root}: {exc}"
+                        ) from None
             return uint8_to_float(out)
     else:
         from .npz import _as_pixels, _to_nchw

@@ -17,7 +17,10 @@ import numpy as np
 from ..errors import UnlearnKitError
 from .images import Plan, check_labels, uint8_to_float
 
-OPTIONS = {"layout": "nhwc or nchw (when the shape allows both)", "num_classes": "K (default: from class_names or the labels)"}
+OPTIONS = {
+    "layout": "nhwc or nchw (when the shape allows both)",
+    "num_classes": "K (default: from class_names or the labels)",
+}
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -71,7 +74,9 @@ def plan(path: str | Path, options: dict[str, str]) -> Plan:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in KEYS if k not in archive.files]
             if missing:
-                raise UnlearnKitError(f"{path} lacks {', '.join(missing)} (it has {', '.join(archive.files) or 'nothing'})")
+                raise UnlearnKitError(
+                    f"{path} lacks {', '.join(missing)} (it has {', '.join(archive.files) or 'nothing'})"
+                )
             arrays = {k: archive[k] for k in KEYS}
             names = archive["class_names"] if "class_names" in archive.files else None
     except UnlearnKitError:
@@ -86,7 +91,9 @@ def plan(path: str | Path, options: dict[str, str]) -> Plan:
             raise UnlearnKitError(f"{path.name}: x_{split} has {xs[split].shape[0]} images but y_{split} has "
                                   f"{arrays[f'y_{split}'].shape[0] if arrays[f'y_{split}'].ndim else 0} labels")
     if xs["train"].shape[1:] != xs["test"].shape[1:]:
-        raise UnlearnKitError(f"{path.name}: train images are {xs['train'].shape[1:]} but test images {xs['test'].shape[1:]}")
+        raise UnlearnKitError(
+            f"{path.name}: train images are {xs['train'].shape[1:]} but test images {xs['test'].shape[1:]}"
+        )
     if names is not None:
         class_names = tuple(str(n) for n in np.asarray(names).reshape(-1))
     elif "num_classes" in options:

@@ -52,7 +52,9 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     known = READERS[kind][1] if kind in READERS else {}
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise UnlearnKitError(f"{kind}: has no option {unknown[0]!r}" + (f"; it takes {', '.join(known)}" if known else ""))
+        raise UnlearnKitError(
+            f"{kind}: has no option {unknown[0]!r}" + (f"; it takes {', '.join(known)}" if known else "")
+        )
     return kind, path, options
 
 

@@ -111,7 +111,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UnlearnKitError(f"cannot read {path} as a PyTorch state dict: {str(exc).splitlines()[0][:200]}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise UnlearnKitError(f"{path} is not a state dict (a mapping of parameter names to tensors)")
     return state
 
