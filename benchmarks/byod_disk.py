@@ -91,9 +91,9 @@ def child(mode: str, spec: str, model_name: str, batch_size: int) -> dict:
     """One measurement in this (fresh) process; prints a JSON object."""
     import torch
 
-    from unlearnkit._util import sha256_tensors
     from unlearnkit.data import load_dataset
     from unlearnkit.models import new_model
+    from unlearnkit.results import sha256_tensors
     from unlearnkit.training import TrainConfig, train_classifier
 
     torch.set_num_threads(1)
@@ -171,9 +171,9 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from unlearnkit._util import machine, versions, write_json_atomic, write_text_atomic
     from unlearnkit.data.prepared import prepare
     from unlearnkit.data.readers import plan_spec
+    from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic
 
     work, out = Path(args.work), Path(args.work) / "results" if args.quick else Path(args.out)
     sizes = [int(s) for s in args.sizes.split(",")]

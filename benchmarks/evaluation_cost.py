@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 import unlearnkit as uk
-from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic
 from unlearnkit.evaluation import MIA_BINS, evaluate, model_outputs
+from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic
 from unlearnkit.training import TrainConfig, predict_logits
 
 MIA_KEYS = ("MIA", "MIA_entropy", "MIA_m_entropy")

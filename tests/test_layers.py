@@ -161,6 +161,24 @@ def test_the_check_sees_cycles_and_upward_imports():
     ]
 
 
+def test_scripts_use_public_modules_and_no_absolute_paths():
+    """Benchmark scripts import no private unlearnkit module (``unlearnkit._util``: they use ``unlearnkit.results``)
+    and default to no absolute path of one machine."""
+    found = []
+    for path in sorted((PACKAGE.parents[1] / "benchmarks").glob("*.py")) + sorted(
+            (PACKAGE.parents[1] / "scripts").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("unlearnkit._"):
+                found.append(f"{path.name}: imports {node.module}")
+            if isinstance(node, ast.Import) and any(a.name.startswith("unlearnkit._") for a in node.names):
+                found.append(f"{path.name}: imports a private module")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(
+                    ("/work/", "/home/", "/tmp/", "/root/")):
+                found.append(f"{path.name}: {node.value!r}")
+    assert found == []
+
+
 @pytest.mark.parametrize("module, imported", [("unlearnkit.methods.retrain", "unlearnkit.models"),
                                               ("unlearnkit.cli", "unlearnkit.cli.core")])
 def test_the_graph_is_read_from_the_source(module, imported):

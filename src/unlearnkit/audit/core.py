@@ -33,12 +33,27 @@ from ..data import Dataset
 from ..errors import UnlearnKitError
 from ..evaluation import evaluate, logit_scaled_confidence, outputs_from_logits
 from ..methods import METHODS, make_config
-from ..requests import (REQUEST_TYPES, Request, build_request, needs_memorization_scores, parse_spec,
-                        register_memorization_scores)
+from ..requests import (
+    REQUEST_TYPES,
+    Request,
+    build_request,
+    needs_memorization_scores,
+    parse_spec,
+    register_memorization_scores,
+)
 from ..training import Cost
 from . import stats
 from .memorization import memorization_scores, scores_record, split_requests
-from .pool import REFERENCE_SEED_OFFSET, Context, Job, Logits, Runner, checkpoint_logits, read_unlearned, request_job_record
+from .pool import (
+    REFERENCE_SEED_OFFSET,
+    Context,
+    Job,
+    Logits,
+    Runner,
+    checkpoint_logits,
+    read_unlearned,
+    request_job_record,
+)
 from .report import ORIGINAL, write_report
 
 
@@ -188,10 +203,20 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
                 evals.append(orig_evals[k])
                 continue
             c = record["cost"]
-            evals.append(evaluate(outputs_from_logits(l.train, l.test), request, data, reference=ref_evals[k],
-                                  original=orig_evals[k], cost=Cost(c["seconds"], c["forward_samples"], c["backward_samples"]),
-                                  retrain_seconds=references[k]["cost"]["seconds"], mia_shadow_size=mia_shadow_size,
-                                  mia_attack=mia_attack, seed=k))
+            evals.append(
+                evaluate(
+                    outputs_from_logits(l.train, l.test),
+                    request,
+                    data,
+                    reference=ref_evals[k],
+                    original=orig_evals[k],
+                    cost=Cost(c["seconds"], c["forward_samples"], c["backward_samples"]),
+                    retrain_seconds=references[k]["cost"]["seconds"],
+                    mia_shadow_size=mia_shadow_size,
+                    mia_attack=mia_attack,
+                    seed=k,
+                )
+            )
         ra = float(np.mean([e["RA"] for e in evals]))
         ta = float(np.mean([e["TA"] for e in evals]))
         forget_quality = float(points.mean())
@@ -201,19 +226,29 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
             "config": models[0][1].get("config", {}),
             "ulira": attack.to_dict(),
             f"ulira_{other_variance}_variance": attack_other.to_dict(),
-            "challenge": {"forget_quality": round(forget_quality, 6),
-                          "score": round(stats.challenge_score(forget_quality, ra, ref_ra, ta, ref_ta), 6),
-                          "mean_epsilon": round(float(epsilons.mean()), 4),
-                          "capped_examples": int((epsilons >= stats.EPSILON_CAP).sum())},
+            "challenge": {
+                "forget_quality": round(forget_quality, 6),
+                "score": round(stats.challenge_score(forget_quality, ra, ref_ra, ta, ref_ta), 6),
+                "mean_epsilon": round(float(epsilons.mean()), 4),
+                "capped_examples": int((epsilons >= stats.EPSILON_CAP).sum()),
+            },
             "retain_exposure": exposure.to_dict(),
             # How far the mean φ on D_f moved from the original's towards retraining's (0 = not at all, 100 = as
             # far as retraining, > 100 = past it): says whether a method did anything, not whether it is right.
             "forget_shift_pct": round(100.0 * (orig_level - float(u_forget.mean())) / (orig_level - ref_level), 2)
-            if orig_level != ref_level else None,
+            if orig_level != ref_level
+            else None,
             "population": {key: _mean_std([e[key] for e in evals]) for key in ("UA", "RA", "TA", "MIA", "avg_gap")},
-            "cost": {"seconds": _mean_std([c["seconds"] for c in costs]), "passes": float(np.mean([_passes(c) for c in costs])),
-                     "work_pct": round(100.0 * float(np.mean([_passes(c) for c in costs])) / ref_passes, 3) if ref_passes else None,
-                     "time_pct": round(100.0 * float(np.mean([c["seconds"] for c in costs])) / ref_seconds, 3) if ref_seconds else None},
+            "cost": {
+                "seconds": _mean_std([c["seconds"] for c in costs]),
+                "passes": float(np.mean([_passes(c) for c in costs])),
+                "work_pct": round(100.0 * float(np.mean([_passes(c) for c in costs])) / ref_passes, 3)
+                if ref_passes
+                else None,
+                "time_pct": round(100.0 * float(np.mean([c["seconds"] for c in costs])) / ref_seconds, 3)
+                if ref_seconds
+                else None,
+            },
             "stopped_early": sum(1 for _, record in models if (record.get("notes") or {}).get("stopped_early")),
             "per_example": {
                 "ulira_accuracy": [round(float(v), 3) for v in attack.per_example_accuracy],
@@ -222,15 +257,31 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
             },
         }
         audit.methods[label] = row
-    audit.per_example_ids = {"forget": forget.tolist(), "retain_sample": retain_ids.tolist(),
-                                         **({"memorization": [round(float(memorization[i]), 6) for i in forget.tolist()]}
-                                            if memorization is not None else {})}
+    audit.per_example_ids = {
+        "forget": forget.tolist(),
+        "retain_sample": retain_ids.tolist(),
+        **(
+            {"memorization": [round(float(memorization[i]), 6) for i in forget.tolist()]}
+            if memorization is not None
+            else {}
+        ),
+    }
     return audit
 
 
-def run_audit(suite: Suite, out_dir: str | Path, *, settings: AuditSettings | None = None, cache_dir: str | Path | None = None,
-              methods: list[str] | None = None, requests: list[str] | None = None, data_dir: str | None = None,
-              command: str | None = None, quiet: bool = False, log: Callable[[str], None] | None = None) -> dict:
+def run_audit(
+    suite: Suite,
+    out_dir: str | Path,
+    *,
+    settings: AuditSettings | None = None,
+    cache_dir: str | Path | None = None,
+    methods: list[str] | None = None,
+    requests: list[str] | None = None,
+    data_dir: str | None = None,
+    command: str | None = None,
+    quiet: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Audit ``methods`` (default: the suite's) on ``requests`` (default: the suite's) with N models per side;
     write ``results.json``, ``report.md`` and plots under ``out_dir`` and return the results."""
 
@@ -245,7 +296,9 @@ def run_audit(suite: Suite, out_dir: str | Path, *, settings: AuditSettings | No
     specs = list(requests) if requests else list(suite.requests)
     if not specs:
         raise UnlearnKitError("the audit needs at least one request")
-    request_seed = settings.request_seed if settings.request_seed is not None else (suite.seeds[0] if suite.seeds else 0)
+    request_seed = (
+        settings.request_seed if settings.request_seed is not None else (suite.seeds[0] if suite.seeds else 0)
+    )
     for spec in specs:  # fail before training anything (memorized:K without a file once its scores exist)
         if parse_spec(spec)[0].effect != "remove":
             raise UnlearnKitError(f"the audit handles remove requests ({_remove_types()}), not {spec!r}")
@@ -291,7 +344,11 @@ def run_audit(suite: Suite, out_dir: str | Path, *, settings: AuditSettings | No
             request = build_request(spec, data, request_seed)
             record = request_job_record(request)
             ref_jobs = [Job("retrained", k, record, train_seed=REFERENCE_SEED_OFFSET + k) for k in range(n)]
-            unl_jobs = [Job("unlearned", k, record, method=v.method, options=_options(suite, v)) for v in variants for k in range(n)]
+            unl_jobs = [
+                Job("unlearned", k, record, method=v.method, options=_options(suite, v))
+                for v in variants
+                for k in range(n)
+            ]
             labels = [v.label for v in variants for _ in range(n)]
             say(f"audit {suite.name}: {spec} ({request.forget.numel()} samples): {n} retrained references, "
                 f"{len(variants)} methods × {n} unlearned models")

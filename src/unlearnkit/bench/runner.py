@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-
 from .. import api
 from .._util import machine, resolve_device, versions, write_json_atomic
 from ..checkpoint import load_checkpoint, save_unlearned
@@ -31,6 +30,7 @@ from ..recipes import default_model
 from ..requests import Request, build_request
 from ..training import weights_runtime
 from .suite import Suite, Variant
+
 
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -84,7 +84,9 @@ class ModelCache:
             "runtime": weights_runtime(device),
         }
 
-    def original(self, suite: Suite, data: Dataset, seed: int, request: Request | None, device, log) -> tuple[Path, dict]:
+    def original(
+        self, suite: Suite, data: Dataset, seed: int, request: Request | None, device, log
+    ) -> tuple[Path, dict]:
         key_fields = self.original_key(suite, data, seed, request, device)
         model_name = key_fields["model"]
         path = self.root / "originals" / config_hash(key_fields)
@@ -103,7 +105,9 @@ class ModelCache:
         from ..sparsity import parse_prune_spec, prune_first, prune_first_finetune_epochs
 
         spec = parse_prune_spec(suite.prune)
-        epochs = prune_first_finetune_epochs(spec) if suite.prune_finetune_epochs is None else suite.prune_finetune_epochs
+        epochs = (
+            prune_first_finetune_epochs(spec) if suite.prune_finetune_epochs is None else suite.prune_finetune_epochs
+        )
         key_fields = {"kind": "pruned", "parent": dense_key, "prune": spec.to_dict(), "finetune_epochs": epochs,
                       "finetune_lr": suite.prune_finetune_lr, "runtime": weights_runtime(device)}
         path = self.root / "pruned" / config_hash(key_fields)
@@ -147,8 +151,16 @@ class ModelCache:
         if not cached(path, key_fields):
             log(f"training SPD-GAN (ε {config.epsilon}) on {request.spec} (seed {request.seed}) -> {path}")
             checkpoint = load_checkpoint(original_path)
-            gan = train_for_request(checkpoint.model, data, request, config, seed=request.seed, device=device,
-                                    original_path=original_path, original_file_sha256=checkpoint.manifest["weights"]["sha256"])
+            gan = train_for_request(
+                checkpoint.model,
+                data,
+                request,
+                config,
+                seed=request.seed,
+                device=device,
+                original_path=original_path,
+                original_file_sha256=checkpoint.manifest["weights"]["sha256"],
+            )
             gan.manifest = {**gan.manifest, "cache_key": key_fields}
             save_spdgan(path, gan)
         return path
@@ -186,7 +198,9 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
             return False
         return _record_is_current(record_path(out_dir, spec, variant.slug, seed), current[variant.label], log)
 
-    todo = [(spec, seed, v) for seed in seeds for spec in suite.requests for v in variants if not recorded(spec, v, seed)]
+    todo = [
+        (spec, seed, v) for seed in seeds for spec in suite.requests for v in variants if not recorded(spec, v, seed)
+    ]
     todo_keys = {(spec, seed, v.label) for spec, seed, v in todo}
     bar = _bar(len(todo), suite.name) if progress and todo else None
     records = []

@@ -100,7 +100,9 @@ class Suite:
     # Suites keep the SVC on every point (the field's convention, and what every committed record used); "binned"
     # is evaluate()'s faster default (see unlearnkit.evaluation).
     mia_attack: str = "svc"
-    spdgan: dict[str, Any] | None = None  # SPD-GAN options (see unlearnkit.spdgan.SpdGanConfig); None: no unlearning degree
+    spdgan: dict[str, Any] | None = (
+        None  # SPD-GAN options (see unlearnkit.spdgan.SpdGanConfig); None: no unlearning degree
+    )
     path: str | None = None
     # Prune first, then unlearn (Jia et al., NeurIPS 2023): every original is the dense original pruned by this spec and
     # fine-tuned (see unlearnkit.sparsity.prune_first); the reference Retrain keeps its mask.
@@ -116,7 +118,7 @@ class Suite:
         return dict(self.options.get("retrain", {}))
 
     def train_config(self) -> TrainConfig:
-        from ..recipes import default_recipe, default_model
+        from ..recipes import default_model, default_recipe
 
         return default_recipe(self.dataset, self.model or default_model(self.dataset)).replace(**self.train)
 
@@ -170,7 +172,9 @@ def suite_from_dict(raw: dict, path: str | None = None) -> Suite:
     finetune_epochs = raw.get("prune_finetune_epochs")
     finetune_lr = raw.get("prune_finetune_lr")
     if prune is None and (finetune_epochs is not None or finetune_lr is not None):
-        raise UnlearnKitError(f"{where}: prune_finetune_epochs/prune_finetune_lr need a prune spec (e.g. prune = \"omp:0.95\")")
+        raise UnlearnKitError(
+            f"{where}: prune_finetune_epochs/prune_finetune_lr need a prune spec (e.g. prune = \"omp:0.95\")"
+        )
     if finetune_epochs is not None and (isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int)
                                         or finetune_epochs < 0):
         raise UnlearnKitError(f"{where}: prune_finetune_epochs must be an integer >= 0, got {finetune_epochs!r}")

@@ -38,8 +38,16 @@ from ..masks import attach_prune_masks
 from ..models import build_model
 from ..recipes import default_recipe
 from ..requests import Request
-from ..training import (Cost, FitReport, TrainConfig, accuracy, metered, predict_logits, train_classifier,
-                        weights_runtime)
+from ..training import (
+    Cost,
+    FitReport,
+    TrainConfig,
+    accuracy,
+    metered,
+    predict_logits,
+    train_classifier,
+    weights_runtime,
+)
 from .layers import global_sparsity, layer_sparsity, prunable_names
 from .magnitude import alive_masks, iterative_magnitude_prune, magnitude_prune, snapshot, train_with_snapshot
 from .spec import PruneSpec, parse_prune_spec
