@@ -152,3 +152,20 @@ def test_info_lists_every_declared_option():
     for d in SHIPPED:
         key = f"{d.owner} flags" if d.kind == "command" else d.owner
         assert d.label in options[key], (key, d.label)
+
+
+def test_every_generated_bad_command_line_is_refused_before_its_inputs_are_read(capsys, tmp_path, monkeypatch):
+    from unlearnkit.cli import _bad_input_cases, bad_input_cases
+
+    monkeypatch.chdir(tmp_path)  # "ck", "sisa", "ids.txt" do not exist here: a refusal must come before reading them
+    cases = _bad_input_cases()
+    assert len(cases) == len(bad_input_cases()) > 900
+    assert len({label for label, _, _ in cases}) == len(cases)
+    kinds = set()
+    for label, argv, expected in cases:
+        code = main([str(tmp_path / "out") if a == "OUT" else a for a in argv])
+        out, err = capsys.readouterr()
+        assert code == 2 and err.count("\n") == 1 and err.startswith("unlearnkit: error: " + expected), (label, err)
+        kinds.add(label.split("-")[0])
+    assert kinds == {"train", "model", "method", "spdgan", "prune", "policy", "command"}
+    assert list(tmp_path.iterdir()) == []

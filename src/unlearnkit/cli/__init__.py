@@ -64,6 +64,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setting(d, text: str) -> list[str] | None:
+    """The command line that gives declared option ``d`` the value ``text`` (``ck``: a trained checkpoint, ``OUT``:
+    the output); None where the command line cannot express it (a word is always a string)."""
+    train = ["train", "--dataset", "digits"]
+    if d.kind == "command":
+        return [d.flag, text, "info"] if d.owner == "unlearnkit" else [*d.owner.split(), d.flag, text]
+    if d.kind == "train":
+        return [*train, "--set", f"{d.name}={text}", "--out", "OUT"]
+    if d.kind == "model":
+        return [*train, "--model", d.owner.split()[-1], "--model-option", f"{d.name}={text}", "--out", "OUT"]
+    if d.kind == "method":
+        return ["unlearn", "--checkpoint", "ck", "--method", d.owner, "--set", f"{d.name}={text}", "--out", "OUT"]
+    if d.kind == "spdgan":
+        given = [f"--{d.name}", text] if d.name in ("epsilon", "epochs") else ["--set", f"{d.name}={text}"]
+        return ["spdgan", "train", "--checkpoint", "ck", *given, "--out", "OUT"]
+    if d.kind == "policy":
+        return ["forget", "--model", "sisa", "--ids", "ids.txt", "--" + d.name.replace("_", "-"), text]
+    if d.kind == "prune":
+        from ..sparsity.spec import APPLIES_TO
+
+        prune = ["prune", "--checkpoint", "ck", "--method", "omp"]
+        if d.name == "sparsity":
+            return [*prune, "--sparsity", text, "--out", "OUT"]
+        if d.name in ("scope", "layers"):
+            return [*prune, "--sparsity", "0.5", "--" + d.name, text, "--out", "OUT"]
+        if d.name in APPLIES_TO and "," not in text:
+            return [*train, "--prune", f"{APPLIES_TO[d.name][0]}:0.5:{d.name}={text}", "--out", "OUT"]
+    return None
+
+
+def bad_input_cases() -> list[tuple[str, list[str]]]:
+    """``(label, argv)``: a command line for each bad value generated from each declared option of the package
+    (:meth:`unlearnkit.options.Declared.bad_texts`) — the training recipe, models, methods, SPD-GAN, pruning specs,
+    the hybrid policy and every sub-command's flags. ``ck`` stands for a trained checkpoint, ``sisa`` for a SISA
+    model and ``OUT`` for the output; each must be refused with one line (exit 2) before any of them is read or
+    written. A new option is covered by being declared."""
+    return [(label, argv) for label, argv, _ in _bad_input_cases()]
+
+
+def _bad_input_cases() -> list[tuple[str, list[str], str]]:
+    from ..options import OWNERS, declared
+
+    cases = []
+    for d in declared():
+        if not OWNERS[(d.kind, d.owner)].config.__module__.startswith("unlearnkit."):
+            continue  # registered by a test, not the package
+        for why, text in d.bad_texts():
+            if d.type.base is str and d.choices is None:
+                continue  # a command-line word is always a string
+            argv = _setting(d, text)
+            if argv is not None:
+                label = "-".join(f"{d.kind} {d.owner} {d.label.lstrip('-')} {why}".split())
+                flag = d.flag or ("--" + d.name.replace("_", "-") if d.kind == "policy" or
+                                  (d.kind in ("spdgan", "prune") and "--" + d.name.replace("_", "-") in argv) else d.name)
+                cases.append((label, argv, f"option {flag} of {d.owner} must be {d.allowed()}; got "))
+    return cases
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:  # declared flags are checked while parsing (see common.add_flags)
@@ -88,5 +146,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["COMMAND_MODULES", "Command", "build_parser", "commands", "main", "parse_sets", "parse_value",
+__all__ = ["COMMAND_MODULES", "Command", "bad_input_cases", "build_parser", "commands", "main", "parse_sets", "parse_value",
            "split_top_level"]
