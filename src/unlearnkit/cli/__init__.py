@@ -116,8 +116,9 @@ def _bad_input_cases() -> list[tuple[str, list[str], str]]:
             argv = _setting(d, text)
             if argv is not None:
                 label = "-".join(f"{d.kind} {d.owner} {d.label.lstrip('-')} {why}".split())
-                flag = d.flag or ("--" + d.name.replace("_", "-") if d.kind == "policy" or
-                                  (d.kind in ("spdgan", "prune") and "--" + d.name.replace("_", "-") in argv) else d.name)
+                as_flag = "--" + d.name.replace("_", "-")
+                flag = d.flag or (as_flag if d.kind == "policy" or (d.kind in ("spdgan", "prune") and as_flag in argv)
+                                  else d.name)
                 cases.append((label, argv, f"option {flag} of {d.owner} must be {d.allowed()}; got "))
     return cases
 
@@ -146,5 +147,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["COMMAND_MODULES", "Command", "bad_input_cases", "build_parser", "commands", "main", "parse_sets", "parse_value",
-           "split_top_level"]
+__all__ = ["COMMAND_MODULES", "Command", "bad_input_cases", "build_parser", "commands", "main", "parse_sets",
+           "parse_value", "split_top_level"]
