@@ -57,3 +57,11 @@ def test_the_check_catches(text, found):
 
 def test_the_check_passes_ordinary_text():
     assert problems("seeds 0..2; seed 0 alone: --seeds 0, ; a 10-request stream; TODOS are not words") == []
+
+
+def test_the_method_template_in_the_docs_is_finetune_py():
+    """docs/methods.md shows methods/finetune.py as the template for a new method: it must be that file's code."""
+    doc = (ROOT / "docs" / "methods.md").read_text()
+    block = doc.split("## Adding a method", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    source = (ROOT / "src" / "unlearnkit" / "methods" / "finetune.py").read_text()
+    assert block.strip() == source[source.index("@dataclass"):].strip()
