@@ -298,7 +298,7 @@ def _class(text: str, data: Dataset, spec: str) -> int:
 
 
 def _generator(seed: int, salt: str) -> torch.Generator:
-    # Separate streams per request kind, so that e.g. relabel:0.1 and random:0.1 do not pick the same ids.
+    # Separate streams per request type, so that e.g. relabel:0.1 and random:0.1 do not pick the same ids.
     offset = int(hashlib.sha256(salt.encode()).hexdigest()[:8], 16)
     return torch.Generator().manual_seed((seed * 1_000_003 + offset) % (2**63))
 
