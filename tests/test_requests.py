@@ -125,6 +125,15 @@ def test_each_request_type_declares_its_syntax_and_effect(digits, tmp_path):
     assert parse_spec("relabel:0.1:3")[1] == ["0.1", "3"]
 
 
+def test_request_files_are_the_arguments_a_type_declares_as_files():
+    from unlearnkit.requests import request_files
+
+    assert request_files("ids:/a:b/ids.txt") == ["/a:b/ids.txt"]
+    assert request_files("memorized:40:scores.json") == ["scores.json"] and request_files("memorized:40") == []
+    assert request_files("random:0.1") == request_files("relabel:0.1:3") == request_files(None) == []
+    assert request_files("nonsense:x") == []  # building it says what is wrong
+
+
 def test_records_name_the_effect_and_old_records_load(digits):
     req = build_request("relabel:0.1", digits, seed=1)
     record = req.describe()

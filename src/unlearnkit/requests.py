@@ -190,6 +190,7 @@ class RequestType:
     build: Callable[[Dataset, list[str], int], Request]
     doc: str = ""
     max_args: int | None = None
+    file_args: tuple[int, ...] = ()  # positions of the arguments that name files the request reads
 
     def split(self, text: str) -> list[str]:
         return text.split(":") if self.max_args is None else text.split(":", self.max_args - 1)
@@ -201,15 +202,15 @@ class RequestType:
 REQUEST_TYPES: dict[str, RequestType] = {}
 
 
-def request_type(name: str, syntax: str, effect: str, doc: str = "", *,
-                 max_args: int | None = None) -> Callable[[Builder], Builder]:
+def request_type(name: str, syntax: str, effect: str, doc: str = "", *, max_args: int | None = None,
+                 file_args: tuple[int, ...] = ()) -> Callable[[Builder], Builder]:
     """Register a request builder ``fn(dataset, args, seed) -> Request`` as the type ``name`` (see
     :class:`RequestType`)."""
     if effect not in EFFECTS:
         raise ValueError(f"effect {effect!r} is not one of {EFFECTS}")
 
     def register(fn: Builder) -> Builder:
-        REQUEST_TYPES[name] = RequestType(name, syntax, effect, fn, doc, max_args)
+        REQUEST_TYPES[name] = RequestType(name, syntax, effect, fn, doc, max_args, tuple(file_args))
         return fn
 
     return register
@@ -229,6 +230,18 @@ def parse_spec(spec: str) -> tuple[RequestType, list[str]]:
         raise UnlearnKitError(f"unknown request type {name!r} in {spec!r}; use one of {request_syntax()}")
     rtype = REQUEST_TYPES[name]
     return rtype, rtype.split(rest)
+
+
+def request_files(spec: str | None) -> list[str]:
+    """The files a request spec reads (the arguments its type declares as files, e.g. ``ids:FILE``,
+    ``memorized:K:FILE``); none for a spec that does not parse (building it reports why)."""
+    if not spec:
+        return []
+    try:
+        rtype, args = parse_spec(spec)
+    except UnlearnKitError:
+        return []
+    return [args[i] for i in rtype.file_args if i < len(args) and args[i]]
 
 
 def build_request(spec: str, data: Dataset, seed: int = 0) -> Request:
@@ -395,7 +408,8 @@ def read_ids_file(path: str | Path, n_train: int) -> list[int]:
     return ids
 
 
-@request_type("ids", "FILE", "remove", "explicit training-set ids, one per line ('#' starts a comment)", max_args=1)
+@request_type("ids", "FILE", "remove", "explicit training-set ids, one per line ('#' starts a comment)",
+              max_args=1, file_args=(0,))
 def _ids_file(data: Dataset, args: list[str], seed: int) -> Request:
     path = Path(args[0])
     spec = f"ids:{path}"
@@ -517,7 +531,7 @@ def needs_memorization_scores(spec: str) -> bool:
 
 
 @request_type("memorized", "K[:SCORES_FILE]", "remove",
-              "the K training samples with the largest memorisation scores", max_args=2)
+              "the K training samples with the largest memorisation scores", max_args=2, file_args=(1,))
 def _memorized(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "memorized:" + ":".join(args)
     if not args or args[0] == "":

@@ -136,15 +136,10 @@ def add_overwrite_arg(
 
 
 def request_files(spec: str | None) -> list[str]:
-    """The files a request spec reads (``ids:FILE``, ``memorized:K:FILE``): inputs an output must stay clear of."""
-    if not spec or ":" not in spec:
-        return []
-    kind, _, rest = spec.strip().partition(":")
-    if kind == "ids":
-        return [rest]
-    if kind == "memorized" and ":" in rest:
-        return [rest.split(":", 1)[1]]
-    return []
+    """The files a request spec reads (inputs an output must stay clear of), as its request type declares them."""
+    from ..requests import request_files as declared
+
+    return declared(spec)
 
 
 def data_inputs(dataset: str | None, data_dir: str | None) -> list[str]:
