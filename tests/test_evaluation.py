@@ -120,6 +120,10 @@ def test_accuracies_gaps_and_rates_by_hand():
     assert m["forgotten_class_test_acc"] == pytest.approx(100 * (test_pred[~keep] == 2).float().mean().item())
     gaps = [abs(m[k] - ev_ref.metrics[k]) for k in ("UA", "RA", "TA", "MIA")]
     assert m["avg_gap"] == pytest.approx(sum(gaps) / 4)
+    # Tug-of-war: the product of accuracy agreements (in [0, 1]) on D_f, D_r and the test set.
+    agreement = [1 - abs((100 - m["UA"]) - (100 - ev_ref.metrics["UA"])) / 100,
+                 1 - abs(m["RA"] - ev_ref.metrics["RA"]) / 100, 1 - abs(m["TA"] - ev_ref.metrics["TA"]) / 100]
+    assert m["ToW"] == pytest.approx(agreement[0] * agreement[1] * agreement[2], abs=1e-6) and m["ToW"] < 1
     a_o, a_u = 100 - ev_orig.metrics["UA"], 100 - m["UA"]
     assert m["FR"] == pytest.approx((a_o - a_u) / a_o)
     assert m["MRR"] == pytest.approx(m["RA"] / ev_orig.metrics["RA"])
@@ -184,7 +188,8 @@ def test_evaluate_from_models_matches_outputs(digits):
     b = evaluate(model_outputs(trained.model, digits, request), request, digits,
                  reference=evaluate(trained.model, request, digits)).metrics
     assert a == b
-    assert a["avg_gap"] == 0 and a["l2_to_reference"] == 0 and a["js_forget"] == pytest.approx(0, abs=1e-9)
+    assert a["avg_gap"] == 0 and a["ToW"] == 1 and a["l2_to_reference"] == 0
+    assert a["js_forget"] == pytest.approx(0, abs=1e-9)
 
 
 def test_non_finite_outputs_are_counted_not_fatal():

@@ -73,6 +73,11 @@ METRICS: dict[str, tuple[str, str | float | None]] = {
     ),
     "forget_acc_corrected": ("relabel/edit requests: accuracy on D_f against the corrected labels", HIGHER),
     "avg_gap": ("mean |metric − retrained metric| over UA, RA, TA, MIA", LOWER),
+    "ToW": (
+        "tug-of-war (Zhao et al., NeurIPS 2024): (1 − gap_UA/100)·(1 − gap_RA/100)·(1 − gap_TA/100), the product of "
+        "accuracy agreements with the retrained model on D_f, D_r and the test set (1 = Retrain's accuracies)",
+        HIGHER,
+    ),
     "gap_UA": ("|UA − retrained UA| (likewise gap_RA, gap_TA, gap_MIA)", LOWER),
     "js_forget": ("mean Jensen–Shannon divergence (bits) of outputs to the retrained model's on D_f", LOWER),
     "js_test": ("the same on the test set", LOWER),
@@ -423,6 +428,7 @@ def evaluate(
         for key in GAP_METRICS:
             m[f"gap_{key}"] = abs(m[key] - ref.metrics[key])
         m["avg_gap"] = sum(m[f"gap_{k}"] for k in GAP_METRICS) / len(GAP_METRICS)
+        m["ToW"] = (1 - m["gap_UA"] / 100) * (1 - m["gap_RA"] / 100) * (1 - m["gap_TA"] / 100)
         m["js_forget"] = js_divergence(outputs.train[forget], ref.outputs.train[forget])
         m["js_test"] = js_divergence(outputs.test, ref.outputs.test)
         if outputs.weights is not None and ref.outputs.weights is not None and not outputs.non_finite:
