@@ -142,7 +142,7 @@ def report(r: dict) -> str:
         f"(shared with other jobs), torch threads {r['machine']['torch_threads']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
         "Fashion-MNIST, small CNN, request random:0.1 (seed 0). CPU-seconds (`time.process_time`), median of "
-        f"{len(r['rounds_cpu_s'])} interleaved rounds in one process. The floor is the forward passes evaluate needs: "
+        f"{len(r['rounds_cpu_s'])} round(s) in one process (measurements interleaved). The floor is the forward passes evaluate needs: "
         "the model and the retrained reference over the 60,000 training images (as trained) and the 10,000 test "
         "images.", "",
         "| what | CPU-s | × floor |", "| --- | --- | --- |",
@@ -163,6 +163,8 @@ def report(r: dict) -> str:
         lines.append(f"| {a['request']} | {a['model']} | {a['shadow']} | " + " | ".join(
             f"{a[f'{k}_svc']:.2f} | {a[f'{k}_binned']:.2f}" for k in MIA_KEYS)
             + f" | {a['seconds_svc']:.2f} | {a['seconds_binned']:.2f} |")
+    if not any(a["shadow"] == 10000 for a in r["mia_agreement"]):
+        lines += ["", "This run compared the attacks at the default 3,000 per side only (`--full` adds 10,000 per side)."]
     if r.get("train"):
         t = r["train"]
         lines += ["", f"`train`, 1 epoch (small CNN, {t['data']}): {t['one_epoch_cpu_s']:.1f} CPU-s; the final "

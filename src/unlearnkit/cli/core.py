@@ -38,7 +38,7 @@ class EvaluateFlags:
     mia_shadow_size: int = option(3000, "SVC shadow points per side (0: the full convention)", ge=0, le=10**7)
     mia_attack: Literal["binned", "svc"] = option(
         "binned", "binned: the RBF SVC fitted on quantile-binned, count-weighted features (~0.1 s per feature, within "
-                  "0.3 points of svc); svc: fitted on every point (the benchmark suites' choice)")
+                  "0.15 points of svc as measured); svc: fitted on every point (the benchmark suites' choice)")
 
 
 @dataclass
