@@ -176,6 +176,7 @@ def _schema_1_ledger(path):
     db.execute("INSERT INTO requests (id, state, mode, source, n_ids, ids_sha256, ids, created, updated) "
                "VALUES ('old', 'received', 'exact', NULL, 2, ?, ?, 'then', 'then')",
                (ids_digest(ids), ids.tobytes()))
+    db.execute("INSERT INTO events (request_id, at, state, note) VALUES ('old', 'then', 'received', '2 ids, mode exact')")  # noqa: E501
     db.execute("PRAGMA user_version=1")
     db.commit()
     db.close()
@@ -185,20 +186,22 @@ def test_a_ledger_of_schema_1_opens_upgraded_and_its_requests_run(model, tmp_pat
     sisa = fresh_copy(model, tmp_path)
     _schema_1_ledger(sisa.store.ledger_path)
     with Unlearner(sisa) as service:
-        assert service.ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert service.ledger.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert service.ledger.verify().ok  # schema 3: the old events were chained when the ledger was upgraded
         old = service.ledger.get("old")
         assert old.options is None and old.state == "received"
         (record,) = service.run_pending()  # run with the runner's options: the old row stored none
         assert (
             record.state == "done" and record.decision == "exact" and record.plan["policy"] == service.policy.to_dict()
         )
-    assert Ledger(sisa.store.ledger_path).get("old").state == "done"  # reopening an upgraded ledger is a no-op
+    reopened = Ledger(sisa.store.ledger_path)
+    assert reopened.get("old").state == "done" and reopened.verify().ok  # reopening an upgraded ledger is a no-op
     newer = tmp_path / "newer.sqlite"
     db = sqlite3.connect(str(newer))
     db.execute("PRAGMA user_version=99")
     db.commit()
     db.close()
-    with pytest.raises(UnlearnKitError, match="schema 99; this unlearnkit reads schemas up to 2"):
+    with pytest.raises(UnlearnKitError, match="schema 99; this unlearnkit reads schemas up to 3"):
         Ledger(newer)
     with pytest.raises(UnlearnKitError, match="no deletion request was ever submitted"):
         Ledger(tmp_path / "none.sqlite", create=False)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import UnlearnKitError
 from ..options import option
-from . import audit, bench, byod, core, prune, requests, sisa, spdgan
+from . import audit, bench, byod, core, prune, requests, service, sisa, spdgan
 from .common import Command, add_flags, command_flags, parse_sets, parse_value, printable, split_top_level
 
 # One line per command module, in the order `unlearnkit --help` lists them.
@@ -25,7 +25,8 @@ COMMAND_MODULES = (
     spdgan,    # spdgan train | show
     audit,     # audit
     sisa,      # sisa train | calibrate | info
-    requests,  # forget, requests list | show | resume
+    requests,  # forget, requests list | show | verify | resume
+    service,   # serve, tokens create | list | revoke, receipts verify
 )
 
 

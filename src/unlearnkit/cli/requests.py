@@ -6,12 +6,15 @@ run by the hybrid planner and recorded in its ledger (docs/sisa.md)::
     unlearnkit requests list --model runs/sisa
     unlearnkit requests show ID --model runs/sisa
     unlearnkit requests resume --model runs/sisa
+    unlearnkit requests verify --model runs/sisa                     # the ledger's hash chain
+    unlearnkit forget --server URL --token-file F --ids ids.txt      # through a deletion service
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,7 +59,13 @@ def policy_from_args(args: argparse.Namespace, stored: dict | None = None):
 
 
 def _forget_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="SISA model directory")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", help="SISA model directory")
+    where.add_argument("--server", metavar="URL", help="a deletion service (`unlearnkit serve`): send the request there")  # noqa: E501
+    p.add_argument("--token-file", default=None, help="with --server: file holding an API token with the delete scope")
+    p.add_argument("--no-wait", action="store_true", help="with --server: return once the request is accepted")
+    p.add_argument("--receipt", default=None, metavar="FILE", help="with --server: write the signed receipt here")
+    p.add_argument("--timeout", type=float, default=3600.0, help="with --server: seconds to wait for the request")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--ids", metavar="FILE", help="training-set ids to delete, one per line ('#' comments)")
     what.add_argument("--request", metavar="SPEC", help="a request spec: random:FRACTION, class:C, ids:FILE")
@@ -77,6 +86,12 @@ def _forget_arguments(p: argparse.ArgumentParser) -> None:
 def _forget(args: argparse.Namespace) -> int:
     from ..hybrid import Unlearner, ids_from_request
     from ..sisa import SisaModel
+
+    if args.server is not None:
+        return _forget_remote(args)
+    for flag in ("token_file", "receipt"):
+        if getattr(args, flag) is not None:
+            raise UnlearnKitError(f"--{flag.replace('_', '-')} goes with --server")
 
     rid = args.request_id
     if rid is not None and (not rid or len(rid) > 200 or not rid.isprintable() or any(c.isspace() for c in rid)):
@@ -116,6 +131,52 @@ def _print_purges(purges: list[dict]) -> None:
         print(f"    {when}  {what}: {item['path']}")
 
 
+REMOTE_MAX_IDS = 1_000_000  # bounds the ids file read for --server (the server's own cap is lower)
+
+
+def _forget_remote(args: argparse.Namespace) -> int:
+    """``forget --server URL --token-file F --ids FILE``: the request goes through :class:`unlearnkit.client.Client`."""
+    from pathlib import Path
+
+    from .._util import write_json_atomic
+    from ..client import Client
+    from ..requests import read_ids_file
+
+    if args.token_file is None:
+        raise UnlearnKitError("--server needs --token-file FILE (an API token with the delete scope)")
+    if args.ids is None:
+        raise UnlearnKitError("--server takes --ids FILE (request specs are resolved on the model's machine)")
+    if args.plan_only or args.evaluate or args.request_id:
+        raise UnlearnKitError("--plan-only, --evaluate and --request-id work with --model, not --server")
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UnlearnKitError(f"cannot read token file {args.token_file}: {getattr(exc, 'strerror', None) or exc}") from None  # noqa: E501
+    ids = read_ids_file(args.ids, REMOTE_MAX_IDS)  # the server checks them against the model and its own cap
+    with Client(args.server, token) as client:
+        accepted = client.delete(ids, mode=args.mode)
+        plan = accepted.get("plan") or {}
+        if not args.json:
+            print(f"request {accepted['id']}: accepted, {accepted['n_ids']} ids, plan {plan.get('decision')} "
+                  f"({plan.get('reason')})")
+        if args.no_wait:
+            if args.json:
+                print(json.dumps(accepted, indent=2))
+            return 0
+        record = client.wait(accepted["id"], timeout=args.timeout)
+        receipt = client.receipt(accepted["id"]) if args.receipt else None
+    if receipt is not None:
+        write_json_atomic(args.receipt, receipt)
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print(f"request {record['id']}: {record['state']}, {record['decision']}, version {record['parent_version']} -> "
+              f"{record['version']}, took {record['actual_seconds']} s" + (f"; receipt written to {args.receipt}" if receipt else ""))  # noqa: E501
+        if record.get("error"):
+            print(f"  error: {record['error']}")
+    return 0 if record["state"] == "done" else 1
+
+
 def _print_record(record, events: list[dict] | None = None) -> None:
     est = "-" if record.estimated_seconds is None else f"{record.estimated_seconds:.2f} s"
     act = "-" if record.actual_seconds is None else f"{record.actual_seconds:.2f} s"
@@ -143,6 +204,9 @@ def _requests_arguments(p: argparse.ArgumentParser) -> None:
     show.add_argument("--model", required=True, help="SISA model directory")
     show.add_argument("--ids", action="store_true", help="include the sample ids")
     show.add_argument("--json", action="store_true")
+    verify = sub.add_parser("verify", help="recompute the ledger's hash chain; report the first broken link")
+    verify.add_argument("--model", required=True, help="SISA model directory")
+    verify.add_argument("--json", action="store_true")
     resume = sub.add_parser("resume", help="finish requests interrupted by a crash or a kill")
     resume.add_argument("--model", required=True, help="SISA model directory")
     resume.add_argument("--data-dir", default=None)
@@ -170,6 +234,15 @@ def _requests(args: argparse.Namespace) -> int:
         return 0
     ledger = Ledger(store.ledger_path, create=False)
     try:
+        if args.requests_command == "verify":
+            report = ledger.verify()
+            if args.json:
+                print(json.dumps(report.to_dict(), indent=2))
+            elif report.ok:
+                print(f"ledger {store.ledger_path}: hash chain intact, {report.events} events, head {report.head}")
+            else:
+                print(f"unlearnkit: ledger {store.ledger_path}: hash chain broken: {report.problem}", file=sys.stderr)
+            return 0 if report.ok else 1
         if args.requests_command == "list":
             records = ledger.list(None if args.state is None else (args.state,))
             if args.json:
@@ -207,6 +280,6 @@ def _requests(args: argparse.Namespace) -> int:
 COMMANDS = [
     Command("forget", "delete training samples from a SISA model (exact, approximate, or the planner's choice)",
             _forget_arguments, _forget),
-    Command("requests", "the ledger of deletion requests of a SISA model: list, show, resume", _requests_arguments,
+    Command("requests", "the ledger of deletion requests of a SISA model: list, show, verify, resume", _requests_arguments,  # noqa: E501
             _requests),
 ]

@@ -47,6 +47,52 @@ def probe_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Te
     return float(F.cross_entropy(logits, y[ids]))
 
 
+def _per_class(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, classes: int, device):
+    """Per-class mean loss and true-class confidence of ``model`` on ``ids`` (NaN for an absent class)."""
+    logits = predict_logits(model, x[ids], device=device).float()
+    labels = y[ids]
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    conf = torch.softmax(logits, 1).gather(1, labels[:, None])[:, 0]
+    count = torch.bincount(labels, minlength=classes).double()
+    mean = lambda v: torch.bincount(labels, weights=v.double(), minlength=classes) / count.clamp(min=1)  # noqa: E731
+    nan = torch.full((classes,), float("nan"), dtype=torch.float64)
+    return torch.where(count > 0, mean(loss), nan), torch.where(count > 0, mean(conf), nan)
+
+
+def forgetting_evidence(model: nn.Module, data, forget: np.ndarray, retain: np.ndarray, *, seed: int, device,
+                        reference_size: int = 2048) -> dict:
+    """What an approximate deletion can show: the shard model's mean loss and true-class confidence on the
+    deleted samples, next to held-out test samples and the shard's retained training samples *of the same
+    classes*, weighted like the deleted samples' classes. A model that never saw the deleted samples scores
+    them like held-out samples (gap ~ 0) and worse than its own training samples; this is evidence, not proof."""
+    classes = int(data.num_classes)
+    forget_t = torch.from_numpy(np.asarray(forget)).long()
+    weights = torch.bincount(data.y_train[forget_t], minlength=classes).double()
+    weights = weights / weights.sum()
+    present = weights > 0
+    generator = torch.Generator().manual_seed(derived_seed("evidence", seed))
+    retain_t = torch.from_numpy(np.asarray(retain)).long()
+    retain_t = retain_t[torch.randperm(retain_t.numel(), generator=generator)[:reference_size]]
+    test_t = torch.arange(data.y_test.numel())
+    test_t = test_t[present[data.y_test]]
+    test_t = test_t[torch.randperm(test_t.numel(), generator=generator)[:reference_size]]
+    out: dict = {"deleted": int(forget_t.numel()), "held_out": int(test_t.numel()), "retained": int(retain_t.numel())}
+    for name, ids in (("deleted", forget_t), ("held_out", test_t), ("retained", retain_t)):
+        loss, conf = _per_class(model, data.x_train if name != "held_out" else data.x_test,
+                                data.y_train if name != "held_out" else data.y_test, ids, classes, device)
+        covered = present & ~torch.isnan(loss)
+        w = weights[covered] / weights[covered].sum() if covered.any() else weights[covered]
+        out[f"{name}_loss"] = round(float((loss[covered] * w).sum()), 5) if covered.any() else None
+        out[f"{name}_confidence"] = round(float((conf[covered] * w).sum()), 5) if covered.any() else None
+    if out["held_out_loss"] is not None:
+        out["loss_gap_to_held_out"] = round(out["deleted_loss"] - out["held_out_loss"], 5)
+        out["confidence_gap_to_held_out"] = round(out["deleted_confidence"] - out["held_out_confidence"], 5)
+    if out["retained_loss"] is not None:
+        out["loss_gap_to_retained"] = round(out["deleted_loss"] - out["retained_loss"], 5)
+        out["confidence_gap_to_retained"] = round(out["deleted_confidence"] - out["retained_confidence"], 5)
+    return out
+
+
 def amend_probe(pool: np.ndarray, size: int, seed: int) -> torch.Tensor:
     """A fixed seeded subset of the amend pool on which the amend step measures its loss."""
     generator = torch.Generator().manual_seed(derived_seed("amend-probe", seed))
@@ -117,6 +163,7 @@ def approximate_delete(sisa: SisaModel, version: Version, new_ids: np.ndarray, s
         pool = members[touched & ~removed[members]]
         probe = amend_probe(pool, settings.amend_probe_size, shard_seed)
         baseline = probe_loss(original, data.x_train, data.y_train, probe, device)
+        before = forgetting_evidence(original, data, forget, retain, seed=shard_seed, device=device)
         result = unlearn(
             original,
             request,
@@ -147,6 +194,10 @@ def approximate_delete(sisa: SisaModel, version: Version, new_ids: np.ndarray, s
                     **({"stopped_early": result.notes["stopped_early"]} if "stopped_early" in result.notes else {}),
                 },
                 "amend": amended,
+                "evidence": {
+                    "before": before,
+                    "after": forgetting_evidence(model, data, forget, retain, seed=shard_seed, device=device),
+                },
             }
         )
     return ApproxResult(states, status, shards)

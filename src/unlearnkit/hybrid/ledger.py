@@ -28,11 +28,19 @@ cut. Transitions are guarded (``UPDATE ... WHERE state IN (...)``), so a request
 or finished twice. Client-supplied request ids make submission idempotent: submitting the same id with the
 same ids returns the existing row; with other ids it is refused. Every transition is also appended to an
 ``events`` table (the request's history).
+
+The events form a **hash chain**: each event stores the SHA-256 of its own content (sequence number, request
+id, time, state, note, a digest of the request's row as it stood after the transition) and of the event
+before it. :meth:`Ledger.verify` recomputes the chain and compares every request's row with the digest in its
+last event, so editing, deleting or reordering any event, or editing a request row, is reported with the
+first broken link. Removing the newest events is only visible against a chain head recorded elsewhere (a
+receipt carries the hash of its request's event; ``verify`` prints the current head).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import sqlite3
 import uuid
@@ -45,9 +53,10 @@ import numpy as np
 from ..errors import UnlearnKitError
 from ..sisa.layout import ids_digest
 
+STATES = ("received", "planned", "running", "done", "failed")
 UNFINISHED = ("received", "planned", "running")
 MODES = ("auto", "exact", "approx")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Schema 1, as the first ledgers were written; every ledger is created at schema 1 and brought to
 # SCHEMA_VERSION by the migrations below, so that a new ledger and an upgraded old one are the same.
@@ -99,6 +108,12 @@ CREATE TABLE purges (
     detail     TEXT
 );
 CREATE INDEX purges_by_request ON purges(request_id);
+""",
+    # schema 3: the events' hash chain (events already present are chained by _add_chain right after)
+    2: """
+ALTER TABLE events ADD COLUMN record TEXT;
+ALTER TABLE events ADD COLUMN prev_hash TEXT;
+ALTER TABLE events ADD COLUMN hash TEXT;
 """,
 }
 PURGE_KINDS = ("stage", "version-weights", "temporary", "quarantined")
@@ -162,6 +177,7 @@ class Ledger:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+            self._add_chain()
         except sqlite3.DatabaseError as exc:
             raise UnlearnKitError(f"request ledger {self.path} cannot be opened: {exc}") from None
         if str(mode).lower() != "wal":
@@ -216,6 +232,21 @@ class Ledger:
             rows = self.db.execute(f"SELECT * FROM requests WHERE state IN ({marks}) ORDER BY seq", states).fetchall()
         return [_record(r) for r in rows]
 
+    def page(self, states: Iterable[str] | None = None, after: int = 0, limit: int = 50) -> list[RequestRecord]:
+        """Up to ``limit`` requests with ``seq > after`` (oldest first), optionally only in ``states``."""
+        query, args = "SELECT * FROM requests WHERE seq > ?", [int(after)]
+        if states is not None:
+            states = tuple(states)
+            query += f" AND state IN ({','.join('?' * len(states))})"
+            args += states
+        rows = self.db.execute(query + " ORDER BY seq LIMIT ?", (*args, int(limit))).fetchall()
+        return [_record(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Requests per state (every state, zeros included)."""
+        found = dict(self.db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall())
+        return {state: int(found.get(state, 0)) for state in STATES}
+
     def unfinished(self) -> list[RequestRecord]:
         return self.list(UNFINISHED)
 
@@ -224,6 +255,45 @@ class Ledger:
             "SELECT at, state, note FROM events WHERE request_id = ? ORDER BY seq", (request_id,)
         ).fetchall()
         return [dict(r) for r in rows]
+
+    def event_list(self) -> list[dict]:
+        """Every event of every request, in ledger order, with its chain hashes."""
+        return [dict(r) for r in self.db.execute("SELECT * FROM events ORDER BY seq").fetchall()]
+
+    def verify(self) -> ChainReport:
+        """Recompute the hash chain; the first broken link (if any) is reported, nothing is changed."""
+        rows = self.db.execute("SELECT * FROM requests ORDER BY seq").fetchall()
+        digests = {row["id"]: _row_digest(row) for row in rows}
+        last_event: dict[str, dict] = {}
+        prev = GENESIS
+        events = self.event_list()
+        for position, event in enumerate(events):
+            where = f"event {event['seq']} (number {position + 1} of {len(events)}, request {event['request_id']!r}, {event['state']})"  # noqa: E501
+            if event["prev_hash"] != prev:
+                return ChainReport(False, len(events), prev, f"{where} does not follow the event before it "
+                                   "(an event was deleted, inserted or moved)", event["seq"])
+            if event["hash"] != _event_hash(event):
+                return ChainReport(False, len(events), prev, f"{where} was changed after it was written", event["seq"])
+            if event["request_id"] not in digests:
+                return ChainReport(False, len(events), prev, f"{where} names a request that is not in the ledger "
+                                   "(its row was deleted)", event["seq"])
+            last_event[event["request_id"]] = event
+            prev = event["hash"]
+        for request_id, digest in digests.items():
+            event = last_event.get(request_id)
+            if event is None:
+                return ChainReport(False, len(events), prev, f"request {request_id!r} has no event in the chain "
+                                   "(its events were deleted, or its row was inserted by hand)", None)
+            if event["record"] != digest:
+                return ChainReport(False, len(events), prev, f"request {request_id!r} was changed after its last event "
+                                   f"(event {event['seq']}, {event['state']})", event["seq"])
+        return ChainReport(True, len(events), prev, "", None)
+
+    def event_hash(self, request_id: str, state: str | None = None) -> dict | None:
+        """The newest event of ``request_id`` (in ``state``, if given): seq, state, at, hash."""
+        query = "SELECT seq, state, at, hash FROM events WHERE request_id = ?" + (" AND state = ?" if state else "")
+        row = self.db.execute(query + " ORDER BY seq DESC LIMIT 1", (request_id, state) if state else (request_id,)).fetchone()  # noqa: E501
+        return None if row is None else dict(row)
 
     def deleted_by(self, ids: np.ndarray) -> dict[str, int]:
         """Which done requests deleted (some of) ``ids``: request id -> how many of them."""
@@ -409,15 +479,75 @@ class Ledger:
         return self.get(request_id)
 
     def _event(self, request_id: str, state: str, note: str) -> None:
-        self.db.execute(
-            "INSERT INTO events (request_id, at, state, note) VALUES (?, ?, ?, ?)", (request_id, _now(), state, note)
-        )
+        """Append an event to the chain (inside the caller's transaction, after the request row changed)."""
+        last = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        row = self.db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        event = {"seq": 1 if last is None else last["seq"] + 1, "request_id": request_id, "at": _now(), "state": state,
+                 "note": note, "record": _row_digest(row), "prev_hash": GENESIS if last is None else last["hash"]}
+        event["hash"] = _event_hash(event)
+        self.db.execute("INSERT INTO events (seq, request_id, at, state, note, record, prev_hash, hash) "
+                        "VALUES (:seq, :request_id, :at, :state, :note, :record, :prev_hash, :hash)", event)
+
+    def _add_chain(self) -> None:
+        """Events written before schema 3 have no hashes: chain them once, in order (the migration added the
+        columns). A concurrent opener that chained them first leaves nothing to do."""
+        if self.db.execute("SELECT 1 FROM events WHERE hash IS NULL LIMIT 1").fetchone() is None:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = {r["id"]: r for r in self.db.execute("SELECT * FROM requests").fetchall()}
+            prev = GENESIS
+            for event in [dict(r) for r in self.db.execute("SELECT * FROM events ORDER BY seq").fetchall()]:
+                if event["hash"] is None:
+                    row = rows.get(event["request_id"])
+                    event.update(record=None if row is None else _row_digest(row), prev_hash=prev)
+                    event["hash"] = _event_hash(event)
+                    self.db.execute("UPDATE events SET record = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                                    (event["record"], event["prev_hash"], event["hash"], event["seq"]))
+                prev = event["hash"]
+            self.db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self) -> None:
         try:
             self.db.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+
+
+GENESIS = "0" * 64  # the previous hash of the first event
+
+
+@dataclass
+class ChainReport:
+    ok: bool
+    events: int
+    head: str  # hash of the last event that verified
+    problem: str  # the first broken link ("" when ok)
+    seq: int | None  # the event where it broke
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "events": self.events, "head": self.head, "problem": self.problem or None, "seq": self.seq}  # noqa: E501
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_json_default).encode()
+
+
+def _row_digest(row: sqlite3.Row) -> str:
+    """SHA-256 of a request row; the ids blob enters as its own hash, NULL columns are left out (so a column
+    added by a later schema does not change the digest of older rows)."""
+    data = {k: row[k] for k in row.keys() if row[k] is not None}
+    if "ids" in data:
+        data["ids"] = hashlib.sha256(data["ids"]).hexdigest()
+    return hashlib.sha256(_canonical(data)).hexdigest()
+
+
+def _event_hash(event: dict) -> str:
+    content = {k: event.get(k) for k in ("seq", "request_id", "at", "state", "note", "record", "prev_hash")}
+    return hashlib.sha256(_canonical(content)).hexdigest()
 
 
 def _record(row: sqlite3.Row) -> RequestRecord:

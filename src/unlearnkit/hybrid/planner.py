@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UnlearnKitError
-from ..sisa.layout import ACTIVE, DELETED_APPROX, Provenance
+from ..sisa.layout import ACTIVE, DELETED_APPROX, DELETED_EXACT, Provenance
 from .cost import Calibration, Estimate, Policy, estimate_approx, estimate_exact
 
 
@@ -115,7 +115,9 @@ def make_plan(ids, provenance: Provenance, status: np.ndarray, *, epochs: int, w
     started = time.perf_counter()
     ids = validate_ids(ids, provenance)
     shards, slices = provenance.shards, provenance.slices
-    new = ids[status[ids] == ACTIVE]
+    # An exact request also folds in ids the approximate path deleted before (their shard is retrained
+    # without them, so they become exact); otherwise only still-active ids are work.
+    new = ids[status[ids] != DELETED_EXACT] if mode == "exact" else ids[status[ids] == ACTIVE]
     budget = policy.budget(last_stage_seconds(provenance, epochs, cal))
     if new.size == 0:
         return Plan("noop", f"all {ids.size} ids were deleted before", int(ids.size), new, int(ids.size), [], {},

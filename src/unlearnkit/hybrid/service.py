@@ -37,7 +37,7 @@ import numpy as np
 
 from .. import _fault
 from ..errors import UnlearnKitError
-from ..sisa.layout import ACTIVE, DELETED_APPROX, derived_seed
+from ..sisa.layout import ACTIVE, DELETED_APPROX, DELETED_EXACT, derived_seed
 from ..sisa.model import SisaModel
 from ..sisa.shards import ShardPool
 from ..training import metered
@@ -250,8 +250,12 @@ class Unlearner:
         started = time.perf_counter()
         with metered() as meter:
             version = store.read_version(parent)
-            new_ids = record.ids[version.status[record.ids] == ACTIVE]
+            # exact: ids deleted approximately before are folded in (retrained without, now exact)
+            todo = (version.status[record.ids] != DELETED_EXACT) if record.decision == "exact" else (version.status[record.ids] == ACTIVE)  # noqa: E501
+            new_ids = record.ids[todo]
             metrics: dict = {"deleted": int(new_ids.size), "already_deleted": int(record.ids.size - new_ids.size)}
+            if record.decision == "exact":
+                metrics["folded_approx"] = int((version.status[new_ids] == DELETED_APPROX).sum())
             if record.decision == "exact":
                 def stage_done(shard: int, stage: int, seconds: float) -> None:
                     self._say(f"  shard {shard} stage {stage} retrained ({seconds:.2f} s)")
