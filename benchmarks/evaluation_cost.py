@@ -118,7 +118,8 @@ def main() -> None:
         small = uk.load_dataset(args.train_data)
         seconds, trained = cpu(lambda: uk.train(small, "small-cnn", config=config, seed=0, device="cpu"))
         final_pass, _ = cpu(lambda: predict_logits(trained.model, small.x_train))
-        train = {"data": args.train_data, "one_epoch_cpu_s": round(seconds, 3), "final_train_pass_cpu_s": round(final_pass, 3),
+        train = {"data": args.train_data, "one_epoch_cpu_s": round(seconds, 3),
+                 "final_train_pass_cpu_s": round(final_pass, 3),
                  "share_of_run_with_pass": round(final_pass / (seconds + final_pass), 3)}
         print(train, flush=True)
 
@@ -142,7 +143,8 @@ def report(r: dict) -> str:
         f"(shared with other jobs), torch threads {r['machine']['torch_threads']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
         "Fashion-MNIST, small CNN, request random:0.1 (seed 0). CPU-seconds (`time.process_time`), median of "
-        f"{len(r['rounds_cpu_s'])} round(s) in one process (measurements interleaved). The floor is the forward passes evaluate needs: "
+        f"{len(r['rounds_cpu_s'])} round(s) in one process (measurements interleaved). The floor is the forward "
+        "passes evaluate needs: "
         "the model and the retrained reference over the 60,000 training images (as trained) and the 10,000 test "
         "images.", "",
         "| what | CPU-s | × floor |", "| --- | --- | --- |",
@@ -164,7 +166,8 @@ def report(r: dict) -> str:
             f"{a[f'{k}_svc']:.2f} | {a[f'{k}_binned']:.2f}" for k in MIA_KEYS)
             + f" | {a['seconds_svc']:.2f} | {a['seconds_binned']:.2f} |")
     if not any(a["shadow"] == 10000 for a in r["mia_agreement"]):
-        lines += ["", "This run compared the attacks at the default 3,000 per side only (`--full` adds 10,000 per side)."]
+        lines += ["", "This run compared the attacks at the default 3,000 per side only (`--full` adds 10,000 per "
+                      "side)."]
     if r.get("train"):
         t = r["train"]
         lines += ["", f"`train`, 1 epoch (small CNN, {t['data']}): {t['one_epoch_cpu_s']:.1f} CPU-s; the final "
