@@ -1,6 +1,6 @@
 """SIGKILL trials of `unlearnkit forget`: is a deletion still exact, applied once, and purged after a crash?
 
-    PYTHONPATH=src python benchmarks/kill_trials.py                 # 26 trials on a tiny digits SISA model
+    PYTHONPATH=src python benchmarks/kill_trials.py                 # 22 trials on a tiny digits SISA model
     PYTHONPATH=src python benchmarks/kill_trials.py --only exact    # a subset (substring of the trial name)
 
 A small SISA model (scikit-learn digits, MLP, 2 shards x 3 slices) is trained once under --work. Every trial
@@ -20,7 +20,8 @@ to the end, and records:
 * leftover temporary folders and unfinished purges after the recovery.
 
 Trials cover the exact path with 1 and 2 workers and the approximate path (whose planner is told 1 or 2
-workers; it runs in the main process either way). Writes results.json and README.md to --out (default
+workers; it runs in the main process either way); --parallel trials run side by side, each on its own
+copy of the model (the random delays are drawn before, from --seed). Writes results.json and README.md to --out (default
 benchmarks/results/kill-trials).
 """
 
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +63,7 @@ TRIALS = [
     ("exact", 1, ["purge:1"]),
     ("exact", 1, ["purge:3"]),
     ("exact", 1, ["purged:1"]),
-    ("exact", 1, ["stage-trained:1", "stage-write:1"]),
     ("exact", 1, ["stage-trained:2", "committed:1", "purge:1"]),
-    ("exact", 1, ["timed:random"]),
     ("exact", 1, ["timed:random"]),
     ("exact", 2, ["stage-trained:1"]),
     ("exact", 2, ["stage-write:2"]),
@@ -73,10 +73,8 @@ TRIALS = [
     ("approx", 1, ["approx-done:1"]),
     ("approx", 1, ["version-written:1"]),
     ("approx", 1, ["committed:1"]),
-    ("approx", 1, ["purge:1"]),
-    ("approx", 1, ["purged:1"]),
-    ("approx", 1, ["timed:random"]),
-    ("approx", 2, ["approx-done:1", "committed:1"]),
+    ("approx", 1, ["purge:1", "purged:1"]),
+    ("approx", 2, ["approx-done:1"]),
     ("approx", 2, ["timed:random"]),
 ]
 
@@ -125,6 +123,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kill-trials"))
     parser.add_argument("--only", default=None, help="run only trials whose name contains this")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random kill delays")
+    parser.add_argument("--parallel", type=int, default=3, help="trials run side by side (each on its own copy)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = Path(args.work)
@@ -149,55 +148,50 @@ def main() -> None:
     )
     log("trained the base model")
 
-    references, durations = {}, {}
-    for mode in ("exact", "approx"):
-        for workers in (1, 2):
-            path = work / f"reference-{mode}-{workers}"
-            shutil.copytree(base_path, path)
-            ids = request_ids(base, workers)
-            ids_file = work / f"ids-{workers}.txt"
-            ids_file.write_text("\n".join(map(str, ids.tolist())) + "\n")
-            # The uninterrupted run, through the same command line (and its timing bounds the random kills).
-            code, text, seconds = cli(["forget", "--model", str(path), "--ids", str(ids_file), "--mode", mode,
-                                       "--request-id", "victim", "--workers", str(workers)])
-            assert code == 0, text
-            references[mode, workers] = SisaModel.open(path, data=data).version(1).states
-            durations[mode, workers] = seconds
-            log(f"reference {mode}, {workers} worker(s): {seconds:.1f} s")
+    for workers in (1, 2):
+        (work / f"ids-{workers}.txt").write_text("\n".join(map(str, request_ids(base, workers).tolist())) + "\n")
 
-    rng = random.Random(args.seed)
-    rows = []
-    for number, (mode, workers, kills) in enumerate(TRIALS):
+    def run_reference(mode: str, workers: int) -> tuple[list, float]:
+        # The uninterrupted run, through the same command line (its time also scales the random kills).
+        path = work / f"reference-{mode}-{workers}"
+        shutil.copytree(base_path, path)
+        code, text, seconds = cli(["forget", "--model", str(path), "--ids", str(work / f"ids-{workers}.txt"), "--mode",
+                                   mode, "--request-id", "victim", "--workers", str(workers)])
+        assert code == 0, text
+        log(f"reference {mode}, {workers} worker(s): {seconds:.1f} s")
+        return SisaModel.open(path, data=data).version(1).states, seconds
+
+    keys = [(m, w) for m in ("exact", "approx") for w in (1, 2)]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        done = dict(zip(keys, pool.map(lambda k: run_reference(*k), keys)))
+    references = {k: v[0] for k, v in done.items()}
+    durations = {k: v[1] for k, v in done.items()}
+
+    def run_trial(number: int, mode: str, workers: int, kills: list[str], delay: float) -> dict:
         name = f"{mode}-{workers}w-" + "+".join(kills)
-        if args.only and args.only not in name:
-            continue
         path = work / f"trial-{number:02d}"
         shutil.copytree(base_path, path)
-        sisa = SisaModel.open(path, data=data)
-        ids = request_ids(sisa, workers)
+        ids = request_ids(base, workers)
         ids_file = work / f"ids-{workers}.txt"
+        forget = ["forget", "--model", str(path), "--ids", str(ids_file), "--mode", mode, "--request-id", "victim",
+                  "--workers", str(workers)]
         killed_at, kill_codes = [], []
         for step, kill in enumerate(kills):
-            point, _, count = kill.partition(":")
-            fault, timed = (
-                (None, rng.uniform(0.5, 1.0) * durations[mode, workers]) if point == "timed" else (kill, None)
-            )
-            command = ["forget", "--model", str(path), "--ids", str(ids_file), "--mode", mode, "--request-id", "victim",
-                       "--workers", str(workers)] if step == 0 else ["requests", "resume", "--model", str(path)]
+            fault, timed = (None, delay) if kill.startswith("timed:") else (kill, None)
+            command = forget if step == 0 else ["requests", "resume", "--model", str(path)]
             code, text, _ = cli(command, fault, timed)
             kill_codes.append(code)
             killed_at.append(f"{command[0]}: " + (f"after {timed:.1f} s" if timed is not None else kill)
                              + ("" if code == -signal.SIGKILL else f" (not killed: exit {code})"))
         code, text, _ = cli(["requests", "resume", "--model", str(path)])
         resume_ok = code == 0
-        sisa = SisaModel.open(path, data=data)
         resubmitted = False
-        if resume_ok and not has_request(sisa.store.ledger_path, "victim"):
+        if resume_ok and not has_request(path / "ledger.sqlite", "victim"):
             # A random kill that landed before the request reached the ledger: the client sends it again.
             resubmitted = True
-            code, text, _ = cli(["forget", "--model", str(path), "--ids", str(ids_file), "--mode", mode,
-                                 "--request-id", "victim", "--workers", str(workers)])
+            code, text, _ = cli(forget)
             resume_ok = code == 0
+        sisa = SisaModel.open(path, data=data)
         ledger = Ledger(sisa.store.ledger_path)
         records = ledger.list()
         done_events = [e for r in records for e in ledger.events(r.id) if e["state"] == "done"]
@@ -218,38 +212,33 @@ def main() -> None:
         by_design = [h for h in holders if h.get("approximate")]
         remaining = [h for h in holders if not h.get("approximate")]
         temporaries = len(sisa.store.temporaries())
-        rows.append(
-            {
-                "trial": number,
-                "name": name,
-                "mode": mode,
-                "workers": workers,
-                "killed_at": killed_at,
-                "all_kills_landed": all(c == -signal.SIGKILL for c in kill_codes),
-                "resume_exit": code,
-                "resubmitted": resubmitted,
-                "one_done": one_done,
-                "bitwise_equal": bitwise,
-                "artefacts_trained_on_deleted": len(remaining),
-                "remaining": remaining,
-                "approximate_current_shards": len(by_design),
-                "temporaries_left": temporaries,
-                "pending_purges": pending,
-                "purged_rows": purged,
-                "ok": bool(resume_ok and one_done and bitwise and not remaining and not temporaries and not pending),
-                "tail": "" if resume_ok else text,
-            }
-        )
-        log(f"trial {number:2d} {name:<48} killed={killed_at} done-once={one_done} bitwise={bitwise} "
+        row = {
+            "trial": number, "name": name, "mode": mode, "workers": workers, "killed_at": killed_at,
+            "all_kills_landed": all(c == -signal.SIGKILL for c in kill_codes), "resume_exit": code,
+            "resubmitted": resubmitted, "one_done": one_done, "bitwise_equal": bitwise,
+            "artefacts_trained_on_deleted": len(remaining), "remaining": remaining,
+            "approximate_current_shards": len(by_design), "temporaries_left": temporaries, "pending_purges": pending,
+            "purged_rows": purged,
+            "ok": bool(resume_ok and one_done and bitwise and not remaining and not temporaries and not pending),
+            "tail": "" if resume_ok else text,
+        }
+        log(f"trial {number:2d} {name:<44} killed={killed_at} done-once={one_done} bitwise={bitwise} "
             f"holders={len(remaining)} (+{len(by_design)} approx by design) tmp={temporaries}")
         shutil.rmtree(path, ignore_errors=True)
+        return row
+
+    rng = random.Random(args.seed)
+    chosen = [(number, mode, workers, kills, rng.uniform(0.5, 1.0) * durations[mode, workers])
+              for number, (mode, workers, kills) in enumerate(TRIALS)
+              if not args.only or args.only in f"{mode}-{workers}w-" + "+".join(kills)]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        rows = sorted(pool.map(lambda t: run_trial(*t), chosen), key=lambda r: r["trial"])
 
     out = Path(args.out)
     results = {
-        "command": "PYTHONPATH=src python benchmarks/kill_trials.py" + (f" --only {args.only}" if args.only else ""),
-        "machine": machine(),
-        "versions": versions(),
-        "seconds": round(time.perf_counter() - began, 1),
+        "command": "PYTHONPATH=src python benchmarks/kill_trials.py" + (f" --only {args.only}" if args.only else "")
+                   + (f" --parallel {args.parallel}" if args.parallel != 3 else ""),
+        "machine": machine(), "versions": versions(), "seconds": round(time.perf_counter() - began, 1),
         "model": "digits, mlp, 2 shards x 3 slices, 8 epochs per stage, 1 thread",
         "reference_seconds": {f"{m}-{w}w": round(s, 2) for (m, w), s in durations.items()},
         "trials": rows,

@@ -269,3 +269,12 @@ def test_command_line_shows_purges_and_sets_retention(model, tmp_path, capsys):
     assert code == 0 and "purged now: nothing" in out and SisaModel.open(fresh).store.keep_versions == 3
     code, _, err = run("sisa", "retention", "--model", fresh, "--keep-versions", "-1")
     assert code == 2 and "option --keep-versions of sisa retention must be an integer in [0, 100000]; got -1" in err
+
+
+def test_a_plan_or_a_refused_request_creates_no_ledger(model, tmp_path):
+    sisa = fresh_copy(model, tmp_path)
+    with Unlearner(sisa) as service:
+        assert service.plan(slice_ids(sisa, 0, 0, 1)).decision in ("exact", "approx")
+        with pytest.raises(UnlearnKitError, match="not training samples"):
+            service.submit([sisa.provenance.n + 5])
+    assert not sisa.store.ledger_path.exists()

@@ -76,8 +76,15 @@ class Unlearner:
         self.evaluate = evaluate
         self.echo = echo
         _fault.arm()
-        self.ledger = Ledger(self.sisa.store.ledger_path)
+        self._ledger: Ledger | None = None  # opened (and created) on first use
         self.pool = ShardPool(self.workers)  # started when a plan runs shards in parallel; kept until close()
+
+    @property
+    def ledger(self) -> Ledger:
+        """The model's request ledger (a request refused before submission, or a plan, creates none)."""
+        if self._ledger is None:
+            self._ledger = Ledger(self.sisa.store.ledger_path)
+        return self._ledger
 
     @property
     def calibration(self) -> Calibration:
@@ -85,7 +92,9 @@ class Unlearner:
 
     def close(self) -> None:
         self.pool.close()
-        self.ledger.close()
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
 
     def __enter__(self) -> "Unlearner":
         return self
