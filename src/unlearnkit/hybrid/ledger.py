@@ -26,8 +26,13 @@ that no request caused (a repair when the ledger is opened, a retention change).
 The database runs in WAL mode with ``synchronous=FULL``: a committed transition survives a crash or a power
 cut. Transitions are guarded (``UPDATE ... WHERE state IN (...)``), so a request is never moved backwards
 or finished twice. Client-supplied request ids make submission idempotent: submitting the same id with the
-same ids returns the existing row; with other ids it is refused. Every transition is also appended to an
-``events`` table (the request's history).
+same ids, mode and options returns the existing row; with other ids it is refused, and with another mode or
+other options too (unless the request failed: then it is queued again with them). Every transition is also
+appended to an ``events`` table (the request's history).
+
+The schema version is SQLite's ``user_version``; a ledger is created at schema 1 and brought up to date by
+the numbered migrations in ``_MIGRATIONS`` (one transaction each), so that old ledgers open and upgrade in
+place. A new schema adds one entry there and bumps ``SCHEMA_VERSION``.
 
 The events form a **hash chain**: each event stores the SHA-256 of its own content (sequence number, request
 id, time, state, note, a digest of the request's row as it stood after the transition) and of the event
