@@ -458,6 +458,13 @@ class SisaStore:
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
             raise UnlearnKitError(f"{path} is corrupted (not valid JSON: {exc})") from None
 
+    def _refuse_purged(self, number: int) -> None:
+        purged = self.purged_info(number)
+        if purged is not None:
+            raise UnlearnKitError(f"the weights of version {number} of {self.path} were purged on {purged.get('purged')} "
+                                  f"(retention keeps {self.keep_versions} superseded version(s)); its version.json and "
+                                  "status remain as the audit trail")
+
     def has_weights(self, number: int) -> bool:
         return (self.version_dir(number) / WEIGHTS).is_file() and not (self.version_dir(number) / PURGED).is_file()
 
@@ -504,20 +511,18 @@ class SisaStore:
         number = self.current_version() if number is None else number
         info = self.read_version_info(number)
         folder = self.version_dir(number)
-        if (folder / PURGED).is_file():
-            purged = self.purged_info(number)
-            raise UnlearnKitError(
-                f"the weights of version {number} of {self.path} were purged on {purged.get('purged')} "
-                f"(retention keeps {self.keep_versions} superseded version(s)); its version.json and "
-                "status remain as the audit trail"
-            )
-        for name, digest in info.get("files", {}).items():
-            path = folder / name
-            if not path.is_file():
-                raise UnlearnKitError(f"version {number} of {self.path} lacks {name}: the directory is damaged")
-            if sha256_file(path) != digest:
-                raise UnlearnKitError(f"{path} does not match the SHA-256 in its version.json: the file is corrupted")
-        weights = _load_safetensors(folder / WEIGHTS)
+        self._refuse_purged(number)
+        try:
+            for name, digest in info.get("files", {}).items():
+                path = folder / name
+                if not path.is_file():
+                    raise UnlearnKitError(f"version {number} of {self.path} lacks {name}: the directory is damaged")
+                if sha256_file(path) != digest:
+                    raise UnlearnKitError(f"{path} does not match the SHA-256 in its version.json: the file is corrupted")
+            weights = _load_safetensors(folder / WEIGHTS)
+        except (UnlearnKitError, OSError):
+            self._refuse_purged(number)  # purged while we read it (another process committed a newer version)
+            raise
         status = _load_safetensors(folder / STATUS)["status"].numpy().astype(np.uint8)
         shards = self.provenance.shards
         states: list[dict[str, torch.Tensor]] = [{} for _ in range(shards)]
