@@ -461,9 +461,11 @@ class SisaStore:
     def _refuse_purged(self, number: int) -> None:
         purged = self.purged_info(number)
         if purged is not None:
-            raise UnlearnKitError(f"the weights of version {number} of {self.path} were purged on {purged.get('purged')} "
-                                  f"(retention keeps {self.keep_versions} superseded version(s)); its version.json and "
-                                  "status remain as the audit trail")
+            raise UnlearnKitError(
+                f"the weights of version {number} of {self.path} were purged on {purged.get('purged')} "
+                f"(retention keeps {self.keep_versions} superseded version(s)); its version.json and "
+                "status remain as the audit trail"
+            )
 
     def has_weights(self, number: int) -> bool:
         return (self.version_dir(number) / WEIGHTS).is_file() and not (self.version_dir(number) / PURGED).is_file()
@@ -518,7 +520,9 @@ class SisaStore:
                 if not path.is_file():
                     raise UnlearnKitError(f"version {number} of {self.path} lacks {name}: the directory is damaged")
                 if sha256_file(path) != digest:
-                    raise UnlearnKitError(f"{path} does not match the SHA-256 in its version.json: the file is corrupted")
+                    raise UnlearnKitError(
+                        f"{path} does not match the SHA-256 in its version.json: the file is corrupted"
+                    )
             weights = _load_safetensors(folder / WEIGHTS)
         except (UnlearnKitError, OSError):
             self._refuse_purged(number)  # purged while we read it (another process committed a newer version)
