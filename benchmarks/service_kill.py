@@ -149,6 +149,16 @@ def run(args) -> dict:
     trials = []
     for number, target in enumerate(plan, 1):
         time.sleep(killer.uniform(args.min_wait, args.max_wait))
+        # land the kill while a request is being worked on: wait (bounded) until one is running, then a random delay
+        waited = time.monotonic() + 120
+        while time.monotonic() < waited:
+            probe = Ledger(model / "ledger.sqlite")
+            running = any(r.state == "running" for r in probe.unfinished())
+            probe.close()
+            if running:
+                time.sleep(killer.uniform(0.0, args.in_work_delay))
+                break
+            time.sleep(0.05)
         ledger = Ledger(model / "ledger.sqlite")
         unfinished = [(r.id, r.state) for r in ledger.unfinished()]
         done = ledger.counts()["done"]
@@ -299,6 +309,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=24, help="deletion requests (3 ids each)")
     parser.add_argument("--min-wait", type=float, default=2.0, help="seconds between kills: uniform in [min, max]")
     parser.add_argument("--max-wait", type=float, default=9.0)
+    parser.add_argument("--in-work-delay", type=float, default=1.0,
+                        help="after a request is seen running, kill within this many seconds (uniform)")
     parser.add_argument("--drain-seconds", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="runs/service-kill", help="scratch folder (replaced)")

@@ -244,6 +244,7 @@ def run(args) -> dict:
             "failed": by_version.get("failed", 0),
         },
         "accept_latency": percentiles(accept),
+        "after_seconds": args.after,
         "targets": {
             "p99_retrain_over_idle": None if ratio is None else round(ratio, 2),
             "p99_target_met": ratio is not None and ratio <= 3.0,
@@ -283,7 +284,7 @@ def markdown(r: dict) -> str:
         f"{r['retrain']['seconds']} s (estimated {r['retrain']['estimated_seconds']:.1f} s), version {r['retrain']['version']} served "  # noqa: E501
         f"{r['retrain']['swap_visible_after_done_s']} s after it committed.",
         "",
-        f"Swap window ({r['swap_window']['seconds']} s from submission to {r['swap_window']['seconds']} s): answers by version "  # noqa: E501
+        f"Swap window ({r['swap_window']['seconds']} s: from the submission to {args_after(r)} s after the swap): answers by version "  # noqa: E501
         + ", ".join(
             f"{k}: {v} ({100 * r['swap_window']['fraction_by_version'][k]:.1f} %)"
             for k, v in r["swap_window"]["answers_by_version"].items()
@@ -308,6 +309,10 @@ def markdown(r: dict) -> str:
         + "."
     )
     return "\n".join(lines) + "\n"
+
+
+def args_after(r: dict) -> str:
+    return str(r.get("after_seconds", "a few"))
 
 
 def main() -> int:
