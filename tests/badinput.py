@@ -42,6 +42,7 @@ class Case:
     # The refusal can only come after work that reports progress on stderr (a device that fills up, a loss that
     # diverges): progress lines may precede the one `unlearnkit:` line, which must be the last.
     after_progress: bool = False
+    expect_in: str | None = None  # the refusal must name this (the option that was wrong)
     timeout: float = 180.0
 
 
@@ -200,6 +201,8 @@ def _finish(case: Case, sandbox: Path, before: dict[str, str], code: int | None,
             seconds: float) -> Outcome:
     after = snapshot(sandbox)
     extra = case.check(sandbox) if case.check is not None else None
+    if extra is None and case.expect_in is not None and code == 2 and case.expect_in not in err:
+        extra = f"the refusal does not name {case.expect_in}"
     leaked = case.secret is not None and (case.secret in out or case.secret in err)
     outcome = Outcome(
         case.name,
@@ -884,19 +887,89 @@ def ledger_cases() -> list[Case]:
     ]
 
 
+# Where each owner of declared options (unlearnkit.options) is set on the command line: the base command and
+# how one value is passed. A new owner without an entry here fails test_every_declared_option_owner_is_covered.
+_SET = "--set"
+OPTION_BASES: dict[tuple[str, str], tuple[list[str], str, tuple[str, ...]]] = {
+    # (kind, owner) -> (argv without the option, "--set" / "--model-option" / "flag", fixtures)
+    ("train", "the training recipe"): (["train", "--dataset", "digits", "--no-progress", "--out", "o"], _SET, ()),
+    ("spdgan", "SPD-GAN"): (["spdgan", "train", "--checkpoint", "ck", "--request", "class:0", "--no-progress", "--out", "o"],
+                            _SET, ()),
+    ("prune", "pruning spec"): (["prune", "--checkpoint", "ck", "--method", "omp", "--sparsity", "0.5", "--out", "o"], _SET, ()),
+    ("policy", "the hybrid policy"): (["forget", "--model", "sisa", "--ids", "ids.txt", "--plan-only"], "flag", ("sisa",)),
+}
+COMMAND_BASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "unlearnkit": (["info"], ()),
+    "train": (["train", "--dataset", "digits", "--no-progress", "--out", "o"], ()),
+    "unlearn": (["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0", "--out", "o"], ()),
+    "evaluate": (["evaluate", "--checkpoint", "ck"], ()),
+    "demo": (["demo", "--out", "o"], ()),
+    "prune": (["prune", "--checkpoint", "ck", "--method", "omp", "--sparsity", "0.5", "--out", "o"], ()),
+    "sisa train": (["sisa", "train", "--dataset", "digits", "--out", "o"], ()),
+    "forget": (["forget", "--model", "sisa", "--ids", "ids.txt", "--plan-only"], ("sisa",)),
+    "requests list": (["requests", "list", "--model", "sisa"], ("sisa",)),
+    "report": (["report", "r"], ()),
+    "bench": (["bench", "--suite", "suite.toml", "--out", "r"], ()),
+    "audit": (["audit", "--suite", "suite.toml", "--out", "r"], ()),
+    "spdgan train": (["spdgan", "train", "--checkpoint", "ck", "--request", "class:0", "--out", "o"], ()),
+}
+
+
+def _option_argv(d) -> tuple[list[str], str, tuple[str, ...]] | None:
+    """(argv before the value, how the value is passed, fixtures) for a declared option, or None if unknown."""
+    if d.kind == "method":
+        return (["unlearn", "--checkpoint", "ck", "--method", d.owner, "--request", "class:0", "--out", "o"], _SET, ())
+    if d.kind == "model":
+        model = d.owner.split(" ", 1)[1] if d.owner.startswith("model ") else d.owner
+        return (["train", "--dataset", "digits", "--model", model, "--no-progress", "--out", "o"], "--model-option", ())
+    if d.kind == "command":
+        if d.owner not in COMMAND_BASES:
+            return None
+        argv, needs = COMMAND_BASES[d.owner]
+        return (argv, "flag", needs)
+    return OPTION_BASES.get((d.kind, d.owner))
+
+
 def option_cases() -> list[Case]:
-    """Point 7 (declared options): generated from ``unlearnkit.options`` when it exists."""
+    """Point 7 (declared options): every declared option with every value it must refuse (wrong type, below or
+    above its range, non-finite, not a choice), generated from ``unlearnkit.options`` when it exists."""
     try:
-        from unlearnkit import options as declared  # noqa: F401
+        import unlearnkit.cli  # noqa: F401 - registers the commands' flags
+        from unlearnkit.options import declared
     except ImportError:
         return []
-    generate = getattr(declared, "bad_input_cases", None)
-    if generate is None:
-        return []
     cases = []
-    for i, (label, argv) in enumerate(generate()):
-        cases.append(Case(f"option-{label}", "options", list(argv), quick=i % 15 == 0))
+    for d in declared():
+        base = _option_argv(d)
+        if base is None:
+            continue
+        argv, how, needs = base
+        flag = d.flag or "--" + d.name.replace("_", "-")
+        for why, word in d.bad_texts():
+            if how == "flag" or (d.kind == "spdgan" and d.name in ("epsilon", "epochs")) or \
+                    (d.kind == "prune" and d.name in ("sparsity", "scope", "layers")):
+                if d.kind == "command" and d.owner == "unlearnkit":
+                    full = [f"{flag}={word}", *argv]
+                else:
+                    full = [*argv, f"{flag}={word}"]
+                named = flag
+            else:
+                full = [*argv, how, f"{d.name}={word}"]
+                named = d.name
+            label = f"{d.kind}-{d.owner}-{d.name}-{why}".replace(" ", "-")
+            cases.append(Case(f"option-{label}", "options", full, needs=needs, expect_in=named))
+    for i, case in enumerate(cases):
+        case.quick = i % 25 == 0
     return cases
+
+
+def uncovered_option_owners() -> list[str]:
+    try:
+        import unlearnkit.cli  # noqa: F401
+        from unlearnkit.options import declared
+    except ImportError:
+        return []
+    return sorted({f"{d.kind} {d.owner}" for d in declared() if _option_argv(d) is None})
 
 
 def all_cases() -> list[Case]:

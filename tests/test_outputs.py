@@ -113,12 +113,16 @@ def test_stale_temporary_folders_are_removed_and_live_ones_kept(tmp_path):
     unowned_old = tmp_path / ".tmp-ck-old"
     unowned_old.mkdir()
     os.utime(unowned_old, (time.time() - 3600, time.time() - 3600))
+    killed_at_birth = tmp_path / f".tmp-ck-{_dead_pid()}-abcd1234"  # killed before it wrote .owner
+    killed_at_birth.mkdir()
+    mine_at_birth = tmp_path / f".tmp-ck-{os.getpid()}-abcd1234"
+    mine_at_birth.mkdir()
     other = tmp_path / ".tmp-other-dead"
     other.mkdir()
     (other / OWNER).write_text(f"{_dead_pid()}\n")
     removed = remove_stale_temps(target)
-    assert sorted(p.name for p in removed) == [".tmp-ck-dead", ".tmp-ck-old"]
-    assert live.exists() and unowned_new.exists() and other.exists()
+    assert sorted(p.name for p in removed) == sorted([".tmp-ck-dead", ".tmp-ck-old", killed_at_birth.name])
+    assert live.exists() and unowned_new.exists() and mine_at_birth.exists() and other.exists()
     # the next write of the target cleans too, and leaves no folder of its own
     write_json_atomic(tmp_path / "other", {"x": 1})
     assert not other.exists()
@@ -145,3 +149,16 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
             staged.write_text("half")
             raise ValueError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_replacement_killed_halfway_is_finished_by_the_next_write(tmp_path):
+    # atomic_path moves the old folder to .tmp-NAME-*/NAME.old, then the new one (complete) into place; a kill
+    # between the two renames leaves NAME missing. The next write over NAME (or gc) completes the replacement.
+    target = tmp_path / "ck"
+    tmp = tmp_path / ".tmp-ck-killed"
+    (tmp / "ck").mkdir(parents=True)
+    (tmp / "ck" / "new.txt").write_text("new")
+    (tmp / "ck.old").mkdir()
+    (tmp / OWNER).write_text(f"{_dead_pid()}\n")
+    remove_stale_temps(target)
+    assert (target / "new.txt").read_text() == "new" and not tmp.exists()

@@ -42,17 +42,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
     Works for files and directories. An exception (or a kill) leaves ``path`` untouched and only a
-    ``.tmp-NAME-*`` sibling behind, holding an ``.owner`` file with the writer's pid; the next write of ``path``
+    ``.tmp-NAME-PID-*`` sibling behind (and an ``.owner`` file with the pid's start time); the next write of ``path``
     (or ``unlearnkit gc``) removes such folders once their writer is gone. Every OS error (no permission, a
     full device, a read-only file system, ...) becomes one :class:`UnlearnKitError` naming ``path``.
     """
-    from .outputs import OWNER, TMP_PREFIX, owner_record, remove_stale_temps
+    from .outputs import OWNER, owner_record, remove_stale_temps, temp_prefix
 
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(target)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
     except OSError as exc:
         raise UnlearnKitError(f"cannot write {target}: {_reason(exc)}") from None
     staged = tmp / target.name

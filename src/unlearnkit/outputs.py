@@ -13,9 +13,9 @@ The rule (docs/safety.md):
 * every OS error met on the way (no permission, a read-only or pseudo file system, a name too long, a path below
   a regular file, a full device, an empty name or ``.``) is an :class:`UnlearnKitError` one-liner.
 
-``.tmp-NAME-*`` folders left by a killed writer are removed by the next write of ``NAME`` (and by
-``unlearnkit gc``): each holds an ``.owner`` file naming the process that made it, and only folders whose
-process is gone are removed.
+``.tmp-NAME-PID-*`` folders left by a killed writer are removed by the next write of ``NAME`` (and by
+``unlearnkit gc``): the name carries the writer's pid (and an ``.owner`` file inside its start time, against pid
+reuse), and only folders whose process is gone are removed.
 """
 
 from __future__ import annotations
@@ -163,15 +163,16 @@ def overlaps(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | Non
 def _probe_parent(path: Path, option: str) -> None:
     """Check that the folder that will hold ``path`` can be created and written, without leaving anything."""
     absolute = Path(os.path.abspath(path))
-    ancestor = absolute.parent
+    first, ancestor = absolute, absolute.parent  # the first folder that would be created, and where it would be
     while not ancestor.exists() and not ancestor.is_symlink():
-        ancestor = ancestor.parent
+        first, ancestor = ancestor, ancestor.parent
     if ancestor.is_symlink() and not ancestor.exists():
         raise UnlearnKitError(f"cannot write {option} {path}: {ancestor} is a broken symbolic link")
     if not ancestor.is_dir():
         raise UnlearnKitError(f"cannot write {option} {path}: {ancestor} is a file, not a folder")
     try:
-        probe = tempfile.mkdtemp(prefix=TMP_PREFIX + "probe-", dir=ancestor)
+        # Named like the output's own temporary folders, so a kill right here is cleaned up by the next run.
+        probe = tempfile.mkdtemp(prefix=temp_prefix(first.name), dir=ancestor)
     except OSError as exc:
         raise _oserror(f"write {option}", path, exc) from None
     os.rmdir(probe)
@@ -250,28 +251,46 @@ def owner_record() -> str:
     return f"{pid} {_process_start(pid) or ''}\n"
 
 
+def temp_prefix(name: str) -> str:
+    """The prefix of a writer's temporary folder for ``name``: ``.tmp-NAME-PID-`` (mkdtemp adds a random suffix
+    without hyphens), so its owner is known from the moment it exists."""
+    return f"{TMP_PREFIX}{name}-{os.getpid()}-"
+
+
+def _pid_in_name(entry: str) -> int | None:
+    parts = entry.rsplit("-", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
 def is_stale(tmp: Path, now: float | None = None) -> bool:
     """Whether the temporary folder ``tmp`` belongs to no running writer."""
     try:
         text = (tmp / OWNER).read_text()[:100]
     except FileNotFoundError:
-        try:
-            age = (now or time.time()) - tmp.stat().st_mtime
-        except OSError:
-            return False
-        return age > UNOWNED_GRACE_S
+        text = None
     except OSError:
         return False
-    parts = text.split()
+    if text is not None:
+        parts = text.split()
+        try:
+            pid = int(parts[0])
+        except (IndexError, ValueError):
+            return True
+        started = _process_start(pid)
+        if started is None:
+            return True
+        recorded = parts[1] if len(parts) > 1 else ""
+        return bool(started and recorded and started != recorded)  # the pid now belongs to another process
+    pid = _pid_in_name(tmp.name)
+    if pid is not None and _process_start(pid) is None:
+        return True  # killed before it wrote its .owner file
     try:
-        pid = int(parts[0])
-    except (IndexError, ValueError):
-        return True
-    started = _process_start(pid)
-    if started is None:
-        return True
-    recorded = parts[1] if len(parts) > 1 else ""
-    return bool(started and recorded and started != recorded)  # the pid now belongs to another process
+        age = (now or time.time()) - tmp.stat().st_mtime
+    except OSError:
+        return False
+    return age > UNOWNED_GRACE_S
 
 
 def stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
@@ -291,6 +310,11 @@ def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
     target = Path(os.path.abspath(target))
     removed = []
     for tmp in stale_temps(target.parent, target.name):
+        staged, old = tmp / target.name, tmp / (target.name + ".old")
+        if old.exists() and staged.exists() and not (target.exists() or target.is_symlink()):
+            # Killed between moving the old artefact aside and renaming the new one in: the new one was
+            # complete (the old one is only moved once it is), so finish the replacement.
+            os.replace(staged, target)
         shutil.rmtree(tmp, ignore_errors=True)
         if not tmp.exists():
             removed.append(tmp)
@@ -309,9 +333,13 @@ def collect_garbage(root: str | os.PathLike, *, dry_run: bool = False) -> list[P
         dirs[:] = [d for d in dirs if Path(folder) / d not in stale and not d.startswith(TMP_PREFIX)]
     if not dry_run:
         for tmp in found:
+            for old in tmp.glob("*.old"):
+                name = old.name[: -len(".old")]
+                if (tmp / name).exists() and not os.path.lexists(tmp.parent / name):
+                    remove_stale_temps(tmp.parent / name)  # finishes the replacement
             shutil.rmtree(tmp, ignore_errors=True)
     return found
 
 
-__all__ = ["prepare_output", "artefact_kind", "overlaps", "check_output_name", "remove_stale_temps",
+__all__ = ["prepare_output", "temp_prefix", "artefact_kind", "overlaps", "check_output_name", "remove_stale_temps",
            "collect_garbage", "stale_temps", "owner_record", "ARTEFACT_KINDS"]
