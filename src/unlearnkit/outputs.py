@@ -172,6 +172,7 @@ def _probe_parent(path: Path, option: str) -> None:
         raise UnlearnKitError(f"cannot write {option} {path}: {ancestor} is a file, not a folder")
     try:
         # Named like the output's own temporary folders, so a kill right here is cleaned up by the next run.
+        remove_stale_temps(first)
         probe = tempfile.mkdtemp(prefix=temp_prefix(first.name), dir=ancestor)
     except OSError as exc:
         raise _oserror(f"write {option}", path, exc) from None
