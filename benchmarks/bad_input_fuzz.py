@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from badinput import all_cases, build_fixtures, run_all, run_forked  # noqa: E402
+from badinput import all_cases, build_fixtures, option_cases, run_all, run_forked, sampled_option_cases  # noqa: E402
 
 
 def main() -> int:
@@ -36,15 +36,20 @@ def main() -> int:
     parser.add_argument("--mode", choices=["fork", "exec"], default="fork")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default=None, help="run the cases whose name starts with this")
+    parser.add_argument("--option-stride", type=int, default=40,
+                        help="of the cases generated from the declared options, run every Nth plus the first of each "
+                             "option (1: all of them)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bad-input"))
     args = parser.parse_args()
 
     import torch
 
-    from unlearnkit.results import machine, versions
+    from unlearnkit._util import machine, versions
 
     torch.set_num_threads(1)
-    cases = [c for c in all_cases() if args.only is None or c.name.startswith(args.only)]
+    generated = len(option_cases())
+    cases = [c for c in all_cases() if c.klass != "options"] + sampled_option_cases(args.option_stride)
+    cases = [c for c in cases if args.only is None or c.name.startswith(args.only)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="unlearnkit-bad-input-") as tmp:
         fixtures = build_fixtures(Path(tmp) / "fixtures")
@@ -54,11 +59,7 @@ def main() -> int:
         def progress(outcome) -> None:
             done[0] += 1
             mark = "ok  " if outcome.ok else "FAIL"
-            print(
-                f"[{done[0]:>3}/{len(cases)}] {mark} {outcome.case} ({outcome.seconds:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"[{done[0]:>3}/{len(cases)}] {mark} {outcome.case} ({outcome.seconds:.1f} s)", file=sys.stderr, flush=True)
 
         outcomes = runner(cases, fixtures, Path(tmp) / "runs", workers=args.workers, progress=progress)
     wall = time.perf_counter() - started
@@ -81,6 +82,8 @@ def main() -> int:
         "secrets_leaked": sum(r["secret_leaked"] for r in rows),
         "not_one_line": sum(not r["one_line"] for r in rows),
         "exit_codes": dict(collections.Counter(str(r["exit_code"]) for r in rows)),
+        "option_cases_generated": generated, "option_cases_run": by_class.get("options", 0),
+        "option_stride": args.option_stride,
     }
     record = {
         "benchmark": "bad-input", "mode": args.mode, "summary": summary, "wall_s": round(wall, 1),
@@ -100,28 +103,24 @@ def main() -> int:
 def report(record: dict) -> str:
     s = record["summary"]
     lines = [
-        "# Bad input against the real CLI",
-        "",
+        "# Bad input against the real CLI", "",
         f"Command: `{record['command']}` ({record['mode']} mode), {record['date']}, {record['wall_s']:.0f} s. "
         f"Machine: {record['machine']['processor']}, {record['machine']['cpu_count']} CPUs (shared with other jobs); "
         f"unlearnkit {record['versions']['unlearnkit']}, torch {record['versions']['torch']}, "
-        f"Python {record['versions']['python']}.",
-        "",
-        "Each case runs `unlearnkit ARGV` in its own sandbox folder (copies of a digits checkpoint, a 2 x 2 SISA "
-        "model, "
+        f"Python {record['versions']['python']}.", "",
+        "Each case runs `unlearnkit ARGV` in its own sandbox folder (copies of a digits checkpoint, a 2 x 2 SISA model, "
         "a user's folder with a file, ...). It passes when the exit status is 2, stderr is one `unlearnkit:` line (or "
         "argparse's usage and one error line; after progress lines for a device that fills up or a loss that "
         "diverges), there is no traceback, no file in the sandbox was created, changed or removed (the inputs' bytes "
-        "are unchanged) and no secret from an input file is echoed. The cases are defined in `tests/badinput.py`.",
-        "",
+        "are unchanged) and no secret from an input file is echoed. The cases are defined in `tests/badinput.py`.", "",
         f"**{s['cases']} distinct cases, {s['passed']} passed: {s['tracebacks']} tracebacks, "
         f"{s['silent_acceptances']} silent acceptances, {s['cases_with_files_changed']} with files created/changed/"
-        f"removed, {s['secrets_leaked']} secrets echoed, {s['not_one_line']} not one line.**",
-        "",
-        "| class | cases |",
-        "| --- | ---: |",
-        *[f"| {k} | {v} |" for k, v in sorted(s["by_class"].items())],
-        "",
+        f"removed, {s['secrets_leaked']} secrets echoed, {s['not_one_line']} not one line.**", "",
+        f"Option cases: {s['option_cases_run']} of the {s['option_cases_generated']} generated from the declared "
+        f"options (`unlearnkit.options`: every option's wrong type, below/above range, non-finite, not a choice) -- "
+        f"every {s['option_stride']}th plus the first of each option; `--option-stride 1` runs all of them.", "",
+        "| class | cases |", "| --- | ---: |",
+        *[f"| {k} | {v} |" for k, v in sorted(s["by_class"].items())], "",
         "| case | class | exit | traceback | accepted | files changed | error line |",
         "| --- | --- | ---: | --- | --- | --- | --- |",
     ]

@@ -204,20 +204,8 @@ def _finish(case: Case, sandbox: Path, before: dict[str, str], code: int | None,
     if extra is None and case.expect_in is not None and code == 2 and case.expect_in not in err:
         extra = f"the refusal does not name {case.expect_in}"
     leaked = case.secret is not None and (case.secret in out or case.secret in err)
-    outcome = Outcome(
-        case.name,
-        case.klass,
-        case.argv,
-        code,
-        "Traceback (most recent call last)" in err,
-        stderr_is_one_error(err, case.after_progress),
-        code == 0,
-        diff(before, after),
-        leaked,
-        extra,
-        err,
-        round(seconds, 2),
-    )
+    outcome = Outcome(case.name, case.klass, case.argv, code, "Traceback (most recent call last)" in err,
+                      stderr_is_one_error(err, case.after_progress), code == 0, diff(before, after), leaked, extra, err, round(seconds, 2))
     _cleanup(sandbox)
     return outcome
 
@@ -231,11 +219,7 @@ def run_case(case: Case, fixtures: Path, workdir: Path) -> Outcome:
                               stdin=subprocess.DEVNULL)
         code, out, err = proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
     except subprocess.TimeoutExpired as exc:
-        code, out, err = (
-            None,
-            (exc.stdout or b"").decode(errors="replace"),
-            "timeout\n" + (exc.stderr or b"").decode(errors="replace"),
-        )
+        code, out, err = None, (exc.stdout or b"").decode(errors="replace"), "timeout\n" + (exc.stderr or b"").decode(errors="replace")
     return _finish(case, sandbox, before, code, out, err, time.perf_counter() - started)
 
 
@@ -387,12 +371,7 @@ def can_mount() -> bool:
     probe = Path(f"/tmp/unlearnkit-mount-probe-{os.getpid()}")
     probe.mkdir(exist_ok=True)
     try:
-        ok = (
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(probe)], capture_output=True
-            ).returncode
-            == 0
-        )
+        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(probe)], capture_output=True).returncode == 0
         if ok:
             subprocess.run(["umount", str(probe)], capture_output=True)
         return ok
@@ -405,53 +384,14 @@ WRITERS: dict[str, list[str]] = {
     "train": ["train", "--dataset", "digits", "--epochs", "1", "--no-progress", "--out", "OUT"],
     "unlearn": ["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0", "--out", "OUT"],
     "prune": ["prune", "--checkpoint", "ck", "--method", "omp", "--sparsity", "0.5", "--out", "OUT"],
-    "spdgan": [
-        "spdgan",
-        "train",
-        "--checkpoint",
-        "ck",
-        "--request",
-        "class:0",
-        "--epochs",
-        "1",
-        "--no-progress",
-        "--out",
-        "OUT",
-    ],
-    "sisa": [
-        "sisa",
-        "train",
-        "--dataset",
-        "digits",
-        "--shards",
-        "2",
-        "--slices",
-        "2",
-        "--epochs",
-        "1",
-        "--workers",
-        "1",
-        "--no-calibrate",
-        "--out",
-        "OUT",
-    ],
+    "spdgan": ["spdgan", "train", "--checkpoint", "ck", "--request", "class:0", "--epochs", "1", "--no-progress",
+               "--out", "OUT"],
+    "sisa": ["sisa", "train", "--dataset", "digits", "--shards", "2", "--slices", "2", "--epochs", "1", "--workers", "1",
+             "--no-calibrate", "--out", "OUT"],
     "bench": ["bench", "--suite", "suite.toml", "--cache", "cache", "--no-report", "--out", "OUT"],
     "audit": ["audit", "--suite", "suite.toml", "--models", "3", "--workers", "1", "--cache", "cache", "--out", "OUT"],
-    "unlearn-pruned-out": [
-        "unlearn",
-        "--checkpoint",
-        "ck",
-        "--method",
-        "finetune",
-        "--request",
-        "class:0",
-        "--prune",
-        "omp:0.5",
-        "--out",
-        "o",
-        "--pruned-out",
-        "OUT",
-    ],
+    "unlearn-pruned-out": ["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0",
+                           "--prune", "omp:0.5", "--out", "o", "--pruned-out", "OUT"],
 }
 # Which artefact of the same kind a writer's OUT may already hold (a copy of the fixture), if any is cheap to make.
 SAME_KIND = {"train": "ck", "unlearn": "ck", "prune": "ck", "unlearn-pruned-out": "ck", "spdgan": "gan"}
@@ -464,21 +404,10 @@ def _argv(writer: str, out: str, extra: list[str] | None = None) -> list[str]:
 def out_cases() -> list[Case]:
     """Point 1: every writing command refuses every kind of output that would destroy or is impossible."""
     cases = []
-    quick = {
-        ("train", "user-folder"),
-        ("unlearn", "is-input"),
-        ("unlearn", "contains-input"),
-        ("prune", "inside-input"),
-        ("spdgan", "regular-file"),
-        ("sisa", "user-folder"),
-        ("bench", "user-folder"),
-        ("audit", "other-kind"),
-        ("train", "same-kind-no-overwrite"),
-        ("unlearn-pruned-out", "is-input"),
-        ("train", "dot"),
-        ("unlearn", "symlink-to-input"),
-        ("train", "below-file"),
-    }
+    quick = {("train", "user-folder"), ("unlearn", "is-input"), ("unlearn", "contains-input"), ("prune", "inside-input"),
+             ("spdgan", "regular-file"), ("sisa", "user-folder"), ("bench", "user-folder"), ("audit", "other-kind"),
+             ("train", "same-kind-no-overwrite"), ("unlearn-pruned-out", "is-input"), ("train", "dot"),
+             ("unlearn", "symlink-to-input"), ("train", "below-file")}
     for writer in WRITERS:
         variants: list[tuple[str, str, Callable | None]] = [
             ("user-folder", "mydata", None),
@@ -523,9 +452,7 @@ def out_cases() -> list[Case]:
     # report writes into a results folder only
     for variant, target, setup in [("user-folder", "mydata", None), ("regular-file", "plain.txt", None),
                                     ("checkpoint", "ck", None), ("missing", "nothing-here", None)]:
-        cases.append(
-            Case(f"out-report-{variant}", "out", ["report", target], setup=setup, quick=variant == "checkpoint")
-        )
+        cases.append(Case(f"out-report-{variant}", "out", ["report", target], setup=setup, quick=variant == "checkpoint"))
     if can_mount():
         for writer in ("train", "unlearn", "prune"):
             cases.append(Case(f"out-{writer}-full-device", "out", _argv(writer, "full/out"), setup=_mount_full,
@@ -567,14 +494,8 @@ def confinement_cases() -> list[Case]:
         ("absolute", "ABS", None),
         ("parent", "../outside.safetensors", None),
         ("nested-parent", "sub/../../outside.safetensors", None),
-        (
-            "subfolder",
-            "sub/model.safetensors",
-            _chain(
-                lambda s: (s / "ck" / "sub").mkdir(),
-                lambda s: shutil.copy(s / "ck" / "model.safetensors", s / "ck" / "sub"),
-            ),
-        ),
+        ("subfolder", "sub/model.safetensors", _chain(lambda s: (s / "ck" / "sub").mkdir(),
+                                                       lambda s: shutil.copy(s / "ck" / "model.safetensors", s / "ck" / "sub"))),
         ("dot", ".", None),
         ("empty", "", None),
         ("not-a-string", 7, None),
@@ -598,16 +519,9 @@ def confinement_cases() -> list[Case]:
     def lock_link(sandbox: Path) -> None:
         (sandbox / "victim.txt").write_text("do not touch\n")
         os.symlink("../victim.txt", sandbox / "sisa" / ".lock")
-    cases.append(
-        Case(
-            "confine-sisa-lock-symlink",
-            "confine",
-            ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact"],
-            setup=lock_link,
-            needs=("sisa",),
-            quick=False,
-        )
-    )
+    cases.append(Case("confine-sisa-lock-symlink", "confine",
+                      ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact"], setup=lock_link, needs=("sisa",),
+                      quick=True))
 
     def version_name(name: str) -> Callable[[Path], None]:
         def setup(sandbox: Path) -> None:
@@ -648,30 +562,15 @@ def leak_cases() -> list[Case]:
         secret = SECRET if "secret" in label else None
         cases.append(Case(f"leak-unlearn-ids-{label}", "leak", unlearn + [f"ids:{name}"], setup=_write(name, content),
                           secret=secret, quick=label in ("secret-line", "huge", "beyond-int64")))
-        cases.append(
-            Case(
-                f"leak-forget-ids-{label}",
-                "leak",
-                forget + [name],
-                setup=_write(name, content),
-                needs=("sisa",),
-                secret=secret,
-                quick=label == "secret-first",
-            )
-        )
+        cases.append(Case(f"leak-forget-ids-{label}", "leak", forget + [name], setup=_write(name, content), needs=("sisa",),
+                          secret=secret, quick=label == "secret-first"))
     for label, path in [("dev-zero", "/dev/zero"), ("dev-urandom", "/dev/urandom"), ("folder", "mydata"),
                         ("missing", "no-such-file.txt")]:
         cases.append(Case(f"leak-unlearn-ids-{label}", "leak", unlearn + [f"ids:{path}"], quick=label == "dev-zero",
                           timeout=60))
-    cases.append(
-        Case(
-            "leak-forget-request-id-escape",
-            "leak",
-            ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact", "--request-id", "a\x1b[2Jb\rc"],
-            needs=("sisa",),
-            quick=True,
-        )
-    )
+    cases.append(Case("leak-forget-request-id-escape", "leak",
+                      ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact", "--request-id", "a\x1b[2Jb\rc"],
+                      needs=("sisa",), quick=True))
     cases.append(Case("leak-manifest-secret", "leak", ["evaluate", "--checkpoint", "ck"],
                       setup=_write("ck/manifest.json", '{"format": "' + SECRET + '"'), secret=SECRET))
     cases.append(Case("leak-suite-secret", "leak", ["bench", "--suite", "secret.toml", "--out", "r"],
@@ -766,83 +665,30 @@ def data_cases() -> list[Case]:
         Case("data-dir-is-a-file", "data", train + ["--dataset", "mnist", "--data-dir", "plain.txt"], quick=True),
         Case("data-dir-missing", "data", train + ["--dataset", "mnist", "--data-dir", "nowhere"]),
         Case("data-dir-for-digits", "data", train + ["--dataset", "digits", "--data-dir", "mydata"]),
-        Case(
-            "data-zero-train-images",
-            "data",
-            train + ["--dataset", "mnist", "--data-dir", "mnist"],
-            setup=_mnist((0, 28, 28), (10, 28, 28), 0, 10),
-            quick=True,
-        ),
-        Case(
-            "data-test-shape-differs",
-            "data",
-            train + ["--dataset", "mnist", "--data-dir", "mnist"],
-            setup=_mnist((10, 28, 28), (10, 32, 32), 10, 10),
-            quick=True,
-        ),
-        Case(
-            "data-labels-count-differs",
-            "data",
-            train + ["--dataset", "mnist", "--data-dir", "mnist"],
-            setup=_mnist((10, 28, 28), (10, 28, 28), 9, 10),
-        ),
-        Case(
-            "data-idx-truncated",
-            "data",
-            train + ["--dataset", "mnist", "--data-dir", "mnist"],
-            setup=_chain(
-                _mnist((10, 28, 28), (10, 28, 28), 10, 10),
-                _write("mnist/train-images-idx3-ubyte", _idx((10, 28, 28))[:100]),
-            ),
-        ),
-        Case(
-            "data-idx-bad-magic",
-            "data",
-            train + ["--dataset", "mnist", "--data-dir", "mnist"],
-            setup=_chain(_mnist((10, 28, 28), (10, 28, 28), 10, 10), _write("mnist/t10k-labels-idx1-ubyte", b"junk")),
-        ),
+        Case("data-zero-train-images", "data", train + ["--dataset", "mnist", "--data-dir", "mnist"],
+             setup=_mnist((0, 28, 28), (10, 28, 28), 0, 10), quick=True),
+        Case("data-test-shape-differs", "data", train + ["--dataset", "mnist", "--data-dir", "mnist"],
+             setup=_mnist((10, 28, 28), (10, 32, 32), 10, 10), quick=True),
+        Case("data-labels-count-differs", "data", train + ["--dataset", "mnist", "--data-dir", "mnist"],
+             setup=_mnist((10, 28, 28), (10, 28, 28), 9, 10)),
+        Case("data-idx-truncated", "data", train + ["--dataset", "mnist", "--data-dir", "mnist"],
+             setup=_chain(_mnist((10, 28, 28), (10, 28, 28), 10, 10),
+                          _write("mnist/train-images-idx3-ubyte", _idx((10, 28, 28))[:100]))),
+        Case("data-idx-bad-magic", "data", train + ["--dataset", "mnist", "--data-dir", "mnist"],
+             setup=_chain(_mnist((10, 28, 28), (10, 28, 28), 10, 10), _write("mnist/t10k-labels-idx1-ubyte", b"junk"))),
         Case("data-bad-subset-name", "data", train + ["--dataset", "digits[abc,1]"]),
         Case("data-subset-zero", "data", train + ["--dataset", "digits[0,10]"]),
-        Case(
-            "diverged-train",
-            "data",
-            ["train", "--dataset", "digits", "--epochs", "2", "--lr", "1e6", "--no-progress", "--out", "o"],
-            quick=True,
-            after_progress=True,
-        ),
-        Case(
-            "diverged-unlearn",
-            "data",
-            [
-                "unlearn",
-                "--checkpoint",
-                "ck",
-                "--method",
-                "finetune",
-                "--request",
-                "class:0",
-                "--set",
-                "lr=1e8",
-                "--out",
-                "o",
-            ],
-            quick=True,
-            after_progress=True,
-        ),
+        Case("diverged-train", "data", ["train", "--dataset", "digits", "--epochs", "2", "--lr", "1e6", "--no-progress",
+                                        "--out", "o"], quick=True, after_progress=True),
+        Case("diverged-unlearn", "data", ["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0",
+                                          "--set", "lr=1e8", "--out", "o"], quick=True, after_progress=True),
     ]
     exploit = (b"cos\nsystem\n(S'touch pwned'\ntR.")
     cases.append(Case("data-cifar-pickle-exploit", "data", train + ["--dataset", "cifar10", "--data-dir", "cifar"],
                       setup=_cifar(exploit), check=lambda s: "pwned" if (s / "pwned").exists() else None, quick=True))
-    builtins_exploit = (b"\x80\x04\x95\x1b\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x94\x8c\x04eval\x94\x93\x94"
-                        b"\x8c\x011\x94\x85\x94R\x94.")
-    cases.append(
-        Case(
-            "data-cifar-pickle-builtins-eval",
-            "data",
-            train + ["--dataset", "cifar10", "--data-dir", "cifar"],
-            setup=_cifar(builtins_exploit),
-        )
-    )
+    builtins_exploit = b"\x80\x04\x95\x1b\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x94\x8c\x04eval\x94\x93\x94\x8c\x011\x94\x85\x94R\x94."
+    cases.append(Case("data-cifar-pickle-builtins-eval", "data", train + ["--dataset", "cifar10", "--data-dir", "cifar"],
+                      setup=_cifar(builtins_exploit)))
     cases.append(Case("data-cifar-not-a-pickle", "data", train + ["--dataset", "cifar10", "--data-dir", "cifar"],
                       setup=_cifar(b"hello")))
     cases.append(Case("data-cifar-labels-strings", "data", train + ["--dataset", "cifar10", "--data-dir", "cifar"],
@@ -858,29 +704,12 @@ def _no_ledger(sandbox: Path) -> str | None:
 def ledger_cases() -> list[Case]:
     """Point 10: a refused forget/requests creates no empty ledger.sqlite on a model that had none."""
     return [
-        Case(
-            "ledger-forget-missing-ids",
-            "ledger",
-            ["forget", "--model", "sisa", "--ids", "nothing.txt"],
-            needs=("sisa",),
-            check=_no_ledger,
-            quick=True,
-        ),
-        Case(
-            "ledger-forget-bad-request",
-            "ledger",
-            ["forget", "--model", "sisa", "--request", "class:99"],
-            needs=("sisa",),
-            check=_no_ledger,
-        ),
-        Case(
-            "ledger-requests-show-unknown",
-            "ledger",
-            ["requests", "show", "nope", "--model", "sisa"],
-            needs=("sisa",),
-            check=_no_ledger,
-            quick=True,
-        ),
+        Case("ledger-forget-missing-ids", "ledger", ["forget", "--model", "sisa", "--ids", "nothing.txt"], needs=("sisa",),
+             check=_no_ledger, quick=True),
+        Case("ledger-forget-bad-request", "ledger", ["forget", "--model", "sisa", "--request", "class:99"],
+             needs=("sisa",), check=_no_ledger),
+        Case("ledger-requests-show-unknown", "ledger", ["requests", "show", "nope", "--model", "sisa"], needs=("sisa",),
+             check=_no_ledger, quick=True),
         Case("ledger-forget-not-a-model", "ledger", ["forget", "--model", "mydata", "--ids", "ids.txt"]),
         Case("ledger-requests-list-not-a-model", "ledger", ["requests", "list", "--model", "mydata"]),
         Case("ledger-forget-model-is-file", "ledger", ["forget", "--model", "plain.txt", "--ids", "ids.txt"]),
@@ -908,6 +737,7 @@ COMMAND_BASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "sisa train": (["sisa", "train", "--dataset", "digits", "--out", "o"], ()),
     "forget": (["forget", "--model", "sisa", "--ids", "ids.txt", "--plan-only"], ("sisa",)),
     "requests list": (["requests", "list", "--model", "sisa"], ("sisa",)),
+    "sisa retention": (["sisa", "retention", "--model", "sisa"], ("sisa",)),
     "report": (["report", "r"], ()),
     "bench": (["bench", "--suite", "suite.toml", "--out", "r"], ()),
     "audit": (["audit", "--suite", "suite.toml", "--out", "r"], ()),
@@ -959,7 +789,19 @@ def option_cases() -> list[Case]:
             label = f"{d.kind}-{d.owner}-{d.name}-{why}".replace(" ", "-")
             cases.append(Case(f"option-{label}", "options", full, needs=needs, expect_in=named))
     for i, case in enumerate(cases):
-        case.quick = i % 25 == 0
+        case.quick = i % 100 == 0
+    return cases
+
+
+def sampled_option_cases(stride: int) -> list[Case]:
+    """Every ``stride``-th generated option case, plus the first case of every declared option (so each option
+    is tried at least once)."""
+    cases, seen = [], set()
+    for i, case in enumerate(option_cases()):
+        option = (*case.argv[:-1], case.expect_in)
+        if i % stride == 0 or option not in seen:
+            cases.append(case)
+        seen.add(option)
     return cases
 
 
@@ -973,15 +815,7 @@ def uncovered_option_owners() -> list[str]:
 
 
 def all_cases() -> list[Case]:
-    cases = (
-        out_cases()
-        + confinement_cases()
-        + leak_cases()
-        + manifest_cases()
-        + data_cases()
-        + ledger_cases()
-        + option_cases()
-    )
+    cases = out_cases() + confinement_cases() + leak_cases() + manifest_cases() + data_cases() + ledger_cases() + option_cases()
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
     return cases

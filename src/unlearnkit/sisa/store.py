@@ -34,6 +34,7 @@ left out (``sisa_stage.excluded``), so what it was trained on is known from the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import datetime as _dt
 import fcntl
 import json
@@ -53,7 +54,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import _fault
 from .._util import atomic_path, read_json_record, sha256_file, write_json_atomic
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import confined, load_checkpoint, save_checkpoint
 from ..errors import UnlearnKitError
 from ..models import build_model
 from .layout import ACTIVE, DELETED_EXACT, Provenance
@@ -136,6 +137,9 @@ class SisaStore:
         if not meta_path.is_file():
             raise UnlearnKitError(f"{path} is not a SISA model: it has no {META}")
         meta = read_json_record(meta_path, FORMAT, "a SISA model description")
+        for name in (LOCK, LEDGER):  # files opened for writing must not lead out of the folder
+            if (path / name).is_symlink():
+                raise UnlearnKitError(f"damaged model directory: {path / name} is a symbolic link")
         prov_path = path / PROVENANCE
         if not prov_path.is_file() or sha256_file(prov_path) != meta.get("provenance_sha256"):
             raise UnlearnKitError(
@@ -164,7 +168,7 @@ class SisaStore:
     def lock(self, echo: bool = False) -> Iterator[None]:
         """Exclusive lock on the model directory (released by the kernel if the process dies). Whoever holds it
         may change the directory, and may remove the temporary folders (:meth:`temporaries`) of killed writers."""
-        handle = open(self.lock_path, "a+")
+        handle = _open_lock(self.lock_path)
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -514,9 +518,18 @@ class SisaStore:
         info = self.read_version_info(number)
         folder = self.version_dir(number)
         self._refuse_purged(number)
+        files = info.get("files", {})
+        if (
+            not isinstance(files, dict)
+            or not set(files) <= {WEIGHTS, STATUS}
+            or not all(isinstance(v, str) for v in files.values())
+        ):
+            raise UnlearnKitError(
+                f"damaged model directory: {folder / VERSION_INFO} names files other than {WEIGHTS} and {STATUS}"
+            )
         try:
-            for name, digest in info.get("files", {}).items():
-                path = folder / name
+            for name, digest in files.items():
+                path = confined(folder, name, f"{folder / VERSION_INFO}'s file")
                 if not path.is_file():
                     raise UnlearnKitError(f"version {number} of {self.path} lacks {name}: the directory is damaged")
                 if sha256_file(path) != digest:
@@ -538,6 +551,22 @@ class SisaStore:
                 f"version {number} of {self.path} has a status for {status.shape[0]} samples, not {self.provenance.n}"
             )
         return Version(number, states, status, info)
+
+
+def _open_lock(path: Path):
+    """The lock file, opened without following a symbolic link (a link could lead the lock out of the folder)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnlearnKitError(f"damaged model directory: {path} is a symbolic link") from None
+        raise UnlearnKitError(f"cannot open {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnlearnKitError(f"damaged model directory: {path} is not a regular file")
+    return os.fdopen(fd, "a+")
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
