@@ -518,6 +518,7 @@ def confinement_cases() -> list[Case]:
 
     def lock_link(sandbox: Path) -> None:
         (sandbox / "victim.txt").write_text("do not touch\n")
+        (sandbox / "sisa" / ".lock").unlink(missing_ok=True)
         os.symlink("../victim.txt", sandbox / "sisa" / ".lock")
     cases.append(Case("confine-sisa-lock-symlink", "confine",
                       ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact"], setup=lock_link, needs=("sisa",),
