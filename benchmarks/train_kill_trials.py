@@ -108,6 +108,9 @@ def main() -> int:
     from unlearnkit._util import machine, versions
 
     torch.set_num_threads(1)
+    if len(sys.argv) == 3 and sys.argv[1] == "--from-log":  # rebuild the table from the rows a run printed on stderr
+        rows = [json.loads(line) for line in Path(sys.argv[2]).read_text().splitlines() if line.startswith('{"trial"')]
+        return write(rows, None, machine(), versions())
     plan = ([("training", d) for d in (0.0, 0.05, 0.2, 0.5)] + [("saving", d) for d in (0.0, 0.002, 0.005, 0.01, 0.02, 0.05)]
             + [("overwrite", d) for d in (0.0, 0.005)])
     started = time.perf_counter()
@@ -117,6 +120,10 @@ def main() -> int:
             row = trial(number, kind, delay, Path(tmp), epochs=3)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
+    return write(rows, round(time.perf_counter() - started, 1), machine(), versions())
+
+
+def write(rows: list[dict], wall: float | None, machine: dict, versions: dict) -> int:
     summary = {
         "trials": len(rows),
         "killed": sum(not r["process_had_finished"] for r in rows),
@@ -128,16 +135,18 @@ def main() -> int:
         "temp_folders_after_next_run": sum(r["temp_folders_after_next_run"] for r in rows),
         "complete_after_next_run": sum(r["after_next_run"].startswith("complete") for r in rows),
     }
-    record = {"benchmark": "train-kill", "summary": summary, "wall_s": round(time.perf_counter() - started, 1),
-              "command": "PYTHONPATH=src python benchmarks/train_kill_trials.py", "machine": machine(),
-              "versions": versions(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    record = {"benchmark": "train-kill", "summary": summary, "wall_s": wall,
+              "command": "PYTHONPATH=src python benchmarks/train_kill_trials.py", "machine": machine,
+              "versions": versions, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "trials": rows}
     out = ROOT / "benchmarks" / "results" / "train-kill"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# SIGKILL of `unlearnkit train`, then the same command again", "",
-        f"Command: `{record['command']}`, {record['date']}, {record['wall_s']:.0f} s on {record['machine']['processor']} "
+        f"Command: `{record['command']}`, {record['date']}, "
+        f"{'%.0f s' % wall if wall is not None else 'table rebuilt with --from-log from the rows the run printed'} on "
+        f"{record['machine']['processor']} "
         f"({record['machine']['cpu_count']} CPUs, shared with other jobs); unlearnkit {record['versions']['unlearnkit']}, "
         f"torch {record['versions']['torch']}.", "",
         "Each trial runs `unlearnkit train --dataset digits --epochs 3 --out runs/ck` (with `--overwrite` over an "

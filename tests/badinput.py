@@ -567,8 +567,7 @@ def leak_cases() -> list[Case]:
                           secret=secret, quick=label == "secret-first"))
     for label, path in [("dev-zero", "/dev/zero"), ("dev-urandom", "/dev/urandom"), ("folder", "mydata"),
                         ("missing", "no-such-file.txt")]:
-        cases.append(Case(f"leak-unlearn-ids-{label}", "leak", unlearn + [f"ids:{path}"], quick=label == "dev-zero",
-                          timeout=60))
+        cases.append(Case(f"leak-unlearn-ids-{label}", "leak", unlearn + [f"ids:{path}"], quick=label == "dev-zero"))
     cases.append(Case("leak-forget-request-id-escape", "leak",
                       ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact", "--request-id", "a\x1b[2Jb\rc"],
                       needs=("sisa",), quick=True))
