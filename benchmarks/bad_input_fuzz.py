@@ -36,15 +36,19 @@ def main() -> int:
     parser.add_argument("--mode", choices=["fork", "exec"], default="fork")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default=None, help="run the cases whose name starts with this")
-    parser.add_argument("--option-stride", type=int, default=40,
-                        help="of the cases generated from the declared options, run every Nth plus the first of each "
-                             "option (1: all of them)")
+    parser.add_argument(
+        "--option-stride",
+        type=int,
+        default=40,
+        help="of the cases generated from the declared options, run every Nth plus the first of each "
+        "option (1: all of them)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bad-input"))
     args = parser.parse_args()
 
     import torch
 
-    from unlearnkit._util import machine, versions
+    from unlearnkit.results import machine, versions
 
     torch.set_num_threads(1)
     generated = len(option_cases())
@@ -59,7 +63,11 @@ def main() -> int:
         def progress(outcome) -> None:
             done[0] += 1
             mark = "ok  " if outcome.ok else "FAIL"
-            print(f"[{done[0]:>3}/{len(cases)}] {mark} {outcome.case} ({outcome.seconds:.1f} s)", file=sys.stderr, flush=True)
+            print(
+                f"[{done[0]:>3}/{len(cases)}] {mark} {outcome.case} ({outcome.seconds:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         outcomes = runner(cases, fixtures, Path(tmp) / "runs", workers=args.workers, progress=progress)
     wall = time.perf_counter() - started
@@ -67,14 +75,28 @@ def main() -> int:
     rows = []
     for o in outcomes:
         last = [line for line in o.stderr.splitlines() if line.strip()]
-        rows.append({
-            "case": o.case, "class": o.klass, "argv": o.argv, "exit_code": o.exit_code, "traceback": o.traceback,
-            "accepted": o.accepted, "one_line": o.one_line, "files_changed": o.changed, "secret_leaked": o.leaked,
-            "extra_check": o.extra, "ok": o.ok, "error": last[-1][:300] if last else "", "seconds": o.seconds,
-        })
+        rows.append(
+            {
+                "case": o.case,
+                "class": o.klass,
+                "argv": o.argv,
+                "exit_code": o.exit_code,
+                "traceback": o.traceback,
+                "accepted": o.accepted,
+                "one_line": o.one_line,
+                "files_changed": o.changed,
+                "secret_leaked": o.leaked,
+                "extra_check": o.extra,
+                "ok": o.ok,
+                "error": last[-1][:300] if last else "",
+                "seconds": o.seconds,
+            }
+        )
     by_class = collections.Counter(r["class"] for r in rows)
     summary = {
-        "cases": len(rows), "distinct": len({r["case"] for r in rows}), "by_class": dict(by_class),
+        "cases": len(rows),
+        "distinct": len({r["case"] for r in rows}),
+        "by_class": dict(by_class),
         "passed": sum(r["ok"] for r in rows),
         "tracebacks": sum(r["traceback"] for r in rows),
         "silent_acceptances": sum(r["accepted"] for r in rows),
@@ -82,14 +104,20 @@ def main() -> int:
         "secrets_leaked": sum(r["secret_leaked"] for r in rows),
         "not_one_line": sum(not r["one_line"] for r in rows),
         "exit_codes": dict(collections.Counter(str(r["exit_code"]) for r in rows)),
-        "option_cases_generated": generated, "option_cases_run": by_class.get("options", 0),
+        "option_cases_generated": generated,
+        "option_cases_run": by_class.get("options", 0),
         "option_stride": args.option_stride,
     }
     record = {
-        "benchmark": "bad-input", "mode": args.mode, "summary": summary, "wall_s": round(wall, 1),
+        "benchmark": "bad-input",
+        "mode": args.mode,
+        "summary": summary,
+        "wall_s": round(wall, 1),
         "command": "PYTHONPATH=src python benchmarks/bad_input_fuzz.py " + " ".join(sys.argv[1:]),
-        "machine": machine(), "versions": versions(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cases": rows,
+        "machine": machine(),
+        "versions": versions(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cases": rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,32 +131,42 @@ def main() -> int:
 def report(record: dict) -> str:
     s = record["summary"]
     lines = [
-        "# Bad input against the real CLI", "",
+        "# Bad input against the real CLI",
+        "",
         f"Command: `{record['command']}` ({record['mode']} mode), {record['date']}, {record['wall_s']:.0f} s. "
         f"Machine: {record['machine']['processor']}, {record['machine']['cpu_count']} CPUs (shared with other jobs); "
         f"unlearnkit {record['versions']['unlearnkit']}, torch {record['versions']['torch']}, "
-        f"Python {record['versions']['python']}.", "",
-        "Each case runs `unlearnkit ARGV` in its own sandbox folder (copies of a digits checkpoint, a 2 x 2 SISA model, "
+        f"Python {record['versions']['python']}.",
+        "",
+        "Each case runs `unlearnkit ARGV` in its own sandbox folder (copies of a digits checkpoint, "
+        "a 2 x 2 SISA model, "
         "a user's folder with a file, ...). It passes when the exit status is 2, stderr is one `unlearnkit:` line (or "
         "argparse's usage and one error line; after progress lines for a device that fills up or a loss that "
         "diverges), there is no traceback, no file in the sandbox was created, changed or removed (the inputs' bytes "
-        "are unchanged) and no secret from an input file is echoed. The cases are defined in `tests/badinput.py`.", "",
+        "are unchanged) and no secret from an input file is echoed. The cases are defined in `tests/badinput.py`.",
+        "",
         f"**{s['cases']} distinct cases, {s['passed']} passed: {s['tracebacks']} tracebacks, "
         f"{s['silent_acceptances']} silent acceptances, {s['cases_with_files_changed']} with files created/changed/"
-        f"removed, {s['secrets_leaked']} secrets echoed, {s['not_one_line']} not one line.**", "",
+        f"removed, {s['secrets_leaked']} secrets echoed, {s['not_one_line']} not one line.**",
+        "",
         f"Option cases: {s['option_cases_run']} of the {s['option_cases_generated']} generated from the declared "
         f"options (`unlearnkit.options`: every option's wrong type, below/above range, non-finite, not a choice) -- "
-        f"every {s['option_stride']}th plus the first of each option; `--option-stride 1` runs all of them.", "",
-        "| class | cases |", "| --- | ---: |",
-        *[f"| {k} | {v} |" for k, v in sorted(s["by_class"].items())], "",
+        f"every {s['option_stride']}th plus the first of each option; `--option-stride 1` runs all of them.",
+        "",
+        "| class | cases |",
+        "| --- | ---: |",
+        *[f"| {k} | {v} |" for k, v in sorted(s["by_class"].items())],
+        "",
         "| case | class | exit | traceback | accepted | files changed | error line |",
         "| --- | --- | ---: | --- | --- | --- | --- |",
     ]
     for r in record["cases"]:
         error = r["error"].replace("|", "\\|")[:160]
         changed = ", ".join(r["files_changed"][:3]) or "none"
-        lines.append(f"| {r['case']} | {r['class']} | {r['exit_code']} | {'yes' if r['traceback'] else 'no'} | "
-                     f"{'yes' if r['accepted'] else 'no'} | {changed} | {error} |")
+        lines.append(
+            f"| {r['case']} | {r['class']} | {r['exit_code']} | {'yes' if r['traceback'] else 'no'} | "
+            f"{'yes' if r['accepted'] else 'no'} | {changed} | {error} |"
+        )
     return "\n".join(lines) + "\n"
 
 

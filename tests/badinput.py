@@ -63,8 +63,14 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return (self.exit_code == 2 and not self.traceback and self.one_line and not self.changed and not self.leaked
-                and self.extra is None)
+        return (
+            self.exit_code == 2
+            and not self.traceback
+            and self.one_line
+            and not self.changed
+            and not self.leaked
+            and self.extra is None
+        )
 
     def problems(self) -> str:
         out = []
@@ -125,8 +131,12 @@ def stderr_is_one_error(text: str, after_progress: bool = False) -> bool:
     if len(lines) == 1:
         return lines[0].startswith("unlearnkit:")
     # argparse: "usage: ..." (possibly wrapped over several lines) then "unlearnkit ...: error: ..."
-    return bool(lines) and lines[0].startswith("usage:") and ": error: " in lines[-1] and \
-        sum(": error: " in line for line in lines) == 1
+    return (
+        bool(lines)
+        and lines[0].startswith("usage:")
+        and ": error: " in lines[-1]
+        and sum(": error: " in line for line in lines) == 1
+    )
 
 
 # -- fixtures ------------------------------------------------------------------------------------------
@@ -185,9 +195,15 @@ def make_sandbox(fixtures: Path, where: Path, needs: tuple[str, ...]) -> Path:
 
 # -- running ---------------------------------------------------------------------------------------------
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                           os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
 
 
 def _prepare(case: Case, fixtures: Path, workdir: Path) -> tuple[Path, dict[str, str]]:
@@ -197,15 +213,28 @@ def _prepare(case: Case, fixtures: Path, workdir: Path) -> tuple[Path, dict[str,
     return sandbox, snapshot(sandbox)
 
 
-def _finish(case: Case, sandbox: Path, before: dict[str, str], code: int | None, out: str, err: str,
-            seconds: float) -> Outcome:
+def _finish(
+    case: Case, sandbox: Path, before: dict[str, str], code: int | None, out: str, err: str, seconds: float
+) -> Outcome:
     after = snapshot(sandbox)
     extra = case.check(sandbox) if case.check is not None else None
     if extra is None and case.expect_in is not None and code == 2 and case.expect_in not in err:
         extra = f"the refusal does not name {case.expect_in}"
     leaked = case.secret is not None and (case.secret in out or case.secret in err)
-    outcome = Outcome(case.name, case.klass, case.argv, code, "Traceback (most recent call last)" in err,
-                      stderr_is_one_error(err, case.after_progress), code == 0, diff(before, after), leaked, extra, err, round(seconds, 2))
+    outcome = Outcome(
+        case.name,
+        case.klass,
+        case.argv,
+        code,
+        "Traceback (most recent call last)" in err,
+        stderr_is_one_error(err, case.after_progress),
+        code == 0,
+        diff(before, after),
+        leaked,
+        extra,
+        err,
+        round(seconds, 2),
+    )
     _cleanup(sandbox)
     return outcome
 
@@ -215,11 +244,21 @@ def run_case(case: Case, fixtures: Path, workdir: Path) -> Outcome:
     sandbox, before = _prepare(case, fixtures, workdir)
     started = time.perf_counter()
     try:
-        proc = subprocess.run(CLI + case.argv, cwd=sandbox, env=_env(), capture_output=True, timeout=case.timeout,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            CLI + case.argv,
+            cwd=sandbox,
+            env=_env(),
+            capture_output=True,
+            timeout=case.timeout,
+            stdin=subprocess.DEVNULL,
+        )
         code, out, err = proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
     except subprocess.TimeoutExpired as exc:
-        code, out, err = None, (exc.stdout or b"").decode(errors="replace"), "timeout\n" + (exc.stderr or b"").decode(errors="replace")
+        code, out, err = (
+            None,
+            (exc.stdout or b"").decode(errors="replace"),
+            "timeout\n" + (exc.stderr or b"").decode(errors="replace"),
+        )
     return _finish(case, sandbox, before, code, out, err, time.perf_counter() - started)
 
 
@@ -259,8 +298,13 @@ def _child(argv: list[str], cwd: Path, out_path: Path, err_path: Path) -> None:
         os._exit(code)
 
 
-def run_forked(cases: list[Case], fixtures: Path, workdir: Path, workers: int = 2,
-               progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+def run_forked(
+    cases: list[Case],
+    fixtures: Path,
+    workdir: Path,
+    workers: int = 2,
+    progress: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
     """Run every case in a process forked from this one after unlearnkit and torch are imported (the same CLI
     code and entry point as ``python -m unlearnkit``, without paying the interpreter start per case)."""
     import unlearnkit.cli  # noqa: F401 - imported once, before forking
@@ -293,8 +337,9 @@ def run_forked(cases: list[Case], fixtures: Path, workdir: Path, workers: int = 
         out, err = (p.read_bytes().decode(errors="replace") for p in logs)
         for p in logs:
             p.unlink()
-        outcome = _finish(case, sandbox, before, None if timed_out else code, out,
-                          ("timeout\n" if timed_out else "") + err, seconds)
+        outcome = _finish(
+            case, sandbox, before, None if timed_out else code, out, ("timeout\n" if timed_out else "") + err, seconds
+        )
         outcomes.append(outcome)
         if progress is not None:
             progress(outcome)
@@ -309,8 +354,13 @@ def _cleanup(sandbox: Path) -> None:
     shutil.rmtree(sandbox, ignore_errors=True)
 
 
-def run_all(cases: list[Case], fixtures: Path, workdir: Path, workers: int = 2,
-            progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+def run_all(
+    cases: list[Case],
+    fixtures: Path,
+    workdir: Path,
+    workers: int = 2,
+    progress: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
     """Run every case in its own ``python -m unlearnkit.cli`` subprocess, ``workers`` at a time."""
     workdir.mkdir(parents=True, exist_ok=True)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -334,6 +384,7 @@ def _write(rel: str, content: str | bytes) -> Callable[[Path], None]:
             path.write_bytes(content)
         else:
             path.write_text(content)
+
     return setup
 
 
@@ -342,6 +393,7 @@ def _chain(*steps: Callable[[Path], None] | None) -> Callable[[Path], None]:
         for step in steps:
             if step is not None:
                 step(sandbox)
+
     return setup
 
 
@@ -349,19 +401,22 @@ def _copy(src: str, dst: str) -> Callable[[Path], None]:
     def setup(sandbox: Path) -> None:
         (sandbox / dst).parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(sandbox / src, sandbox / dst)
+
     return setup
 
 
 def _symlink(target: str, link: str) -> Callable[[Path], None]:
     def setup(sandbox: Path) -> None:
         os.symlink(target, sandbox / link)
+
     return setup
 
 
 def _mount_full(sandbox: Path) -> None:
     (sandbox / "full").mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(sandbox / "full")], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(sandbox / "full")], check=True, capture_output=True
+    )
     (sandbox / "full" / "filler").write_bytes(b"\0" * 12000)
 
 
@@ -371,7 +426,12 @@ def can_mount() -> bool:
     probe = Path(f"/tmp/unlearnkit-mount-probe-{os.getpid()}")
     probe.mkdir(exist_ok=True)
     try:
-        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(probe)], capture_output=True).returncode == 0
+        ok = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(probe)], capture_output=True
+            ).returncode
+            == 0
+        )
         if ok:
             subprocess.run(["umount", str(probe)], capture_output=True)
         return ok
@@ -384,14 +444,53 @@ WRITERS: dict[str, list[str]] = {
     "train": ["train", "--dataset", "digits", "--epochs", "1", "--no-progress", "--out", "OUT"],
     "unlearn": ["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0", "--out", "OUT"],
     "prune": ["prune", "--checkpoint", "ck", "--method", "omp", "--sparsity", "0.5", "--out", "OUT"],
-    "spdgan": ["spdgan", "train", "--checkpoint", "ck", "--request", "class:0", "--epochs", "1", "--no-progress",
-               "--out", "OUT"],
-    "sisa": ["sisa", "train", "--dataset", "digits", "--shards", "2", "--slices", "2", "--epochs", "1", "--workers", "1",
-             "--no-calibrate", "--out", "OUT"],
+    "spdgan": [
+        "spdgan",
+        "train",
+        "--checkpoint",
+        "ck",
+        "--request",
+        "class:0",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        "OUT",
+    ],
+    "sisa": [
+        "sisa",
+        "train",
+        "--dataset",
+        "digits",
+        "--shards",
+        "2",
+        "--slices",
+        "2",
+        "--epochs",
+        "1",
+        "--workers",
+        "1",
+        "--no-calibrate",
+        "--out",
+        "OUT",
+    ],
     "bench": ["bench", "--suite", "suite.toml", "--cache", "cache", "--no-report", "--out", "OUT"],
     "audit": ["audit", "--suite", "suite.toml", "--models", "3", "--workers", "1", "--cache", "cache", "--out", "OUT"],
-    "unlearn-pruned-out": ["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0",
-                           "--prune", "omp:0.5", "--out", "o", "--pruned-out", "OUT"],
+    "unlearn-pruned-out": [
+        "unlearn",
+        "--checkpoint",
+        "ck",
+        "--method",
+        "finetune",
+        "--request",
+        "class:0",
+        "--prune",
+        "omp:0.5",
+        "--out",
+        "o",
+        "--pruned-out",
+        "OUT",
+    ],
 }
 # Which artefact of the same kind a writer's OUT may already hold (a copy of the fixture), if any is cheap to make.
 SAME_KIND = {"train": "ck", "unlearn": "ck", "prune": "ck", "unlearn-pruned-out": "ck", "spdgan": "gan"}
@@ -404,10 +503,21 @@ def _argv(writer: str, out: str, extra: list[str] | None = None) -> list[str]:
 def out_cases() -> list[Case]:
     """Point 1: every writing command refuses every kind of output that would destroy or is impossible."""
     cases = []
-    quick = {("train", "user-folder"), ("unlearn", "is-input"), ("unlearn", "contains-input"), ("prune", "inside-input"),
-             ("spdgan", "regular-file"), ("sisa", "user-folder"), ("bench", "user-folder"), ("audit", "other-kind"),
-             ("train", "same-kind-no-overwrite"), ("unlearn-pruned-out", "is-input"), ("train", "dot"),
-             ("unlearn", "symlink-to-input"), ("train", "below-file")}
+    quick = {
+        ("train", "user-folder"),
+        ("unlearn", "is-input"),
+        ("unlearn", "contains-input"),
+        ("prune", "inside-input"),
+        ("spdgan", "regular-file"),
+        ("sisa", "user-folder"),
+        ("bench", "user-folder"),
+        ("audit", "other-kind"),
+        ("train", "same-kind-no-overwrite"),
+        ("unlearn-pruned-out", "is-input"),
+        ("train", "dot"),
+        ("unlearn", "symlink-to-input"),
+        ("train", "below-file"),
+    }
     for writer in WRITERS:
         variants: list[tuple[str, str, Callable | None]] = [
             ("user-folder", "mydata", None),
@@ -442,21 +552,42 @@ def out_cases() -> list[Case]:
                 # train/sisa with their data read from OUT's own folder; bench/audit with the suite file inside OUT
                 if writer in ("train", "sisa"):
                     argv = [("mnist" if a == "digits" else a) for a in argv] + ["--data-dir", "mydata"]
-                    setup = _chain(*[_write(f"mydata/{n}", b"") for n in
-                                     ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                                      "t10k-labels-idx1-ubyte")])
+                    setup = _chain(
+                        *[
+                            _write(f"mydata/{n}", b"")
+                            for n in (
+                                "train-images-idx3-ubyte",
+                                "train-labels-idx1-ubyte",
+                                "t10k-images-idx3-ubyte",
+                                "t10k-labels-idx1-ubyte",
+                            )
+                        ]
+                    )
                 else:
                     argv = [("mydata/suite.toml" if a == "suite.toml" else a) for a in argv]
                     setup = _write("mydata/suite.toml", SUITE)
             cases.append(Case(f"out-{writer}-{variant}", "out", argv, setup=setup, quick=(writer, variant) in quick))
     # report writes into a results folder only
-    for variant, target, setup in [("user-folder", "mydata", None), ("regular-file", "plain.txt", None),
-                                    ("checkpoint", "ck", None), ("missing", "nothing-here", None)]:
-        cases.append(Case(f"out-report-{variant}", "out", ["report", target], setup=setup, quick=variant == "checkpoint"))
+    for variant, target, setup in [
+        ("user-folder", "mydata", None),
+        ("regular-file", "plain.txt", None),
+        ("checkpoint", "ck", None),
+        ("missing", "nothing-here", None),
+    ]:
+        cases.append(
+            Case(f"out-report-{variant}", "out", ["report", target], setup=setup, quick=variant == "checkpoint")
+        )
     if can_mount():
         for writer in ("train", "unlearn", "prune"):
-            cases.append(Case(f"out-{writer}-full-device", "out", _argv(writer, "full/out"), setup=_mount_full,
-                              after_progress=True))
+            cases.append(
+                Case(
+                    f"out-{writer}-full-device",
+                    "out",
+                    _argv(writer, "full/out"),
+                    setup=_mount_full,
+                    after_progress=True,
+                )
+            )
     return cases
 
 
@@ -466,6 +597,7 @@ def _manifest_edit(edit: Callable[[dict], None], folder: str = "ck") -> Callable
         manifest = json.loads(path.read_text())
         edit(manifest)
         path.write_text(json.dumps(manifest))
+
     return setup
 
 
@@ -480,6 +612,7 @@ def _set(path: str, value) -> Callable[[dict], None]:
             del target[keys[-1]]
         else:
             target[keys[-1]] = value
+
     return edit
 
 
@@ -494,35 +627,60 @@ def confinement_cases() -> list[Case]:
         ("absolute", "ABS", None),
         ("parent", "../outside.safetensors", None),
         ("nested-parent", "sub/../../outside.safetensors", None),
-        ("subfolder", "sub/model.safetensors", _chain(lambda s: (s / "ck" / "sub").mkdir(),
-                                                       lambda s: shutil.copy(s / "ck" / "model.safetensors", s / "ck" / "sub"))),
+        (
+            "subfolder",
+            "sub/model.safetensors",
+            _chain(
+                lambda s: (s / "ck" / "sub").mkdir(),
+                lambda s: shutil.copy(s / "ck" / "model.safetensors", s / "ck" / "sub"),
+            ),
+        ),
         ("dot", ".", None),
         ("empty", "", None),
         ("not-a-string", 7, None),
     ]:
+
         def setup(sandbox: Path, value=value, extra=extra) -> None:
             outside(sandbox)
             if extra is not None:
                 extra(sandbox)
             v = str(sandbox / "outside.safetensors") if value == "ABS" else value
             _manifest_edit(_set("weights.file", v))(sandbox)
-        cases.append(Case(f"confine-weights-{name}", "confine", ["evaluate", "--checkpoint", "ck"], setup=setup,
-                          quick=name in ("absolute", "parent")))
+
+        cases.append(
+            Case(
+                f"confine-weights-{name}",
+                "confine",
+                ["evaluate", "--checkpoint", "ck"],
+                setup=setup,
+                quick=name in ("absolute", "parent"),
+            )
+        )
 
     def symlinked(sandbox: Path) -> None:
         outside(sandbox)
         (sandbox / "ck" / "model.safetensors").unlink()
         os.symlink("../outside.safetensors", sandbox / "ck" / "model.safetensors")
-    cases.append(Case("confine-weights-symlink-out", "confine", ["evaluate", "--checkpoint", "ck"], setup=symlinked,
-                      quick=True))
+
+    cases.append(
+        Case("confine-weights-symlink-out", "confine", ["evaluate", "--checkpoint", "ck"], setup=symlinked, quick=True)
+    )
 
     def lock_link(sandbox: Path) -> None:
         (sandbox / "victim.txt").write_text("do not touch\n")
         (sandbox / "sisa" / ".lock").unlink(missing_ok=True)
         os.symlink("../victim.txt", sandbox / "sisa" / ".lock")
-    cases.append(Case("confine-sisa-lock-symlink", "confine",
-                      ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact"], setup=lock_link, needs=("sisa",),
-                      quick=True))
+
+    cases.append(
+        Case(
+            "confine-sisa-lock-symlink",
+            "confine",
+            ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact"],
+            setup=lock_link,
+            needs=("sisa",),
+            quick=True,
+        )
+    )
 
     def version_name(name: str) -> Callable[[Path], None]:
         def setup(sandbox: Path) -> None:
@@ -531,10 +689,21 @@ def confinement_cases() -> list[Case]:
             files = record["files"]
             files[name] = files.pop("weights.safetensors")
             path.write_text(json.dumps(record))
+
         return setup
+
     for label, name in [("absolute", "/etc/hostname"), ("parent", "../../../plain.txt"), ("device", "/dev/zero")]:
-        cases.append(Case(f"confine-sisa-version-file-{label}", "confine", ["sisa", "info", "--model", "sisa"],
-                          setup=version_name(name), needs=("sisa",), quick=label == "device", timeout=90))
+        cases.append(
+            Case(
+                f"confine-sisa-version-file-{label}",
+                "confine",
+                ["sisa", "info", "--model", "sisa"],
+                setup=version_name(name),
+                needs=("sisa",),
+                quick=label == "device",
+                timeout=90,
+            )
+        )
     return cases
 
 
@@ -561,20 +730,61 @@ def leak_cases() -> list[Case]:
     }
     for label, (name, content) in files.items():
         secret = SECRET if "secret" in label else None
-        cases.append(Case(f"leak-unlearn-ids-{label}", "leak", unlearn + [f"ids:{name}"], setup=_write(name, content),
-                          secret=secret, quick=label in ("secret-line", "huge", "beyond-int64")))
-        cases.append(Case(f"leak-forget-ids-{label}", "leak", forget + [name], setup=_write(name, content), needs=("sisa",),
-                          secret=secret, quick=label == "secret-first"))
-    for label, path in [("dev-zero", "/dev/zero"), ("dev-urandom", "/dev/urandom"), ("folder", "mydata"),
-                        ("missing", "no-such-file.txt")]:
+        cases.append(
+            Case(
+                f"leak-unlearn-ids-{label}",
+                "leak",
+                unlearn + [f"ids:{name}"],
+                setup=_write(name, content),
+                secret=secret,
+                quick=label in ("secret-line", "huge", "beyond-int64"),
+            )
+        )
+        cases.append(
+            Case(
+                f"leak-forget-ids-{label}",
+                "leak",
+                forget + [name],
+                setup=_write(name, content),
+                needs=("sisa",),
+                secret=secret,
+                quick=label == "secret-first",
+            )
+        )
+    for label, path in [
+        ("dev-zero", "/dev/zero"),
+        ("dev-urandom", "/dev/urandom"),
+        ("folder", "mydata"),
+        ("missing", "no-such-file.txt"),
+    ]:
         cases.append(Case(f"leak-unlearn-ids-{label}", "leak", unlearn + [f"ids:{path}"], quick=label == "dev-zero"))
-    cases.append(Case("leak-forget-request-id-escape", "leak",
-                      ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact", "--request-id", "a\x1b[2Jb\rc"],
-                      needs=("sisa",), quick=True))
-    cases.append(Case("leak-manifest-secret", "leak", ["evaluate", "--checkpoint", "ck"],
-                      setup=_write("ck/manifest.json", '{"format": "' + SECRET + '"'), secret=SECRET))
-    cases.append(Case("leak-suite-secret", "leak", ["bench", "--suite", "secret.toml", "--out", "r"],
-                      setup=_write("secret.toml", f"{SECRET}\n"), secret=SECRET))
+    cases.append(
+        Case(
+            "leak-forget-request-id-escape",
+            "leak",
+            ["forget", "--model", "sisa", "--ids", "ids.txt", "--mode", "exact", "--request-id", "a\x1b[2Jb\rc"],
+            needs=("sisa",),
+            quick=True,
+        )
+    )
+    cases.append(
+        Case(
+            "leak-manifest-secret",
+            "leak",
+            ["evaluate", "--checkpoint", "ck"],
+            setup=_write("ck/manifest.json", '{"format": "' + SECRET + '"'),
+            secret=SECRET,
+        )
+    )
+    cases.append(
+        Case(
+            "leak-suite-secret",
+            "leak",
+            ["bench", "--suite", "secret.toml", "--out", "r"],
+            setup=_write("secret.toml", f"{SECRET}\n"),
+            secret=SECRET,
+        )
+    )
     return cases
 
 
@@ -608,19 +818,44 @@ def manifest_cases() -> list[Case]:
         "format-other": _set("format", "unlearnkit-checkpoint/99"),
         "no-model": _set("model", _DELETE),
     }
-    cases = [Case(f"manifest-{label}", "manifest", ["evaluate", "--checkpoint", "ck"], setup=_manifest_edit(edit),
-                  quick=label in ("model-null", "args-width-huge", "request-list"))
-             for label, edit in edits.items()]
-    for label, content in [("not-json", "{not json"), ("array", "[1, 2]"), ("binary", b"\x00\xff" * 10),
-                           ("huge-number", '{"format": "unlearnkit-checkpoint/1", "model": 1e999999}')]:
-        cases.append(Case(f"manifest-{label}", "manifest", ["evaluate", "--checkpoint", "ck"],
-                          setup=_write("ck/manifest.json", content)))
+    cases = [
+        Case(
+            f"manifest-{label}",
+            "manifest",
+            ["evaluate", "--checkpoint", "ck"],
+            setup=_manifest_edit(edit),
+            quick=label in ("model-null", "args-width-huge", "request-list"),
+        )
+        for label, edit in edits.items()
+    ]
+    for label, content in [
+        ("not-json", "{not json"),
+        ("array", "[1, 2]"),
+        ("binary", b"\x00\xff" * 10),
+        ("huge-number", '{"format": "unlearnkit-checkpoint/1", "model": 1e999999}'),
+    ]:
+        cases.append(
+            Case(
+                f"manifest-{label}",
+                "manifest",
+                ["evaluate", "--checkpoint", "ck"],
+                setup=_write("ck/manifest.json", content),
+            )
+        )
     # the same checks guard every command that loads a checkpoint
-    for command in (["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0", "--out", "o"],
-                    ["prune", "--checkpoint", "ck", "--method", "omp", "--sparsity", "0.5", "--out", "o"],
-                    ["spdgan", "train", "--checkpoint", "ck", "--request", "class:0", "--out", "o"]):
-        cases.append(Case(f"manifest-{command[0]}-width-huge", "manifest", command,
-                          setup=_manifest_edit(_set("model.args.width", 10**12))))
+    for command in (
+        ["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0", "--out", "o"],
+        ["prune", "--checkpoint", "ck", "--method", "omp", "--sparsity", "0.5", "--out", "o"],
+        ["spdgan", "train", "--checkpoint", "ck", "--request", "class:0", "--out", "o"],
+    ):
+        cases.append(
+            Case(
+                f"manifest-{command[0]}-width-huge",
+                "manifest",
+                command,
+                setup=_manifest_edit(_set("model.args.width", 10**12)),
+            )
+        )
     return cases
 
 
@@ -640,6 +875,7 @@ def _mnist(train_images: tuple, test_images: tuple, n_train_labels: int, n_test_
         (d / "train-labels-idx1-ubyte").write_bytes(_idx((n_train_labels,)))
         (d / "t10k-images-idx3-ubyte").write_bytes(_idx(test_images))
         (d / "t10k-labels-idx1-ubyte").write_bytes(_idx((n_test_labels,)))
+
     return setup
 
 
@@ -653,8 +889,10 @@ def _cifar(payload: bytes | None = None, protocol: int = 2) -> Callable[[Path], 
         d.mkdir()
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             batch = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}
-            (d / name).write_bytes(payload if payload is not None and name == "data_batch_1"
-                                   else pickle.dumps(batch, protocol=protocol))
+            (d / name).write_bytes(
+                payload if payload is not None and name == "data_batch_1" else pickle.dumps(batch, protocol=protocol)
+            )
+
     return setup
 
 
@@ -665,35 +903,113 @@ def data_cases() -> list[Case]:
         Case("data-dir-is-a-file", "data", train + ["--dataset", "mnist", "--data-dir", "plain.txt"], quick=True),
         Case("data-dir-missing", "data", train + ["--dataset", "mnist", "--data-dir", "nowhere"]),
         Case("data-dir-for-digits", "data", train + ["--dataset", "digits", "--data-dir", "mydata"]),
-        Case("data-zero-train-images", "data", train + ["--dataset", "mnist", "--data-dir", "mnist"],
-             setup=_mnist((0, 28, 28), (10, 28, 28), 0, 10), quick=True),
-        Case("data-test-shape-differs", "data", train + ["--dataset", "mnist", "--data-dir", "mnist"],
-             setup=_mnist((10, 28, 28), (10, 32, 32), 10, 10), quick=True),
-        Case("data-labels-count-differs", "data", train + ["--dataset", "mnist", "--data-dir", "mnist"],
-             setup=_mnist((10, 28, 28), (10, 28, 28), 9, 10)),
-        Case("data-idx-truncated", "data", train + ["--dataset", "mnist", "--data-dir", "mnist"],
-             setup=_chain(_mnist((10, 28, 28), (10, 28, 28), 10, 10),
-                          _write("mnist/train-images-idx3-ubyte", _idx((10, 28, 28))[:100]))),
-        Case("data-idx-bad-magic", "data", train + ["--dataset", "mnist", "--data-dir", "mnist"],
-             setup=_chain(_mnist((10, 28, 28), (10, 28, 28), 10, 10), _write("mnist/t10k-labels-idx1-ubyte", b"junk"))),
+        Case(
+            "data-zero-train-images",
+            "data",
+            train + ["--dataset", "mnist", "--data-dir", "mnist"],
+            setup=_mnist((0, 28, 28), (10, 28, 28), 0, 10),
+            quick=True,
+        ),
+        Case(
+            "data-test-shape-differs",
+            "data",
+            train + ["--dataset", "mnist", "--data-dir", "mnist"],
+            setup=_mnist((10, 28, 28), (10, 32, 32), 10, 10),
+            quick=True,
+        ),
+        Case(
+            "data-labels-count-differs",
+            "data",
+            train + ["--dataset", "mnist", "--data-dir", "mnist"],
+            setup=_mnist((10, 28, 28), (10, 28, 28), 9, 10),
+        ),
+        Case(
+            "data-idx-truncated",
+            "data",
+            train + ["--dataset", "mnist", "--data-dir", "mnist"],
+            setup=_chain(
+                _mnist((10, 28, 28), (10, 28, 28), 10, 10),
+                _write("mnist/train-images-idx3-ubyte", _idx((10, 28, 28))[:100]),
+            ),
+        ),
+        Case(
+            "data-idx-bad-magic",
+            "data",
+            train + ["--dataset", "mnist", "--data-dir", "mnist"],
+            setup=_chain(_mnist((10, 28, 28), (10, 28, 28), 10, 10), _write("mnist/t10k-labels-idx1-ubyte", b"junk")),
+        ),
         Case("data-bad-subset-name", "data", train + ["--dataset", "digits[abc,1]"]),
         Case("data-subset-zero", "data", train + ["--dataset", "digits[0,10]"]),
-        Case("diverged-train", "data", ["train", "--dataset", "digits", "--epochs", "2", "--lr", "1e6", "--no-progress",
-                                        "--out", "o"], quick=True, after_progress=True),
-        Case("diverged-unlearn", "data", ["unlearn", "--checkpoint", "ck", "--method", "finetune", "--request", "class:0",
-                                          "--set", "lr=1e8", "--out", "o"], quick=True, after_progress=True),
+        Case(
+            "diverged-train",
+            "data",
+            ["train", "--dataset", "digits", "--epochs", "2", "--lr", "1e6", "--no-progress", "--out", "o"],
+            quick=True,
+            after_progress=True,
+        ),
+        Case(
+            "diverged-unlearn",
+            "data",
+            [
+                "unlearn",
+                "--checkpoint",
+                "ck",
+                "--method",
+                "finetune",
+                "--request",
+                "class:0",
+                "--set",
+                "lr=1e8",
+                "--out",
+                "o",
+            ],
+            quick=True,
+            after_progress=True,
+        ),
     ]
-    exploit = (b"cos\nsystem\n(S'touch pwned'\ntR.")
-    cases.append(Case("data-cifar-pickle-exploit", "data", train + ["--dataset", "cifar10", "--data-dir", "cifar"],
-                      setup=_cifar(exploit), check=lambda s: "pwned" if (s / "pwned").exists() else None, quick=True))
-    builtins_exploit = b"\x80\x04\x95\x1b\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x94\x8c\x04eval\x94\x93\x94\x8c\x011\x94\x85\x94R\x94."
-    cases.append(Case("data-cifar-pickle-builtins-eval", "data", train + ["--dataset", "cifar10", "--data-dir", "cifar"],
-                      setup=_cifar(builtins_exploit)))
-    cases.append(Case("data-cifar-not-a-pickle", "data", train + ["--dataset", "cifar10", "--data-dir", "cifar"],
-                      setup=_cifar(b"hello")))
-    cases.append(Case("data-cifar-labels-strings", "data", train + ["--dataset", "cifar10", "--data-dir", "cifar"],
-                      setup=_cifar(__import__("pickle").dumps({b"data": __import__("numpy").zeros((4, 3072), "uint8"),
-                                                               b"labels": ["a", "b", "c", "d"]}))))
+    exploit = b"cos\nsystem\n(S'touch pwned'\ntR."
+    cases.append(
+        Case(
+            "data-cifar-pickle-exploit",
+            "data",
+            train + ["--dataset", "cifar10", "--data-dir", "cifar"],
+            setup=_cifar(exploit),
+            check=lambda s: "pwned" if (s / "pwned").exists() else None,
+            quick=True,
+        )
+    )
+    builtins_exploit = (
+        b"\x80\x04\x95\x1b\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x94\x8c\x04eval"
+        b"\x94\x93\x94\x8c\x011\x94\x85\x94R\x94."
+    )
+    cases.append(
+        Case(
+            "data-cifar-pickle-builtins-eval",
+            "data",
+            train + ["--dataset", "cifar10", "--data-dir", "cifar"],
+            setup=_cifar(builtins_exploit),
+        )
+    )
+    cases.append(
+        Case(
+            "data-cifar-not-a-pickle",
+            "data",
+            train + ["--dataset", "cifar10", "--data-dir", "cifar"],
+            setup=_cifar(b"hello"),
+        )
+    )
+    cases.append(
+        Case(
+            "data-cifar-labels-strings",
+            "data",
+            train + ["--dataset", "cifar10", "--data-dir", "cifar"],
+            setup=_cifar(
+                __import__("pickle").dumps(
+                    {b"data": __import__("numpy").zeros((4, 3072), "uint8"), b"labels": ["a", "b", "c", "d"]}
+                )
+            ),
+        )
+    )
     return cases
 
 
@@ -704,12 +1020,29 @@ def _no_ledger(sandbox: Path) -> str | None:
 def ledger_cases() -> list[Case]:
     """Point 10: a refused forget/requests creates no empty ledger.sqlite on a model that had none."""
     return [
-        Case("ledger-forget-missing-ids", "ledger", ["forget", "--model", "sisa", "--ids", "nothing.txt"], needs=("sisa",),
-             check=_no_ledger, quick=True),
-        Case("ledger-forget-bad-request", "ledger", ["forget", "--model", "sisa", "--request", "class:99"],
-             needs=("sisa",), check=_no_ledger),
-        Case("ledger-requests-show-unknown", "ledger", ["requests", "show", "nope", "--model", "sisa"], needs=("sisa",),
-             check=_no_ledger, quick=True),
+        Case(
+            "ledger-forget-missing-ids",
+            "ledger",
+            ["forget", "--model", "sisa", "--ids", "nothing.txt"],
+            needs=("sisa",),
+            check=_no_ledger,
+            quick=True,
+        ),
+        Case(
+            "ledger-forget-bad-request",
+            "ledger",
+            ["forget", "--model", "sisa", "--request", "class:99"],
+            needs=("sisa",),
+            check=_no_ledger,
+        ),
+        Case(
+            "ledger-requests-show-unknown",
+            "ledger",
+            ["requests", "show", "nope", "--model", "sisa"],
+            needs=("sisa",),
+            check=_no_ledger,
+            quick=True,
+        ),
         Case("ledger-forget-not-a-model", "ledger", ["forget", "--model", "mydata", "--ids", "ids.txt"]),
         Case("ledger-requests-list-not-a-model", "ledger", ["requests", "list", "--model", "mydata"]),
         Case("ledger-forget-model-is-file", "ledger", ["forget", "--model", "plain.txt", "--ids", "ids.txt"]),
@@ -722,10 +1055,21 @@ _SET = "--set"
 OPTION_BASES: dict[tuple[str, str], tuple[list[str], str, tuple[str, ...]]] = {
     # (kind, owner) -> (argv without the option, "--set" / "--model-option" / "flag", fixtures)
     ("train", "the training recipe"): (["train", "--dataset", "digits", "--no-progress", "--out", "o"], _SET, ()),
-    ("spdgan", "SPD-GAN"): (["spdgan", "train", "--checkpoint", "ck", "--request", "class:0", "--no-progress", "--out", "o"],
-                            _SET, ()),
-    ("prune", "pruning spec"): (["prune", "--checkpoint", "ck", "--method", "omp", "--sparsity", "0.5", "--out", "o"], _SET, ()),
-    ("policy", "the hybrid policy"): (["forget", "--model", "sisa", "--ids", "ids.txt", "--plan-only"], "flag", ("sisa",)),
+    ("spdgan", "SPD-GAN"): (
+        ["spdgan", "train", "--checkpoint", "ck", "--request", "class:0", "--no-progress", "--out", "o"],
+        _SET,
+        (),
+    ),
+    ("prune", "pruning spec"): (
+        ["prune", "--checkpoint", "ck", "--method", "omp", "--sparsity", "0.5", "--out", "o"],
+        _SET,
+        (),
+    ),
+    ("policy", "the hybrid policy"): (
+        ["forget", "--model", "sisa", "--ids", "ids.txt", "--plan-only"],
+        "flag",
+        ("sisa",),
+    ),
 }
 COMMAND_BASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "unlearnkit": (["info"], ()),
@@ -776,8 +1120,11 @@ def option_cases() -> list[Case]:
         argv, how, needs = base
         flag = d.flag or "--" + d.name.replace("_", "-")
         for why, word in d.bad_texts():
-            if how == "flag" or (d.kind == "spdgan" and d.name in ("epsilon", "epochs")) or \
-                    (d.kind == "prune" and d.name in ("sparsity", "scope", "layers")):
+            if (
+                how == "flag"
+                or (d.kind == "spdgan" and d.name in ("epsilon", "epochs"))
+                or (d.kind == "prune" and d.name in ("sparsity", "scope", "layers"))
+            ):
                 if d.kind == "command" and d.owner == "unlearnkit":
                     full = [f"{flag}={word}", *argv]
                 else:
@@ -815,7 +1162,15 @@ def uncovered_option_owners() -> list[str]:
 
 
 def all_cases() -> list[Case]:
-    cases = out_cases() + confinement_cases() + leak_cases() + manifest_cases() + data_cases() + ledger_cases() + option_cases()
+    cases = (
+        out_cases()
+        + confinement_cases()
+        + leak_cases()
+        + manifest_cases()
+        + data_cases()
+        + ledger_cases()
+        + option_cases()
+    )
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
     return cases

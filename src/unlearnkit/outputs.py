@@ -179,9 +179,16 @@ def _probe_parent(path: Path, option: str) -> None:
     os.rmdir(probe)
 
 
-def prepare_output(path: str | os.PathLike, kind: str, *, inputs: Iterable[str | os.PathLike | None] = (),
-                   overwrite: bool = False, resume: bool = False, detail: str | None = None,
-                   option: str = "--out") -> Path:
+def prepare_output(
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    overwrite: bool = False,
+    resume: bool = False,
+    detail: str | None = None,
+    option: str = "--out",
+) -> Path:
     """Check that ``path`` may receive an artefact of ``kind`` (see the module docstring) and return it.
 
     ``resume``: an existing artefact of the same kind (and ``detail``, e.g. the suite name of a results folder)
@@ -195,8 +202,10 @@ def prepare_output(path: str | os.PathLike, kind: str, *, inputs: Iterable[str |
     inputs = list(inputs)
     clash = overlaps(path, inputs)
     if clash is not None:
-        raise UnlearnKitError(f"{option} {path} is, contains or lies inside the input {clash}; "
-                              "write the output somewhere else (an input is never replaced)")
+        raise UnlearnKitError(
+            f"{option} {path} is, contains or lies inside the input {clash}; "
+            "write the output somewhere else (an input is never replaced)"
+        )
     try:
         exists = path.exists() or path.is_symlink()
         if exists and not path.exists():
@@ -215,14 +224,18 @@ def prepare_output(path: str | os.PathLike, kind: str, *, inputs: Iterable[str |
                         f"not {what}; unlearnkit never writes over them: choose another {option}"
                     )
             elif found[0] != kind:
-                raise UnlearnKitError(f"{option} {path} holds {ARTEFACT_KINDS[found[0]][0]}, not {what}; "
-                                      f"choose another {option}")
+                raise UnlearnKitError(
+                    f"{option} {path} holds {ARTEFACT_KINDS[found[0]][0]}, not {what}; choose another {option}"
+                )
             elif detail is not None and found[1] and found[1] != detail:
-                raise UnlearnKitError(f"{option} {path} holds {what} of {found[1]!r}, not of {detail!r}; "
-                                      f"choose another {option}")
+                raise UnlearnKitError(
+                    f"{option} {path} holds {what} of {found[1]!r}, not of {detail!r}; choose another {option}"
+                )
             elif not (overwrite or resume):
-                raise UnlearnKitError(f"{option} {path} already holds {what}; pass --overwrite to replace it "
-                                      "(it is replaced only once the new one is complete)")
+                raise UnlearnKitError(
+                    f"{option} {path} already holds {what}; pass --overwrite to replace it "
+                    "(it is replaced only once the new one is complete)"
+                )
         _probe_parent(path, option)
     except OSError as exc:
         raise _oserror(f"write {option}", path, exc) from None
@@ -342,5 +355,15 @@ def collect_garbage(root: str | os.PathLike, *, dry_run: bool = False) -> list[P
     return found
 
 
-__all__ = ["prepare_output", "temp_prefix", "artefact_kind", "overlaps", "check_output_name", "remove_stale_temps",
-           "collect_garbage", "stale_temps", "owner_record", "ARTEFACT_KINDS"]
+__all__ = [
+    "prepare_output",
+    "temp_prefix",
+    "artefact_kind",
+    "overlaps",
+    "check_output_name",
+    "remove_stale_temps",
+    "collect_garbage",
+    "stale_temps",
+    "owner_record",
+    "ARTEFACT_KINDS",
+]

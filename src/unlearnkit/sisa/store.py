@@ -34,8 +34,8 @@ left out (``sisa_stage.excluded``), so what it was trained on is known from the 
 from __future__ import annotations
 
 import contextlib
-import errno
 import datetime as _dt
+import errno
 import fcntl
 import json
 import os
@@ -116,8 +116,10 @@ class SisaStore:
             if existing.meta["root"] != meta["root"] or not np.array_equal(
                 existing.provenance.shard_of, provenance.shard_of
             ):
-                raise UnlearnKitError(f"{path} holds an unfinished SISA training run with a different recipe; "
-                                      "remove it or choose another --out")
+                raise UnlearnKitError(
+                    f"{path} holds an unfinished SISA training run with a different recipe; "
+                    "remove it or choose another --out"
+                )
             return existing  # resume: stage checkpoints already written are reused
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise UnlearnKitError(f"{path} exists and is not an empty directory; choose another --out")
@@ -229,8 +231,12 @@ class SisaStore:
         target = self.stage_dir(shard, stage, key)
         with atomic_path(target) as staged:
             save_checkpoint(
-                staged, model, model_name=spec["name"], model_args=spec["args"],
-                dataset=_DataIdentity(self.meta["dataset"]), kind="sisa-stage",
+                staged,
+                model,
+                model_name=spec["name"],
+                model_args=spec["args"],
+                dataset=_DataIdentity(self.meta["dataset"]),
+                kind="sisa-stage",
                 extra={"sisa_stage": {"shard": shard, "stage": stage, "key": key, **extra}},
             )
             _fault.point("stage-write")
@@ -263,9 +269,11 @@ class SisaStore:
         Histories that still contain deleted ids (exactly or approximately) are never resumed from again, so
         :meth:`purge_plan` lists every other stage checkpoint for removal."""
         removed = status != ACTIVE
-        return {self.stage_dir(shard, stage, key)
-                for shard in range(self.provenance.shards)
-                for stage, key in enumerate(self.provenance.stage_keys(shard, removed, self.meta["root"]))}
+        return {
+            self.stage_dir(shard, stage, key)
+            for shard in range(self.provenance.shards)
+            for stage, key in enumerate(self.provenance.stage_keys(shard, removed, self.meta["root"]))
+        }
 
     # -- purging -------------------------------------------------------------------------------------
     def purge_plan(self, status: np.ndarray, current: int) -> list[dict]:
@@ -295,8 +303,13 @@ class SisaStore:
                     detail.update(held)
                     if held.get("deleted_ids_held"):
                         detail["reason"] = "trained on deleted ids"
-                items.append({"kind": "quarantined" if quarantined else "stage",
-                              "path": str(stage_dir.relative_to(self.path)), "detail": detail})
+                items.append(
+                    {
+                        "kind": "quarantined" if quarantined else "stage",
+                        "path": str(stage_dir.relative_to(self.path)),
+                        "detail": detail,
+                    }
+                )
         keep_versions = self.keep_versions
         for number in self.version_numbers():
             if number >= current - keep_versions:
@@ -314,13 +327,18 @@ class SisaStore:
                         "sha256": (info.get("files") or {}).get(WEIGHTS),
                         "request_id": info.get("request_id"),
                         "reason": f"superseded by version {current}; retention keeps {keep_versions} earlier "
-                                  "version(s)",
+                        "version(s)",
                     },
                 }
             )
         for temporary in self.temporaries():
-            items.append({"kind": "temporary", "path": str(temporary.relative_to(self.path)),
-                          "detail": {"reason": "left by an interrupted write"}})
+            items.append(
+                {
+                    "kind": "temporary",
+                    "path": str(temporary.relative_to(self.path)),
+                    "detail": {"reason": "left by an interrupted write"},
+                }
+            )
         return items
 
     def purge(self, item: dict, *, request_id: str | None = None, when: str | None = None) -> None:
@@ -329,10 +347,15 @@ class SisaStore:
         if item["kind"] == "version-weights":
             folder = path.parent
             if path.exists() or not (folder / PURGED).is_file():
-                write_json_atomic(folder / PURGED, {
-                    "purged": when or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "request_id": request_id, "files": {WEIGHTS: item["detail"].get("sha256")},
-                    "reason": item["detail"].get("reason")})
+                write_json_atomic(
+                    folder / PURGED,
+                    {
+                        "purged": when or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        "request_id": request_id,
+                        "files": {WEIGHTS: item["detail"].get("sha256")},
+                        "reason": item["detail"].get("reason"),
+                    },
+                )
                 path.unlink(missing_ok=True)
         elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -345,8 +368,12 @@ class SisaStore:
         elsewhere, a symlinked folder) is refused."""
         rel = Path(relative)
         path = self.path / rel
-        if not rel.parts or rel.is_absolute() or ".." in rel.parts or \
-                not path.parent.resolve().is_relative_to(self.path.resolve()):
+        if (
+            not rel.parts
+            or rel.is_absolute()
+            or ".." in rel.parts
+            or not path.parent.resolve().is_relative_to(self.path.resolve())
+        ):
             raise UnlearnKitError(
                 f"refusing to purge {relative!r}: not inside {self.path}: the model directory is damaged"
             )
@@ -415,8 +442,15 @@ class SisaStore:
             if not held_mask.any():
                 continue
             approximate = number is not None and number == current and not (held_mask & (status == ACTIVE)).any()
-            found.append({"path": str(weights.relative_to(self.path)), "kind": "version", "version": number,
-                          "deleted_ids_held": int(held_mask.sum()), "approximate": approximate})
+            found.append(
+                {
+                    "path": str(weights.relative_to(self.path)),
+                    "kind": "version",
+                    "version": number,
+                    "deleted_ids_held": int(held_mask.sum()),
+                    "approximate": approximate,
+                }
+            )
         return found
 
     # -- versions ------------------------------------------------------------------------------------
@@ -545,7 +579,7 @@ class SisaStore:
         states: list[dict[str, torch.Tensor]] = [{} for _ in range(shards)]
         for name, tensor in weights.items():
             prefix, _, param = name.partition(".")
-            states[int(prefix[len("shard"):])][param] = tensor
+            states[int(prefix[len("shard") :])][param] = tensor
         if status.shape[0] != self.provenance.n:
             raise UnlearnKitError(
                 f"version {number} of {self.path} has a status for {status.shape[0]} samples, not {self.provenance.n}"
