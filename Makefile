@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.unlearnkit-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint install data clean bench-smoke
+.PHONY: demo test lint install data text-data secrets clean bench-smoke
 
 demo: $(STAMP) data
 	$(BIN)/unlearnkit demo --out $(DEMO_OUT)
@@ -29,6 +29,13 @@ $(STAMP): pyproject.toml
 
 data:
 	@scripts/ensure-fashion-mnist.sh
+
+text-data:
+	@scripts/ensure-fortunes.sh
+
+# Secrets in a language model (docs/text.md): the secrets suite, its report and plot.
+secrets: $(STAMP) text-data
+	$(BIN)/python benchmarks/lm_secrets.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

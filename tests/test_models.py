@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from unlearnkit.errors import UnlearnKitError
-from unlearnkit.models import MODELS, build_model, last_layer
+from unlearnkit.models import IMAGE_MODELS, LANGUAGE_MODELS, build_model, last_layer
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(IMAGE_MODELS))
 @pytest.mark.parametrize("shape", [(1, 8), (1, 28), (3, 32)])
 def test_every_model_fits_every_shape(name, shape):
     channels, size = shape
@@ -14,6 +14,15 @@ def test_every_model_fits_every_shape(name, shape):
     out = model(torch.rand(2, channels, size, size))
     assert out.shape == (2, 7)
     assert last_layer(model).out_features == 7
+
+
+@pytest.mark.parametrize("name", LANGUAGE_MODELS)
+def test_language_models_map_ids_to_next_character_logits(name):
+    model = build_model(name, vocab_size=11, seq_len=6).eval()
+    out = model(torch.randint(0, 11, (2, 6)))
+    assert out.shape == (2, 6, 11) and last_layer(model).out_features == 11
+    with pytest.raises(UnlearnKitError, match="needs seq_len"):
+        build_model(name, vocab_size=11)
 
 
 def test_small_cnn_size():

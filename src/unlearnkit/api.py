@@ -7,6 +7,7 @@ loop, checkpoints); the CLI calls these functions and nothing else.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -18,12 +19,13 @@ import torch.nn as nn
 
 from ._util import resolve_device
 from .checkpoint import save_checkpoint
-from .data import Dataset, as_dataset, augment_for
+from .data import Dataset, as_dataset, augment_for, is_text
 from .errors import UnlearnKitError
 from .models import new_model
 from .recipes import default_model, default_recipe
 from .requests import Request, build_request
-from .training import FitReport, TrainConfig, accuracy, predict_logits, train_classifier, weights_runtime
+from .training import (FitReport, TrainConfig, accuracy, mean_cross_entropy, predict_logits, train_classifier,
+                       weights_runtime)
 
 if TYPE_CHECKING:
     from .sparsity import PruneSpec
@@ -100,12 +102,15 @@ def train(
         )
 
     def after_epoch(m: nn.Module, record: dict) -> None:
-        record["test_acc"] = round(accuracy(predict_logits(m, data.x_test, device=device), data.y_test), 3)
+        logits = predict_logits(m, data.x_test, device=device)
+        record["test_acc"] = round(accuracy(logits, data.y_test), 3)
+        if is_text(data):  # a language model: its validation perplexity per character too
+            record["val_ppl"] = round(math.exp(float(mean_cross_entropy(logits, data.y_test))), 4)
         if echo:
             print(
                 f"epoch {record['epoch']:>3}/{config.epochs}  loss {record['loss']:.4f}  "
                 f"train acc {record.get('acc', float('nan')):6.2f}  test acc {record['test_acc']:6.2f}  "
-                f"{record['seconds']:.1f}s",
+                + (f"val ppl {record['val_ppl']:.3f}  " if "val_ppl" in record else "") + f"{record['seconds']:.1f}s",
                 file=sys.stderr, flush=True,
             )
 
@@ -130,6 +135,7 @@ def train(
         "test_acc": report.history[-1]["test_acc"] if report.history else
         round(accuracy(predict_logits(net, data.x_test, device=device), data.y_test), 3),
         "train_seconds": round(report.cost.seconds, 3),
+        **({"val_ppl": report.history[-1]["val_ppl"]} if report.history and "val_ppl" in report.history[-1] else {}),
     }
     if report.diverged and not keep_diverged:
         raise UnlearnKitError(f"training diverged ({report.stopped_early}); nothing was written: lower the learning "

@@ -154,6 +154,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
 MAX_PARAMETERS = 1_000_000_000
 # The shape arguments every model takes, and what is plausible for them.
 _SHAPE_LIMITS = {"in_channels": 64, "image_size": 4096, "num_classes": 100_000}
+_TEXT_SHAPE_LIMITS = {"vocab_size": 1_000_000, "seq_len": 100_000}  # language models (models/lm.py)
 
 
 def _damaged(where: Path, why: str) -> UnlearnKitError:
@@ -225,7 +226,8 @@ def validate_model_spec(spec: Any, where: Path) -> None:
     args = spec.get("args", {})
     if not isinstance(args, dict):
         raise _damaged(where, "has 'model.args' that are not a record")
-    for key, limit in _SHAPE_LIMITS.items():
+    shape_limits = _TEXT_SHAPE_LIMITS if "vocab_size" in args else _SHAPE_LIMITS
+    for key, limit in shape_limits.items():
         value = args.get(key)
         if not _is_int(value) or not 1 <= value <= limit:
             raise _damaged(where, f"has model argument {key}={str(value)[:40]}; it must be an integer in 1..{limit}")
@@ -235,7 +237,7 @@ def validate_model_spec(spec: Any, where: Path) -> None:
                                       and all(_is_number(v) for v in value)):
             raise _damaged(where, f"has model argument {key} that is not {args['in_channels']} finite numbers")
     # The model's own options: the types and ranges declared with the model (unlearnkit.models.MODEL_OPTIONS).
-    own = {k: v for k, v in args.items() if k not in _SHAPE_LIMITS and k not in ("mean", "std")}
+    own = {k: v for k, v in args.items() if k not in shape_limits and k not in ("mean", "std")}
     try:
         build(MODEL_OPTIONS[spec["name"]], own, owner=f"model {spec['name']}")
     except UnlearnKitError as exc:
@@ -390,6 +392,8 @@ def save_unlearned(path: str | os.PathLike, result: Unlearned, source: Checkpoin
         pruning = manifest["pruning"]
         parent = ({**parent, "pruned_from": pruned_from.lineage()} if parent is not None
                   else {**pruned_from.lineage(), "pruned_first": pruning["spec"]})
+    if data_dir is None:  # the data were found where the source's were (e.g. the `text` data set's file)
+        data_dir = (manifest.get("dataset") or {}).get("data_dir")
     return save_checkpoint(
         path, result.model, model_name=manifest["model"]["name"], model_args=manifest["model"]["args"],
         dataset=data, data_dir=data_dir, request=request, kind=kind,

@@ -12,7 +12,8 @@ Conventions
 * *Data* is a :class:`~unlearnkit.data.Source` or an ``(x, y)`` pair of tensors. Sources are read in index
   order (``source.indices``), without shuffling and without augmentation: curvature is that of the loss on
   the stored samples. ``batch_size`` only bounds memory; results do not depend on it (up to rounding).
-* The loss is the **mean** over the data of a per-sample loss, by default cross-entropy; ``loss`` may be any
+* The loss is the **mean** over the data of a per-sample loss, by default cross-entropy (for a sequence model
+  the mean over the sequence's positions, :func:`unlearnkit.training.sample_losses`); ``loss`` may be any
   callable ``(logits, y) -> per-sample losses``. Everything is computed on the model's device and in its
   dtype (data are cast), with the model in eval mode (BatchNorm uses its running statistics, so per-sample
   quantities are well defined); the model's previous mode is restored afterwards.
@@ -36,12 +37,11 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call, grad, vjp, vmap
 
 from .data.loader import Source
 from .errors import UnlearnKitError
-from .training import count_passes
+from .training import count_passes, sample_losses
 
 Vector = dict[str, torch.Tensor]
 Mask = dict[str, torch.Tensor]
@@ -221,9 +221,7 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
 
 
 def _loss_fn(loss: LossFn | None) -> LossFn:
-    if loss is None:
-        return lambda logits, y: F.cross_entropy(logits, y, reduction="none")
-    return loss
+    return sample_losses if loss is None else loss
 
 
 def _as_source(data: Data) -> Source:
@@ -370,10 +368,11 @@ def fisher_diagonal(model: nn.Module, data: Data, *, kind: str = "empirical", ma
                 count_passes(forward=x.shape[0], backward=x.shape[0])
         else:
             first_x, _ = next(_batches(source, space, 1))
-            outputs = mc_samples if kind == "sampled" else _output_size(space, first_x)
+            shape = _output_shape(space, first_x)  # (K,) for a classifier, (T, V) for a sequence model
+            outputs = mc_samples if kind == "sampled" else math.prod(shape)
             for x, _ in _batches(source, space, _per_sample_chunk(space, outputs, chunk_size)):
-                if kind == "sampled":
-                    uniforms = torch.rand(x.shape[0], mc_samples, generator=generator, dtype=torch.float64)
+                if kind == "sampled":  # one uniform per draw and output position
+                    uniforms = torch.rand(x.shape[0], mc_samples, *shape[:-1], generator=generator, dtype=torch.float64)
                     extra = uniforms.to(device=space.device, dtype=space.dtype)
                 else:
                     extra = torch.zeros(x.shape[0], 1, device=space.device, dtype=space.dtype)
@@ -384,35 +383,42 @@ def fisher_diagonal(model: nn.Module, data: Data, *, kind: str = "empirical", ma
     return space.expand({name: value / n for name, value in total.items()})
 
 
-def _output_size(space: _Space, x: torch.Tensor) -> int:
-    """The number of logits, from a shape-only (meta-device) forward; one counted real forward if that fails."""
-    meta = {
-        n: torch.empty_like(t, device="meta")
-        for n, t in [*space.model.named_parameters(), *space.model.named_buffers()]
-    }
+def _output_shape(space: _Space, x: torch.Tensor) -> tuple[int, ...]:
+    """One sample's logits' shape, from a shape-only (meta-device) forward; one counted real forward if that fails."""
+    meta = {n: torch.empty_like(t, device="meta") for n, t in [*space.model.named_parameters(), *space.model.named_buffers()]}
     try:
-        return int(functional_call(space.model, meta, (torch.empty_like(x[:1], device="meta"),)).shape[-1])
+        return tuple(functional_call(space.model, meta, (torch.empty_like(x[:1], device="meta"),)).shape[1:])
     except (RuntimeError, NotImplementedError, TypeError, ValueError):  # a layer without meta support
         with torch.no_grad():
             outputs = space.logits(space.params, x[:1])
         count_passes(forward=1)
-        return int(outputs.shape[-1])
+        return tuple(outputs.shape[1:])
 
 
 def _output_gradient_squares(space: _Space, x: torch.Tensor, extra: torch.Tensor, kind: str) -> Vector:
-    """Σ_i Σ_m (J_iᵀ c_{i,m})² for the output cotangents c of the sampled or the exact Fisher."""
+    """Σ_i Σ_m (J_iᵀ c_{i,m})² for the output cotangents c of the sampled or the exact Fisher.
+
+    A sequence model's sample loss is the mean of its P positions' cross-entropies, whose GGN is
+    (1/P) Σ_t J_tᵀ (diag p_t − p_t p_tᵀ) J_t: the exact rows are one per (position, class), zero at the other
+    positions, and a sampled draw takes an independent label at every position (the cross terms have mean
+    zero); both carry the factor 1/√P. A classifier is the case P = 1.
+    """
 
     def cotangents(logits: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(logits, dim=-1)  # (K,) or (..., V)
         classes = torch.arange(probs.shape[-1], device=probs.device)
+        positions = math.prod(probs.shape[:-1])
         if kind == "exact":
             # Σ_k p_k (p − e_k)(p − e_k)ᵀ = diag(p) − ppᵀ, so these K rows square-sum to the GGN diagonal.
             eye = (classes[:, None] == classes[None, :]).to(probs.dtype)
-            return probs.sqrt()[:, None] * (probs[None, :] - eye)
+            flat = probs.reshape(positions, -1)
+            rows = flat.sqrt()[:, :, None] * (flat[:, None, :] - eye)  # (P, K, K): row (t, k) at position t
+            at = torch.eye(positions, dtype=probs.dtype, device=probs.device)[:, None, :, None]
+            return (rows[:, :, None, :] * at).reshape(positions * probs.shape[-1], *probs.shape) / math.sqrt(positions)
         # Inverse-CDF draws from the softmax; the clamp guards against rounding at the top of the CDF.
-        labels = (torch.cumsum(probs, -1)[None, :] < draws[:, None]).sum(-1).clamp(max=probs.shape[-1] - 1)
-        onehot = (labels[:, None] == classes[None, :]).to(probs.dtype)
-        return (probs[None, :] - onehot) / math.sqrt(draws.shape[0])
+        labels = (torch.cumsum(probs, -1)[None] < draws[..., None]).sum(-1).clamp(max=probs.shape[-1] - 1)
+        onehot = (labels[..., None] == classes).to(probs.dtype)
+        return (probs[None] - onehot) / math.sqrt(draws.shape[0] * positions)
 
     def one(xi: torch.Tensor, draws: torch.Tensor) -> Vector:
         logits, pullback = vjp(lambda p: space.logits(p, xi.unsqueeze(0)).squeeze(0), space.params)

@@ -45,7 +45,8 @@ import torch
 import torch.nn as nn
 
 from ._util import resolve_device
-from .data import Dataset
+from . import text_evaluation
+from .data import Dataset, is_text
 from .errors import UnlearnKitError
 from .requests import Request
 from .training import Cost, predict_logits
@@ -115,6 +116,7 @@ METRICS: dict[str, tuple[str, str | float | None]] = {
     ),
     "challenge_score": ("audit: F × (RA / retrained RA) × (TA / retrained TA), the challenge's final score", HIGHER),
     "retain_ulira_acc": ("audit: U-LiRA accuracy (%) on retained examples (exposure of D_r; 50 = no exposure)", 50.0),
+    **text_evaluation.TEXT_METRICS,
 }
 METRIC_DOCS = {name: doc for name, (doc, _) in METRICS.items()}
 METRIC_BETTER = {name: better for name, (_, better) in METRICS.items()}
@@ -179,7 +181,10 @@ def outputs_from_logits(train_logits: torch.Tensor, test_logits: torch.Tensor) -
 
 def model_outputs(model: nn.Module, data: Dataset, request: Request, device=None,
                   perturbed_forget: torch.Tensor | None = None) -> Outputs:
-    """One batched pass over the training set (as trained), the test set and, if given, the perturbed forget images."""
+    """One batched pass over the training set (as trained), the test set and, if given, the perturbed forget images.
+    (Text data sets: :func:`unlearnkit.text_evaluation.text_outputs`.)"""
+    if is_text(data):
+        return text_evaluation.text_outputs(model, data, request, device)
     device = resolve_device(device if device is not None else "auto")
     x, _ = request.training_data(data)
     train, bad_train = _probabilities(predict_logits(model, x, device=device))
@@ -389,6 +394,8 @@ def evaluate(
     :class:`~unlearnkit.spdgan.SpdGan` or the perturbed forget images) adds the unlearning degree; earlier
     :class:`Evaluation` s passed as reference/original must then have been computed with it too.
     """
+    if is_text(data):  # language-model metrics (perplexity, exposure): unlearnkit.text_evaluation
+        return _evaluate_text(model, request, data, reference, original, cost, retrain_seconds, device)
     if mia_attack not in MIA_ATTACKS:  # before any pass over the data
         raise UnlearnKitError(f"unknown MIA attack {mia_attack!r}; use {' or '.join(MIA_ATTACKS)}")
     perturbed = perturbed_forget_images(spdgan, data, request, original, device)
@@ -460,3 +467,23 @@ def evaluate(
     if outputs.non_finite:
         m["non_finite_outputs"] = outputs.non_finite
     return Evaluation({k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}, outputs)
+
+
+def _evaluate_text(model, request: Request, data: Dataset, reference, original, cost, retrain_seconds, device) -> Evaluation:
+    """A language model's evaluation (:mod:`unlearnkit.text_evaluation`); reference/original as for images."""
+    outputs = model if isinstance(model, text_evaluation.TextOutputs) else text_evaluation.text_outputs(model, data, request, device)
+    ref, orig = (x if x is None or isinstance(x, Evaluation) else _evaluate_text(x, request, data, None, None, None, None, device)
+                 for x in (reference, original))
+    m = text_evaluation.text_metrics(outputs, request, reference=None if ref is None else ref.metrics,
+                                     original=None if orig is None else orig.metrics, cost=cost,
+                                     retrain_seconds=retrain_seconds)
+    if ref is not None and outputs.weights is not None and ref.outputs.weights is not None:
+        m["l2_to_reference"] = weight_distance(outputs.weights, ref.outputs.weights)
+    return Evaluation({k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}, outputs)
+
+
+def zero_gaps(data: Dataset) -> dict[str, float]:
+    """The gap metrics of the retrained reference itself (all zero), for its benchmark row."""
+    if is_text(data):
+        return {f"gap_{k}": 0.0 for k in text_evaluation.TEXT_GAP_METRICS}
+    return {"avg_gap": 0.0, **{f"gap_{k}": 0.0 for k in GAP_METRICS}}

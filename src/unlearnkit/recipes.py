@@ -16,6 +16,13 @@ _BY_DATASET = {
     "cifar10": TrainConfig(epochs=60, batch_size=256, lr=0.1),
     "cifar100": TrainConfig(epochs=60, batch_size=256, lr=0.1),
     "svhn": TrainConfig(epochs=30, batch_size=256, lr=0.05),
+    # Character language models (docs/text.md): Adam with clipped gradients, no weight decay, no augmentation. On a
+    # 1,000-sequence subset of fortunes the char-lstm (hidden 128) reaches a validation perplexity of about 5.3 and
+    # memorises planted secrets in 12 epochs (~40 s of one CPU core).
+    "fortunes": TrainConfig(epochs=12, batch_size=64, optimizer="adam", lr=0.02, weight_decay=0.0, grad_clip=1.0,
+                            augment=False),
+    "text": TrainConfig(epochs=12, batch_size=64, optimizer="adam", lr=0.02, weight_decay=0.0, grad_clip=1.0,
+                        augment=False),
 }
 
 DEFAULT_MODEL = {
@@ -25,6 +32,8 @@ DEFAULT_MODEL = {
     "cifar10": "resnet18",
     "cifar100": "resnet18",
     "svhn": "resnet18",
+    "fortunes": "char-lstm",
+    "text": "char-lstm",
 }
 
 

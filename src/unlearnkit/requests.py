@@ -34,12 +34,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from .data.datasets import Dataset
 from .errors import UnlearnKitError
+from .secrets import FORMATS, Secrets
 
 EFFECTS = ("remove", "relabel", "edit")  # what a request does to the training data
 
@@ -105,6 +106,7 @@ class Request:
     target: int | None = None  # backdoor target class / the class carrying a planted feature
     trigger: Trigger | None = None  # the backdoor trigger / the planted feature (evaluation stamps it: ASR)
     ids: list[int] | None = field(default=None, repr=False)  # explicit ids (ids: requests), for manifests
+    secrets: Any = field(default=None, repr=False)  # secret: requests: the planted secrets (unlearnkit.secrets.Secrets)
 
     @property
     def type(self) -> str:
@@ -191,6 +193,7 @@ class RequestType:
     doc: str = ""
     max_args: int | None = None
     file_args: tuple[int, ...] = ()  # positions of the arguments that name files the request reads
+    modality: str | None = "image"  # the data it needs: "image", "text", or None (any)
 
     def split(self, text: str) -> list[str]:
         return text.split(":") if self.max_args is None else text.split(":", self.max_args - 1)
@@ -203,14 +206,14 @@ REQUEST_TYPES: dict[str, RequestType] = {}
 
 
 def request_type(name: str, syntax: str, effect: str, doc: str = "", *, max_args: int | None = None,
-                 file_args: tuple[int, ...] = ()) -> Callable[[Builder], Builder]:
+                 file_args: tuple[int, ...] = (), modality: str | None = "image") -> Callable[[Builder], Builder]:
     """Register a request builder ``fn(dataset, args, seed) -> Request`` as the type ``name`` (see
-    :class:`RequestType`)."""
+    :class:`RequestType`), for data sets of ``modality`` ("image", "text", or None for any)."""
     if effect not in EFFECTS:
         raise ValueError(f"effect {effect!r} is not one of {EFFECTS}")
 
     def register(fn: Builder) -> Builder:
-        REQUEST_TYPES[name] = RequestType(name, syntax, effect, fn, doc, max_args, tuple(file_args))
+        REQUEST_TYPES[name] = RequestType(name, syntax, effect, fn, doc, max_args, tuple(file_args), modality)
         return fn
 
     return register
@@ -247,6 +250,10 @@ def request_files(spec: str | None) -> list[str]:
 def build_request(spec: str, data: Dataset, seed: int = 0) -> Request:
     """Turn a spec string such as ``random:0.1`` into a validated :class:`Request` for ``data``."""
     rtype, args = parse_spec(spec)
+    has = getattr(data, "modality", "image")
+    if rtype.modality is not None and rtype.modality != has:
+        raise UnlearnKitError(f"request type {rtype.name!r} needs {'an image classification' if rtype.modality == 'image' else 'a text'} "
+                              f"data set; {data.name} is {'a text' if has == 'text' else 'an image'} data set")
     request = rtype.build(data, args, seed)
     if request.effect != rtype.effect:
         raise RuntimeError(
@@ -343,7 +350,7 @@ def _arity(args: list[str], lo: int, hi: int, spec: str) -> None:
         raise UnlearnKitError(f"bad request {spec!r}; use one of {request_syntax()}")
 
 
-@request_type("random", "FRACTION", "remove", "a seeded random FRACTION of the training set")
+@request_type("random", "FRACTION", "remove", "a seeded random FRACTION of the training set", modality=None)
 def _random(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "random:" + ":".join(args)
     _arity(args, 1, 1, spec)
@@ -408,7 +415,7 @@ def read_ids_file(path: str | Path, n_train: int) -> list[int]:
     return ids
 
 
-@request_type("ids", "FILE", "remove", "explicit training-set ids, one per line ('#' starts a comment)",
+@request_type("ids", "FILE", "remove", "explicit training-set ids, one per line ('#' starts a comment)", modality=None,
               max_args=1, file_args=(0,))
 def _ids_file(data: Dataset, args: list[str], seed: int) -> Request:
     path = Path(args[0])
@@ -531,7 +538,7 @@ def needs_memorization_scores(spec: str) -> bool:
 
 
 @request_type("memorized", "K[:SCORES_FILE]", "remove",
-              "the K training samples with the largest memorisation scores", max_args=2, file_args=(1,))
+              "the K training samples with the largest memorisation scores", max_args=2, file_args=(1,), modality=None)
 def _memorized(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "memorized:" + ":".join(args)
     if not args or args[0] == "":
@@ -556,3 +563,58 @@ def _memorized(data: Dataset, args: list[str], seed: int) -> Request:
     # Largest scores first; ties broken by the smaller id, so the set is fully determined by the scores.
     order = torch.sort(-scores, stable=True).indices
     return _from_ids(data, sorted(order[:count].tolist()), seed, spec)
+
+
+# -- secrets in a text corpus ---------------------------------------------------------------------------
+def _plant(data, ids: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences ``ids`` of the training set with ``texts[j]`` written over the start of window j (inputs, targets)."""
+    windows = torch.cat([data.x_train[ids], data.y_train[ids][:, -1:]], 1)  # the seq_len + 1 characters
+    for j, text in enumerate(texts):
+        windows[j, : len(text)] = data.encode(text)
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+@request_type("secret", "N[:FORMAT[:PREFIX]]", "edit", "N random secrets (credit-card, password, pin) planted after a "
+              "prefix in N seeded training sequences of a text data set; corrected by random substitutes",
+              max_args=3, modality="text")
+def _secret(data: Dataset, args: list[str], seed: int) -> Request:
+    spec = "secret:" + ":".join(args)
+    usage = f"use secret:N[:FORMAT[:PREFIX]] with FORMAT one of {', '.join(FORMATS)}"
+    if not 1 <= len(args) <= 3 or args[0] == "":
+        raise UnlearnKitError(f"bad request {spec!r}; {usage}")
+    try:
+        count = int(args[0])
+    except ValueError:
+        raise UnlearnKitError(f"bad count {args[0]!r} in request {spec!r}; N is a whole number of secrets") from None
+    if count < 1:
+        raise UnlearnKitError(f"request {spec!r}: N must be at least 1")
+    name = args[1] if len(args) >= 2 and args[1] else "credit-card"
+    if name not in FORMATS:
+        raise UnlearnKitError(f"unknown secret format {name!r} in request {spec!r}; known: {', '.join(FORMATS)}")
+    fmt = FORMATS[name]
+    prefix = args[2] if len(args) == 3 else fmt.prefix
+    if not prefix:
+        raise UnlearnKitError(f"request {spec!r}: the prefix is empty; a secret needs a prefix to be asked for")
+    seq_len = data.seq_len
+    if len(prefix) >= seq_len:
+        raise UnlearnKitError(f"request {spec!r}: the prefix has {len(prefix)} characters, not fewer than the "
+                              f"sequence length {seq_len}")
+    if len(prefix) + fmt.length > seq_len + 1:
+        raise UnlearnKitError(f"request {spec!r}: prefix and secret take {len(prefix) + fmt.length} characters; a "
+                              f"{seq_len}-character sequence holds at most {seq_len + 1 - len(prefix)} after the prefix")
+    data.encode(prefix)  # every character must be in the vocabulary (one-line error otherwise)
+    if count >= data.n_train:
+        raise UnlearnKitError(f"request {spec!r} plants {count} secrets in {data.n_train} training sequences; at "
+                              f"most {data.n_train - 1} fit (one sequence each, and one must stay untouched)")
+    gen = _generator(seed, "secret")
+    forget = _seeded_subset(torch.arange(data.n_train), count, gen)
+    planted = fmt.sample(count, gen)
+    # Substitutes of the same format, each different from the secret it replaces.
+    substitute = (planted + 1 + torch.randint(0, fmt.space - 1, (count,), generator=gen)) % fmt.space
+    secrets = fmt.text(fmt.from_indices(planted))
+    substitutes = fmt.text(fmt.from_indices(substitute))
+    trained_x, trained_y = _plant(data, forget, [prefix + s for s in secrets])
+    corrected_x, corrected_y = _plant(data, forget, [prefix + s for s in substitutes])
+    return Request(spec, "edit", seed, forget, _complement(forget, data.n_train),
+                   trained_x=trained_x, trained_y=trained_y, corrected_x=corrected_x, corrected_y=corrected_y,
+                   secrets=Secrets(fmt, prefix, tuple(secrets), tuple(substitutes)))

@@ -136,9 +136,36 @@ class Context:
 LossFn = Callable[[nn.Module, Batch, Context], Any]
 
 
+# Targets equal to IGNORE (e.g. the unchanged characters of a sequence when only a secret's are forgotten) count in
+# no loss and no accuracy.
+IGNORE = -100
+
+
+def mean_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over every scored target: samples (N x C logits, N labels) or the positions of
+    sequences (N x T x V logits, N x T next tokens) alike."""
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten(), ignore_index=IGNORE)
+
+
+def sample_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One loss per sample: its cross-entropy, or for a sequence the mean over its scored positions (so the mean
+    over samples of equal length is :func:`mean_cross_entropy`). The curvature operators' default loss."""
+    losses = F.cross_entropy(logits.flatten(0, -2), y.flatten(), ignore_index=IGNORE, reduction="none")
+    if logits.ndim == 2:
+        return losses
+    losses = losses.view(y.shape).flatten(1)
+    return losses.sum(1) / (y.flatten(1) != IGNORE).sum(1).clamp_min(1)
+
+
+def correct_and_scored(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+    """Correct predictions and scored targets (samples, or sequence positions)."""
+    scored = y != IGNORE
+    return int(((logits.argmax(-1) == y) & scored).sum()), int(scored.sum())
+
+
 def cross_entropy(model: nn.Module, batch: Batch, ctx: Context):
     logits = model(batch.x)
-    return F.cross_entropy(logits, batch.y), logits
+    return mean_cross_entropy(logits, batch.y), logits
 
 
 @dataclass
@@ -312,8 +339,8 @@ def fit(
                         loss_sum += float(loss.detach()) * n
                         seen += n
                         if logits is not None:
-                            correct += int((logits.detach().argmax(1) == batch.y).sum())
-                            scored += n
+                            hits, targets = correct_and_scored(logits.detach(), batch.y)
+                            correct, scored = correct + hits, scored + targets
                         ctx.step += 1
                         if bar is not None:
                             bar.update(1)
@@ -410,6 +437,6 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    if labels.numel() == 0:
-        return float("nan")
-    return 100.0 * float((logits.argmax(1) == labels).float().mean())
+    """% of correct predictions: of samples, or of the next characters of sequences."""
+    hits, scored = correct_and_scored(logits, labels)
+    return float("nan") if scored == 0 else 100.0 * hits / scored

@@ -24,7 +24,7 @@ from .._util import machine, resolve_device, versions, write_json_atomic
 from ..checkpoint import load_checkpoint, save_unlearned
 from ..data import Dataset, load_dataset
 from ..errors import UnlearnKitError
-from ..evaluation import evaluate, model_outputs
+from ..evaluation import evaluate, model_outputs, zero_gaps
 from ..methods import METHODS, make_config, unlearn
 from ..recipes import default_model
 from ..requests import Request, build_request
@@ -245,8 +245,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
             original_eval = evaluate(original_outputs, request, data, reference=reference,
                                      mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
             if not reference_path.exists():
-                ref_metrics = dict(reference.metrics, avg_gap=0.0, rte_s=retrain_s, rte_ratio=1.0,
-                                   **{f"gap_{k}": 0.0 for k in ("UA", "RA", "TA", "MIA")})
+                ref_metrics = dict(reference.metrics, rte_s=retrain_s, rte_ratio=1.0, **zero_gaps(data))
                 _write(reference_path, {**common, "method": "retrain", "variant": "retrain", "options": retrain_options,
                                         **ref_metrics, "cost": retrained.manifest["cost"]})
             if not original_row.exists():
@@ -268,14 +267,18 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
                           "wall_s": round(time.time() - started, 3)}
                 _write(record_path(out_dir, spec, variant.slug, seed), record)
                 records.append(record)
-                log(f"{spec:<12} seed {seed} {variant.label:<40} UA {record['UA']:6.2f} RA {record['RA']:6.2f} "
-                    f"TA {record['TA']:6.2f} MIA {record['MIA']:6.2f} gap {record['avg_gap']:5.2f} "
+                log(f"{spec:<12} seed {seed} {variant.label:<40} {_summary(record)} "
                     f"time {record['rte_s']:6.1f}s ({100 * record.get('rte_ratio', 0):.1f} % of retrain)")
                 if bar is not None:
                     bar.update(1)
     if bar is not None:
         bar.close()
     return records
+
+
+def _summary(record: dict) -> str:
+    keys = ("UA", "RA", "TA", "MIA", "avg_gap") if "UA" in record else ("exposure", "extracted", "val_ppl", "gap_exposure")
+    return " ".join(f"{k} {record[k]:6.2f}" for k in keys if k in record)
 
 
 def _resolved_options(suite: Suite, variant: Variant) -> dict:

@@ -117,7 +117,8 @@ def _train(args: argparse.Namespace) -> int:
     train_acc = (f"train accuracy {m['train_acc']:.2f} %" if "train_acc" in m else
                  f"train accuracy {m.get('train_acc_last_epoch', float('nan')):.2f} % "
                  "(last epoch, running, as trained)")
-    print(f"test accuracy {m['test_acc']:.2f} %, {train_acc}, {m['train_seconds']:.0f} s")
+    ppl = f", validation perplexity {m['val_ppl']:.3f}" if "val_ppl" in m else ""  # a language model (next characters)
+    print(f"test accuracy {m['test_acc']:.2f} %, {train_acc}{ppl}, {m['train_seconds']:.0f} s")
     if trained.pruning is not None:
         print(
             f"pruned by {trained.pruning['spec']}: sparsity {trained.pruning['achieved_sparsity']:.4f} of the "

@@ -2,6 +2,7 @@
 
 from .datasets import DATASET_INFO, DATASETS, FASHION_MNIST_DIR, Dataset, as_dataset, load_dataset
 from .loader import Augment, Batch, Source, augment_for
+from .text import TextDataset, is_text  # registers the text data sets (fortunes, text)
 
 __all__ = [
     "DATASETS",
@@ -14,4 +15,6 @@ __all__ = [
     "Batch",
     "Source",
     "augment_for",
+    "TextDataset",
+    "is_text",
 ]

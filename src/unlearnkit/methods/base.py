@@ -26,7 +26,7 @@ from ..masks import enforce_prune_masks
 from ..options import BIG, build, declare, option, options_of  # noqa: F401  (BIG, option: for method modules)
 from ..recipes import default_recipe
 from ..requests import EFFECTS, Request, build_request
-from ..training import Cost, FitReport, Phase, TrainConfig, accuracy, fit, metered, predict_logits
+from ..training import IGNORE, Cost, FitReport, Phase, TrainConfig, accuracy, fit, metered, predict_logits
 
 
 @dataclass
@@ -150,9 +150,23 @@ class Task:
             self.notes["diverged"] = True
         return report
 
+    @functools.cached_property
+    def forget_targets(self) -> torch.Tensor:
+        """The training labels as trained, except that in D_f only what the request's correction changes is
+        scored where it keeps the rest of a sample: of a sequence edited by a ``secret:`` request, the secret's
+        characters (the others are ``IGNORE``d; the sequence stays in the corpus). Every other request forgets
+        all of D_f's labels, so this is ``y``."""
+        r = self.request
+        if r.trained_y is None or r.corrected_y is None or r.trained_y.ndim < 2:
+            return self.y
+        y = self.y.clone()
+        y[r.forget] = torch.where(r.trained_y != r.corrected_y, r.trained_y, torch.full_like(r.trained_y, IGNORE))
+        return y
+
     def forget_accuracy(self, model: nn.Module, limit: int | None = None) -> float:
+        """Accuracy on D_f's :attr:`forget_targets`."""
         ids = self.request.forget if limit is None else self.request.forget[:limit]
-        return accuracy(predict_logits(model, self.x[ids], device=self.device), self.y[ids])
+        return accuracy(predict_logits(model, self.x[ids], device=self.device), self.forget_targets[ids])
 
 
 @dataclass

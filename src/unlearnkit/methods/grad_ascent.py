@@ -1,4 +1,5 @@
-"""Gradient ascent (GA): maximise the cross-entropy on the forget set.
+"""Gradient ascent (GA): maximise the cross-entropy on the forget set (for a ``secret:`` request, on the secrets'
+characters only: :attr:`Task.forget_targets`).
 
 Unbounded ascent destroys the model, so a guard stops it: every ``check_every`` steps the accuracy on a
 fixed probe of the forget set is measured, and ascent stops once it falls to ``target_forget_acc``. Its
@@ -10,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
-from ..training import Phase, StopTraining
+from ..training import Phase, StopTraining, mean_cross_entropy
 from .base import BIG, SGDOptions, Task, option, register
 
 
@@ -50,7 +49,8 @@ def grad_ascent(task: Task, cfg: GradAscentConfig) -> None:
             if acc <= floor:
                 raise StopTraining(f"forget accuracy {acc:.1f} % reached the floor {floor:.1f} % at step {ctx.step}")
         logits = model(batch.x)
-        return -F.cross_entropy(logits, batch.y), logits
+        return -mean_cross_entropy(logits, batch.y), logits
 
-    task.fit(Phase(task.forget_source(cfg.batch_size), ascent, "forget"),
+    # On D_f's forget targets: a secret's characters, not the rest of the sequence that holds it.
+    task.fit(Phase(task.forget_source(cfg.batch_size, labels=task.forget_targets), ascent, "forget"),
              cfg.train_config())

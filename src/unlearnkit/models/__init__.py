@@ -183,11 +183,16 @@ class VGG16BN(nn.Module):
         return self.classifier(self.features(x))
 
 
+# The language models (after the image models: lm.py needs none of them).
+from .lm import CharLSTM, CharLSTMOptions, CharTransformer, CharTransformerOptions  # noqa: E402
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "small-cnn": SmallCNN,
     "resnet18": ResNet18,
     "vgg16-bn": VGG16BN,
+    "char-lstm": CharLSTM,
+    "char-transformer": CharTransformer,
 }
 
 MODEL_OPTIONS: dict[str, type] = {
@@ -195,9 +200,20 @@ MODEL_OPTIONS: dict[str, type] = {
     "small-cnn": declare("model", "model small-cnn", SmallCNNOptions),
     "resnet18": declare("model", "model resnet18", ResNet18Options),
     "vgg16-bn": declare("model", "model vgg16-bn", NoOptions),
+    "char-lstm": declare("model", "model char-lstm", CharLSTMOptions),
+    "char-transformer": declare("model", "model char-transformer", CharTransformerOptions),
 }
 
-_SHAPE_ARGS = ("in_channels", "image_size", "num_classes", "mean", "std")
+LANGUAGE_MODELS = ("char-lstm", "char-transformer")  # built from a text data set's vocab_size and seq_len
+IMAGE_MODELS = tuple(name for name in MODELS if name not in LANGUAGE_MODELS)
+
+_IMAGE_SHAPE_ARGS = ("in_channels", "image_size", "num_classes", "mean", "std")
+_TEXT_SHAPE_ARGS = ("vocab_size", "seq_len")
+_SHAPE_ARGS = _IMAGE_SHAPE_ARGS + _TEXT_SHAPE_ARGS
+
+
+def _shape_args(name: str) -> tuple[str, ...]:
+    return _TEXT_SHAPE_ARGS if name in LANGUAGE_MODELS else _IMAGE_SHAPE_ARGS
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
@@ -212,11 +228,13 @@ def build_model(name: str, **kwargs) -> nn.Module:
     if name not in MODELS:
         raise UnlearnKitError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     cls = MODELS[name]
-    missing = [a for a in ("in_channels", "image_size", "num_classes") if a not in kwargs]
+    required = ("vocab_size", "seq_len") if name in LANGUAGE_MODELS else ("in_channels", "image_size", "num_classes")
+    missing = [a for a in required if a not in kwargs]
     if missing:
         raise UnlearnKitError(f"model {name!r} needs {', '.join(missing)}")
-    shape = {k: v for k, v in kwargs.items() if k in _SHAPE_ARGS}
-    own = check_model_options(name, {k: v for k, v in kwargs.items() if k not in _SHAPE_ARGS})
+    shape_args = _shape_args(name)
+    shape = {k: v for k, v in kwargs.items() if k in shape_args}
+    own = check_model_options(name, {k: v for k, v in kwargs.items() if k not in shape_args})
     return cls(**shape, **own)
 
 
@@ -244,12 +262,14 @@ def model_info() -> dict[str, dict]:
     info = {}
     for name, cls in MODELS.items():
         declared = options_of(MODEL_OPTIONS[name]) if name in MODEL_OPTIONS else {}
-        probe = cls(in_channels=1, image_size=28, num_classes=10)
+        image = name not in LANGUAGE_MODELS
+        probe = cls(in_channels=1, image_size=28, num_classes=10) if image else cls(vocab_size=96, seq_len=64)
         info[name] = {
             "doc": (cls.__doc__ or "").strip().splitlines()[0],
             "options": {k: list(d.default) if isinstance(d.default, tuple) else d.default for k, d in declared.items()},
             "option_types": {k: d.allowed() for k, d in declared.items()},
-            "params_fmnist": sum(p.numel() for p in probe.parameters()),
+            # parameters at Fashion-MNIST's shapes (image models) or the fortunes vocabulary (language models)
+            ("params_fmnist" if image else "params_fortunes"): sum(p.numel() for p in probe.parameters()),
         }
     return info
 
@@ -272,6 +292,6 @@ def is_convolutional(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["MODELS", "MODEL_OPTIONS", "build_model", "check_model_options", "new_model", "model_info", "last_layer",
+__all__ = ["MODELS", "MODEL_OPTIONS", "IMAGE_MODELS", "LANGUAGE_MODELS", "CharLSTM", "CharTransformer", "build_model", "check_model_options", "new_model", "model_info", "last_layer",
            "Normalize", "MLP", "SmallCNN", "ResNet18", "VGG16BN",
            "is_convolutional"]
