@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from unlearnkit._util import save_figure, write_json_atomic, write_text_atomic
+from unlearnkit.results import save_figure, write_json_atomic, write_text_atomic
 from unlearnkit.bench import load_suite, run_suite
 from unlearnkit.bench.report import provenance, stats
 from unlearnkit.bench.runner import load_records

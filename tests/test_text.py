@@ -89,7 +89,7 @@ def test_luhn_and_formats():
 
 def test_secret_request_plants_and_corrects(tiny):
     request = build_request("secret:3:password", tiny, seed=1)
-    assert request.kind == "edit" and request.forget.numel() == 3
+    assert request.effect == "edit" and request.forget.numel() == 3
     s = request.secrets
     assert len(set(s.secrets)) == 3 and all(a != b for a, b in zip(s.secrets, s.substitutes))
     for j, i in enumerate(request.forget.tolist()):
