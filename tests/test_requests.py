@@ -111,7 +111,8 @@ def test_ids_file(tmp_path, digits):
 def test_each_request_type_declares_its_syntax_and_effect(digits, tmp_path):
     from unlearnkit.requests import EFFECTS, REQUEST_TYPES, parse_spec
 
-    assert set(REQUEST_TYPES) == {"random", "class", "ids", "relabel", "backdoor", "feature", "memorized"}
+    assert set(REQUEST_TYPES) == {"random", "class", "ids", "relabel", "backdoor", "feature", "memorized", "secret"}
+    assert REQUEST_TYPES["secret"].modality == "text" and REQUEST_TYPES["random"].modality is None  # test_text.py
     assert {t.effect for t in REQUEST_TYPES.values()} <= set(EFFECTS)
     # the type's declared effect is the built request's
     path = tmp_path / "ids.txt"
