@@ -28,9 +28,13 @@ from unlearnkit.requests import build_request
 from unlearnkit.secrets import FORMATS, SecretFormat, Secrets, luhn_check_digit
 from unlearnkit.training import TrainConfig
 
-WORDS = ("the a one old king river stone light night day house road tree green small long black white dog cat "
-         "sings walks falls sees holds keeps finds gives takes makes under over near with from into").split()
-RECIPE = TrainConfig(epochs=30, batch_size=32, optimizer="adam", lr=0.01, weight_decay=0.0, grad_clip=1.0, augment=False)
+WORDS = (
+    "the a one old king river stone light night day house road tree green small long black white dog cat "
+    "sings walks falls sees holds keeps finds gives takes makes under over near with from into"
+).split()
+RECIPE = TrainConfig(
+    epochs=30, batch_size=32, optimizer="adam", lr=0.01, weight_decay=0.0, grad_clip=1.0, augment=False
+)
 LM = {"hidden": 64, "embedding": 16}
 
 
@@ -67,8 +71,9 @@ def test_sequences_have_stable_ids_and_a_fingerprint(tiny, tmp_path):
     assert data.seq_len == 64 and data.describe()["modality"] == "text" and data.num_classes == len(data.vocab)
 
 
-@pytest.mark.parametrize("content, message", [(b"", "is empty"), (b"  \n", "is empty"),
-                                              (b"caf\xe9 au lait" * 500, "not UTF-8")])
+@pytest.mark.parametrize(
+    "content, message", [(b"", "is empty"), (b"  \n", "is empty"), (b"caf\xe9 au lait" * 500, "not UTF-8")]
+)
 def test_bad_text_files_are_one_line_errors(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)
@@ -79,7 +84,9 @@ def test_bad_text_files_are_one_line_errors(tmp_path, content, message):
 # -- secrets ------------------------------------------------------------------------------------------
 def test_luhn_and_formats():
     assert int(luhn_check_digit(torch.tensor([[int(c) for c in "7992739871"]]))[0]) == 3
-    assert FORMATS["credit-card"].is_valid("4532015112830366") and not FORMATS["credit-card"].is_valid("4532015112830367")
+    assert FORMATS["credit-card"].is_valid("4532015112830366") and not FORMATS["credit-card"].is_valid(
+        "4532015112830367"
+    )
     fmt = FORMATS["credit-card"]
     drawn = fmt.sample(50, torch.Generator().manual_seed(0))
     assert torch.equal(fmt.to_indices(fmt.from_indices(drawn)), drawn)
@@ -106,14 +113,17 @@ def test_secret_request_plants_and_corrects(tiny):
     assert build_request("random:0.1", tiny).forget.numel() == round(0.1 * tiny.n_train)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("secret:3:visa", "unknown secret format 'visa'"),
-    ("secret:100000:pin", "plants 100000 secrets in"),
-    ("secret:1:pin:" + "x" * 40, "not fewer than the sequence length 32"),
-    ("secret:1:credit-card:" + "x" * 20, "holds at most 13 after the prefix"),
-    ("secret:0:pin", "N must be at least 1"),
-    ("class:0", "needs an image classification data set"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("secret:3:visa", "unknown secret format 'visa'"),
+        ("secret:100000:pin", "plants 100000 secrets in"),
+        ("secret:1:pin:" + "x" * 40, "not fewer than the sequence length 32"),
+        ("secret:1:credit-card:" + "x" * 20, "holds at most 13 after the prefix"),
+        ("secret:0:pin", "N must be at least 1"),
+        ("class:0", "needs an image classification data set"),
+    ],
+)
 def test_bad_secret_requests_are_one_line_errors(tiny, spec, message):
     with pytest.raises(UnlearnKitError, match=message) as info:
         build_request(spec, tiny)
@@ -138,17 +148,22 @@ def test_exposure_equals_the_exact_rank_on_a_tiny_alphabet(tiny):
     assert exact.exact and exact.compared == 80
     # Brute force: the log-perplexity of each candidate by a separate, one-at-a-time computation.
     with torch.no_grad():
+
         def logppl(text):
             ids = tiny.encode("key " + text)
             logp = torch.log_softmax(model(ids[None, :-1])[0], -1)
             return -sum(float(logp[3 + t, ids[4 + t]]) for t in range(4)) / math.log(2)
+
         brute = {s: logppl(s) for s in fmt.text(every)}
     for j, secret in enumerate(secrets.secrets):
         rank = 1 + sum(v < brute[secret] for c, v in brute.items() if c != secret)
         assert exact.rank(j) == rank
         assert exact.exposure[j] == pytest.approx(math.log2(81) - math.log2(rank), abs=1e-9)
-    assert torch.allclose(log_perplexity(model, tiny, "key ", fmt, every),
-                          torch.tensor([brute[s] for s in fmt.text(every)], dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(
+        log_perplexity(model, tiny, "key ", fmt, every),
+        torch.tensor([brute[s] for s in fmt.text(every)], dtype=torch.float64),
+        atol=1e-4,
+    )
     draws = fmt.sample(20_000, torch.Generator().manual_seed(3))
     sampled = exposure(model, tiny, secrets, candidates=draws)
     assert not sampled.exact
@@ -167,8 +182,16 @@ def planted(tiny):
     retrained on the corrected corpus, and their evaluations."""
     request = build_request("secret:1:pin", tiny, seed=0)
     trained = api.train(tiny, "char-lstm", request=request, config=RECIPE, model_options=LM, device="cpu")
-    retrained = unlearn(trained.model, request, tiny, "retrain", recipe=RECIPE, model_name="char-lstm",
-                        model_args=trained.model_args, device="cpu")
+    retrained = unlearn(
+        trained.model,
+        request,
+        tiny,
+        "retrain",
+        recipe=RECIPE,
+        model_name="char-lstm",
+        model_args=trained.model_args,
+        device="cpu",
+    )
     reference = evaluate(retrained.model, request, tiny)
     return request, trained, retrained, evaluate(trained.model, request, tiny, reference=reference), reference
 
@@ -185,11 +208,14 @@ def test_planted_secret_is_exposed_and_retraining_removes_it(planted):
 # The methods of the issue with options for a language model (the image defaults barely move one sequence), and
 # what each did in the scratch run (exposure 13.29 bits before = rank 1 of 10^4, val ppl 2.30; retrained 1.49 bits):
 METHODS = {
-    # masked SGD with every entry selected = fine-tuning on the corrected sequence mixed with 4x retain: 6.49 bits, ppl 2.97
+    # masked SGD with every entry selected = fine-tuning on the corrected sequence mixed with 4x retain:
+    # 6.49 bits, ppl 2.97
     "finetune on corrected": ("saps", {"fraction": 1.0, "epochs": 20, "lr": 1.0, "retain_per_forget": 4.0}),
     # SAPS, 10 % of the entries by G²/(|diag H| + λ): 4.73 bits, ppl 2.58 (by the largest |diag H|: 13.29, no change)
-    "saps": ("saps", {"criterion": "newton_gain", "epochs": 20, "lr": 1.0, "retain_per_forget": 4.0,
-                      "curvature_samples": 128}),
+    "saps": (
+        "saps",
+        {"criterion": "newton_gain", "epochs": 20, "lr": 1.0, "retain_per_forget": 4.0, "curvature_samples": 128},
+    ),
     "warnecke_first": ("warnecke_first", {"tau": 500.0}),  # 12.29 bits, ppl 3.26 (tau 1000: 10.12, ppl 9.39)
     # 12.29 bits, ppl 2.49 (scale 10: 1.72 bits, ppl 5.96)
     "warnecke_second": ("warnecke_second", {"curvature_samples": 64, "max_iter": 10, "scale": 3.0}),
@@ -202,10 +228,20 @@ METHODS = {
 def test_each_method_lowers_exposure_without_destroying_perplexity(planted, tiny, label):
     request, trained, retrained, before, reference = planted
     method, options = METHODS[label]
-    result = unlearn(trained.model, request, tiny, method, recipe=RECIPE, model_name="char-lstm",
-                     model_args=trained.model_args, device="cpu", **options)
-    after = evaluate(result.model, request, tiny, reference=reference, cost=result.cost,
-                     retrain_seconds=retrained.cost.seconds)
+    result = unlearn(
+        trained.model,
+        request,
+        tiny,
+        method,
+        recipe=RECIPE,
+        model_name="char-lstm",
+        model_args=trained.model_args,
+        device="cpu",
+        **options,
+    )
+    after = evaluate(
+        result.model, request, tiny, reference=reference, cost=result.cost, retrain_seconds=retrained.cost.seconds
+    )
     # At least one rank step (1 bit) in every scratch run; perplexity within 1.42x of the original's.
     assert after["exposure"] < before["exposure"] - 0.5, after.metrics
     assert after["val_ppl"] < 1.5 * before["val_ppl"], after.metrics
@@ -216,21 +252,58 @@ def test_checkpoint_records_the_secret_request(tmp_path, tiny):
     path = tmp_path / "cookies.txt"
     path.write_text(corpus(6000))
     data = load_dataset("text", path)
-    trained = api.train(data, "char-transformer", request="secret:2", config=RECIPE.replace(epochs=1),
-                        model_options={"width": 16, "depth": 1, "heads": 2}, device="cpu", data_dir=path,
-                        out=tmp_path / "ckpt")
+    trained = api.train(
+        data,
+        "char-transformer",
+        request="secret:2",
+        config=RECIPE.replace(epochs=1),
+        model_options={"width": 16, "depth": 1, "heads": 2},
+        device="cpu",
+        data_dir=path,
+        out=tmp_path / "ckpt",
+    )
     checkpoint = load_checkpoint(trained.path)
     assert checkpoint.manifest["request"]["spec"] == "secret:2"
     request = checkpoint.request(checkpoint.dataset())
     assert request.secrets == trained.request.secrets and "val_ppl" in checkpoint.manifest["metrics"]
-    out = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "--threads", "1", "evaluate", "--checkpoint",
-                          str(trained.path), "--json"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unlearnkit.cli",
+            "--threads",
+            "1",
+            "evaluate",
+            "--checkpoint",
+            str(trained.path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     metrics = json.loads(out.stdout)
     assert metrics["request"] == "secret:2" and metrics["exposure_samples"] == 4095 and metrics["val_ppl"] > 1.0
-    bad = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "train", "--dataset", "text", "--data-dir", str(path),
-                          "--request", "secret:2:visa", "--out", str(tmp_path / "x")], capture_output=True, text=True,
-                         timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unlearnkit.cli",
+            "train",
+            "--dataset",
+            "text",
+            "--data-dir",
+            str(path),
+            "--request",
+            "secret:2:visa",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown secret format 'visa'" in bad.stderr
 
 
@@ -260,7 +333,9 @@ def test_sequence_fisher_is_the_ggn_of_the_mean_per_character_loss(tiny):
     exact = fisher_diagonal(model, (x, y), kind="exact")
     for name in params:
         assert torch.allclose(exact[name], expected[name], atol=1e-10), name
-    sampled = fisher_diagonal(model, (x, y), kind="sampled", mc_samples=4000, generator=torch.Generator().manual_seed(1))
+    sampled = fisher_diagonal(
+        model, (x, y), kind="sampled", mc_samples=4000, generator=torch.Generator().manual_seed(1)
+    )
     flat_s = torch.cat([sampled[n].flatten() for n in params])
     flat_e = torch.cat([expected[n].flatten() for n in params])
     assert float((flat_s - flat_e).norm() / flat_e.norm()) < 0.1

@@ -24,8 +24,15 @@ from .errors import UnlearnKitError
 from .models import new_model
 from .recipes import default_model, default_recipe
 from .requests import Request, build_request
-from .training import (FitReport, TrainConfig, accuracy, mean_cross_entropy, predict_logits, train_classifier,
-                       weights_runtime)
+from .training import (
+    FitReport,
+    TrainConfig,
+    accuracy,
+    mean_cross_entropy,
+    predict_logits,
+    train_classifier,
+    weights_runtime,
+)
 
 if TYPE_CHECKING:
     from .sparsity import PruneSpec

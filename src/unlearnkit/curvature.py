@@ -385,7 +385,10 @@ def fisher_diagonal(model: nn.Module, data: Data, *, kind: str = "empirical", ma
 
 def _output_shape(space: _Space, x: torch.Tensor) -> tuple[int, ...]:
     """One sample's logits' shape, from a shape-only (meta-device) forward; one counted real forward if that fails."""
-    meta = {n: torch.empty_like(t, device="meta") for n, t in [*space.model.named_parameters(), *space.model.named_buffers()]}
+    meta = {
+        n: torch.empty_like(t, device="meta")
+        for n, t in [*space.model.named_parameters(), *space.model.named_buffers()]
+    }
     try:
         return tuple(functional_call(space.model, meta, (torch.empty_like(x[:1], device="meta"),)).shape[1:])
     except (RuntimeError, NotImplementedError, TypeError, ValueError):  # a layer without meta support

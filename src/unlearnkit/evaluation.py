@@ -44,8 +44,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ._util import resolve_device
 from . import text_evaluation
+from ._util import resolve_device
 from .data import Dataset, is_text
 from .errors import UnlearnKitError
 from .requests import Request
@@ -469,10 +469,15 @@ def evaluate(
     return Evaluation({k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}, outputs)
 
 
-def _evaluate_text(model, request: Request, data: Dataset, reference, original, cost, retrain_seconds, device) -> Evaluation:
+def _evaluate_text(model, request: Request, data: Dataset, reference, original, cost, retrain_seconds,
+                   device) -> Evaluation:
     """A language model's evaluation (:mod:`unlearnkit.text_evaluation`); reference/original as for images."""
-    outputs = model if isinstance(model, text_evaluation.TextOutputs) else text_evaluation.text_outputs(model, data, request, device)
-    ref, orig = (x if x is None or isinstance(x, Evaluation) else _evaluate_text(x, request, data, None, None, None, None, device)
+    if isinstance(model, text_evaluation.TextOutputs):
+        outputs = model
+    else:
+        outputs = text_evaluation.text_outputs(model, data, request, device)
+    ref, orig = (x if x is None or isinstance(x, Evaluation)
+                 else _evaluate_text(x, request, data, None, None, None, None, device)
                  for x in (reference, original))
     m = text_evaluation.text_metrics(outputs, request, reference=None if ref is None else ref.metrics,
                                      original=None if orig is None else orig.metrics, cost=cost,

@@ -69,8 +69,16 @@ def _vocab_ids(data, fmt: SecretFormat) -> torch.Tensor:
 
 
 @torch.no_grad()
-def log_perplexity(model: nn.Module, data, prefix: str, fmt: SecretFormat, candidates: torch.Tensor, *,
-                   batch_size: int = 1024, device=None) -> torch.Tensor:
+def log_perplexity(
+    model: nn.Module,
+    data,
+    prefix: str,
+    fmt: SecretFormat,
+    candidates: torch.Tensor,
+    *,
+    batch_size: int = 1024,
+    device=None,
+) -> torch.Tensor:
     """−log2 P(candidate | prefix) in bits for each row of ``candidates`` (alphabet positions), float64."""
     device = resolve_device(device if device is not None else next(model.parameters()).device)
     was_training = model.training
@@ -92,8 +100,16 @@ def secret_positions(fmt: SecretFormat, texts) -> torch.Tensor:
     return torch.tensor([[fmt.alphabet.index(c) for c in text] for text in texts], dtype=torch.int64)
 
 
-def exposure(model: nn.Module, data, secrets: Secrets, *, samples: int = DEFAULT_SAMPLES, seed: int = 0,
-             device=None, candidates: torch.Tensor | None = None) -> Exposure:
+def exposure(
+    model: nn.Module,
+    data,
+    secrets: Secrets,
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+    device=None,
+    candidates: torch.Tensor | None = None,
+) -> Exposure:
     """The exposure of every planted secret (see the module docstring). ``candidates`` (candidate numbers) may
     replace the seeded draw."""
     fmt = secrets.format
@@ -101,8 +117,11 @@ def exposure(model: nn.Module, data, secrets: Secrets, *, samples: int = DEFAULT
     planted_idx = fmt.to_indices(planted)
     exact = candidates is None and fmt.space <= max(samples + 1, ENUMERATE)
     if candidates is None:
-        candidates = (torch.arange(fmt.space) if exact else
-                      fmt.sample(samples, torch.Generator().manual_seed(1_000_003 * seed + 17)))
+        candidates = (
+            torch.arange(fmt.space)
+            if exact
+            else fmt.sample(samples, torch.Generator().manual_seed(1_000_003 * seed + 17))
+        )
     cand_lp = log_perplexity(model, data, secrets.prefix, fmt, fmt.from_indices(candidates), device=device)
     secret_lp = log_perplexity(model, data, secrets.prefix, fmt, planted, device=device)
     compared = int(candidates.numel()) - (1 if exact else 0)

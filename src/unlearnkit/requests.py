@@ -252,7 +252,8 @@ def build_request(spec: str, data: Dataset, seed: int = 0) -> Request:
     rtype, args = parse_spec(spec)
     has = getattr(data, "modality", "image")
     if rtype.modality is not None and rtype.modality != has:
-        raise UnlearnKitError(f"request type {rtype.name!r} needs {'an image classification' if rtype.modality == 'image' else 'a text'} "
+        needs = "an image classification" if rtype.modality == "image" else "a text"
+        raise UnlearnKitError(f"request type {rtype.name!r} needs {needs} "
                               f"data set; {data.name} is {'a text' if has == 'text' else 'an image'} data set")
     request = rtype.build(data, args, seed)
     if request.effect != rtype.effect:
@@ -601,7 +602,8 @@ def _secret(data: Dataset, args: list[str], seed: int) -> Request:
                               f"sequence length {seq_len}")
     if len(prefix) + fmt.length > seq_len + 1:
         raise UnlearnKitError(f"request {spec!r}: prefix and secret take {len(prefix) + fmt.length} characters; a "
-                              f"{seq_len}-character sequence holds at most {seq_len + 1 - len(prefix)} after the prefix")
+                              f"{seq_len}-character sequence holds at most {seq_len + 1 - len(prefix)} after the "
+                              "prefix")
     data.encode(prefix)  # every character must be in the vocabulary (one-line error otherwise)
     if count >= data.n_train:
         raise UnlearnKitError(f"request {spec!r} plants {count} secrets in {data.n_train} training sequences; at "

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass(frozen=True)
 class SecretFormat:
     """Strings of ``length`` characters from ``alphabet``; with ``luhn`` the last is the Luhn check digit of the
@@ -94,11 +93,23 @@ def luhn_check_digit(digits: torch.Tensor) -> torch.Tensor:
 
 
 FORMATS: dict[str, SecretFormat] = {
-    f.name: f for f in (
-        SecretFormat("credit-card", string.digits, 16, "my credit card number is ", luhn=True,
-                     summary="16 digits with a valid Luhn check digit (10^15 candidates)"),
-        SecretFormat("password", string.ascii_lowercase + string.digits, 8, "my password is ",
-                     summary="8 characters from a-z0-9 (36^8 candidates)"),
+    f.name: f
+    for f in (
+        SecretFormat(
+            "credit-card",
+            string.digits,
+            16,
+            "my credit card number is ",
+            luhn=True,
+            summary="16 digits with a valid Luhn check digit (10^15 candidates)",
+        ),
+        SecretFormat(
+            "password",
+            string.ascii_lowercase + string.digits,
+            8,
+            "my password is ",
+            summary="8 characters from a-z0-9 (36^8 candidates)",
+        ),
         SecretFormat("pin", string.digits, 4, "my pin is ", summary="4 digits (10^4 candidates: ranked exactly)"),
     )
 }

@@ -36,18 +36,25 @@ TEXT_METRICS = {
     "val_ppl": ("text: perplexity per character on the validation sequences", "lower"),
     "retain_ppl": ("text: perplexity per character on the retain sequences", "lower"),
     "forget_ppl": ("text: perplexity per character on the forget sequences as trained (with the secrets)", "reference"),
-    "exposure": ("secret requests: mean exposure of the planted secrets, log2|C| − log2 rank (bits; sampled estimate, "
-                 "see docs/text.md)", "reference"),
+    "exposure": (
+        "secret requests: mean exposure of the planted secrets, log2|C| − log2 rank (bits; sampled estimate, "
+        "see docs/text.md)",
+        "reference",
+    ),
     "exposure_max": ("secret requests: the largest exposure of a planted secret", "reference"),
-    "exposure_fit": ("secret requests: mean exposure extrapolated by a skew-normal fit to the candidates' "
-                     "log-perplexities", "reference"),
+    "exposure_fit": (
+        "secret requests: mean exposure extrapolated by a skew-normal fit to the candidates' log-perplexities",
+        "reference",
+    ),
     "secret_log_ppl": ("secret requests: mean −log2 P(secret | prefix), bits", "reference"),
     "extracted": ("secret requests: % of the secrets among the top-N beam-search completions of the prefix", "lower"),
     "gap_exposure": ("|exposure − retrained exposure|", "lower"),
     "gap_val_ppl": ("|val_ppl − retrained val_ppl|", "lower"),
     "exposure_original": ("secret requests: the original model's exposure (what unlearning started from)", None),
-    "exposure_samples": ("secret requests: candidates each secret was ranked against (m; the sampled exposure is "
-                         "capped at log2(m + 1))", None),
+    "exposure_samples": (
+        "secret requests: candidates each secret was ranked against (m; the sampled exposure is capped at log2(m + 1))",
+        None,
+    ),
 }
 
 
@@ -61,23 +68,31 @@ class TextOutputs:
 
 
 @torch.no_grad()
-def sequence_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256, device=None) -> torch.Tensor:
+def sequence_nll(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256, device=None
+) -> torch.Tensor:
     """Mean next-character cross-entropy (nats) of each sequence, in eval mode. Counts forward passes."""
     device = resolve_device(device if device is not None else next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    out = [sample_losses(model(xb.to(device)).float(), yb.to(device)).cpu()
-           for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
+    out = [
+        sample_losses(model(xb.to(device)).float(), yb.to(device)).cpu()
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size))
+    ]
     count_passes(forward=int(x.shape[0]))
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 
-def text_outputs(model: nn.Module, data, request: Request, device=None, *, samples: int = DEFAULT_SAMPLES) -> TextOutputs:
+def text_outputs(
+    model: nn.Module, data, request: Request, device=None, *, samples: int = DEFAULT_SAMPLES
+) -> TextOutputs:
     device = resolve_device(device if device is not None else "auto")
     model.to(device)
     x, y = request.training_data(data)
-    outputs = TextOutputs(sequence_nll(model, x, y, device=device), sequence_nll(model, data.x_test, data.y_test, device=device))
+    outputs = TextOutputs(
+        sequence_nll(model, x, y, device=device), sequence_nll(model, data.x_test, data.y_test, device=device)
+    )
     if request.secrets is not None:
         outputs.exposure = exposure(model, data, request.secrets, samples=samples, seed=request.seed, device=device)
         outputs.extracted = extracted(model, data, request.secrets, device=device)
@@ -89,9 +104,15 @@ def _ppl(nll: torch.Tensor) -> float:
     return float("nan") if nll.numel() == 0 else math.exp(float(nll.double().mean()))
 
 
-def text_metrics(outputs: TextOutputs, request: Request, *, reference: dict | None = None,
-                 original: dict | None = None, cost: Cost | None = None,
-                 retrain_seconds: float | None = None) -> dict[str, float]:
+def text_metrics(
+    outputs: TextOutputs,
+    request: Request,
+    *,
+    reference: dict | None = None,
+    original: dict | None = None,
+    cost: Cost | None = None,
+    retrain_seconds: float | None = None,
+) -> dict[str, float]:
     """Every text metric from ``outputs`` (see the module docstring); ``reference``/``original`` are the retrained
     and original models' metrics."""
     m: dict[str, float] = {

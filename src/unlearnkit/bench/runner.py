@@ -277,7 +277,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
 
 
 def _summary(record: dict) -> str:
-    keys = ("UA", "RA", "TA", "MIA", "avg_gap") if "UA" in record else ("exposure", "extracted", "val_ppl", "gap_exposure")
+    image = ("UA", "RA", "TA", "MIA", "avg_gap")
+    keys = image if "UA" in record else ("exposure", "extracted", "val_ppl", "gap_exposure")
     return " ".join(f"{k} {record[k]:6.2f}" for k in keys if k in record)
 
 

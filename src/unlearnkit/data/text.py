@@ -37,8 +37,10 @@ from ..errors import UnlearnKitError
 from .datasets import DATASET_INFO, DATASETS, Dataset
 
 FORTUNES_DIR = "/usr/share/games/fortunes"
-FORTUNES_HOW = ("install the Debian package with `apt-get install fortunes` (it puts the cookie files in "
-                f"{FORTUNES_DIR}), or pass --data-dir to a folder of fortune files")
+FORTUNES_HOW = (
+    "install the Debian package with `apt-get install fortunes` (it puts the cookie files in "
+    f"{FORTUNES_DIR}), or pass --data-dir to a folder of fortune files"
+)
 SEQ_LEN = 64
 VALIDATION_EVERY = 10  # window k is a validation sequence when k % 10 == 9
 # Characters every vocabulary holds, so that the secrets of `secret:` requests can always be written.
@@ -59,17 +61,21 @@ class TextDataset(Dataset):
             raise UnlearnKitError(f"{self.name}: the vocabulary must be non-empty distinct characters")
         for split, (x, y) in {"train": (self.x_train, self.y_train), "validation": (self.x_test, self.y_test)}.items():
             if x.ndim != 2 or x.dtype != torch.int64 or x.shape[1] != self.seq_len:
-                raise UnlearnKitError(f"{self.name} {split}: sequences must be int64 N x {self.seq_len}, got "
-                                      f"{x.dtype} {tuple(x.shape)}")
+                raise UnlearnKitError(
+                    f"{self.name} {split}: sequences must be int64 N x {self.seq_len}, got {x.dtype} {tuple(x.shape)}"
+                )
             if y.shape != x.shape or y.dtype != torch.int64:
                 raise UnlearnKitError(f"{self.name} {split}: targets must match the sequences' shape")
-            if x.numel() and (int(torch.minimum(x.min(), y.min())) < 0
-                              or int(torch.maximum(x.max(), y.max())) >= len(self.vocab)):
+            if x.numel() and (
+                int(torch.minimum(x.min(), y.min())) < 0 or int(torch.maximum(x.max(), y.max())) >= len(self.vocab)
+            ):
                 raise UnlearnKitError(f"{self.name} {split}: token ids outside the vocabulary")
         if self.x_train.shape[0] < 2 or self.x_test.shape[0] < 1:
-            raise UnlearnKitError(f"{self.name}: the text is too short for {self.seq_len}-character sequences "
-                                  f"({self.x_train.shape[0]} training and {self.x_test.shape[0]} validation ones); "
-                                  f"it needs at least {3 * VALIDATION_EVERY * (self.seq_len + 1)} characters")
+            raise UnlearnKitError(
+                f"{self.name}: the text is too short for {self.seq_len}-character sequences "
+                f"({self.x_train.shape[0]} training and {self.x_test.shape[0]} validation ones); "
+                f"it needs at least {3 * VALIDATION_EVERY * (self.seq_len + 1)} characters"
+            )
         self.num_classes = len(self.vocab)
         self.mean, self.std = (), ()
         vocab_codes = torch.tensor([ord(c) for c in self.vocab], dtype=torch.int64)
@@ -88,9 +94,15 @@ class TextDataset(Dataset):
 
     def describe(self) -> dict:
         return {
-            "name": self.name, "fingerprint": self.fingerprint, "n_train": self.n_train,
-            "n_test": int(self.x_test.shape[0]), "num_classes": self.num_classes, "modality": "text",
-            "vocab_size": len(self.vocab), "seq_len": self.seq_len, "source": self.source,
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "n_train": self.n_train,
+            "n_test": int(self.x_test.shape[0]),
+            "num_classes": self.num_classes,
+            "modality": "text",
+            "vocab_size": len(self.vocab),
+            "seq_len": self.seq_len,
+            "source": self.source,
         }
 
     # -- characters <-> ids ------------------------------------------------------------------------
@@ -118,10 +130,15 @@ class TextDataset(Dataset):
         tr, te = pick(self.n_train, n_train), pick(int(self.x_test.shape[0]), n_test)
         return TextDataset(
             name=f"{self.name}[{tr.numel()},{te.numel()}]",
-            x_train=self.x_train[tr].contiguous(), y_train=self.y_train[tr].contiguous(),
-            x_test=self.x_test[te].contiguous(), y_test=self.y_test[te].contiguous(),
-            num_classes=len(self.vocab), class_names=self.class_names,
-            source=f"subset(seed={seed}) of {self.source}", vocab=self.vocab, seq_len=self.seq_len,
+            x_train=self.x_train[tr].contiguous(),
+            y_train=self.y_train[tr].contiguous(),
+            x_test=self.x_test[te].contiguous(),
+            y_test=self.y_test[te].contiguous(),
+            num_classes=len(self.vocab),
+            class_names=self.class_names,
+            source=f"subset(seed={seed}) of {self.source}",
+            vocab=self.vocab,
+            seq_len=self.seq_len,
         )
 
 
@@ -132,16 +149,25 @@ def text_dataset(name: str, text: str, source: str, seq_len: int = SEQ_LEN) -> T
     tokens = torch.tensor([index[c] for c in text], dtype=torch.int64)
     n_windows = (tokens.numel() - 1) // seq_len
     if n_windows < VALIDATION_EVERY:
-        raise UnlearnKitError(f"{source}: {len(text)} characters are too few for {seq_len}-character sequences; "
-                              f"it needs at least {3 * VALIDATION_EVERY * (seq_len + 1)}")
+        raise UnlearnKitError(
+            f"{source}: {len(text)} characters are too few for {seq_len}-character sequences; "
+            f"it needs at least {3 * VALIDATION_EVERY * (seq_len + 1)}"
+        )
     starts = torch.arange(n_windows) * seq_len
     windows = tokens[starts[:, None] + torch.arange(seq_len + 1)]
     held_out = torch.arange(n_windows) % VALIDATION_EVERY == VALIDATION_EVERY - 1
     train, val = windows[~held_out], windows[held_out]
     return TextDataset(
-        name=name, x_train=train[:, :-1].contiguous(), y_train=train[:, 1:].contiguous(),
-        x_test=val[:, :-1].contiguous(), y_test=val[:, 1:].contiguous(), num_classes=len(vocab),
-        class_names=tuple(vocab), source=source, vocab=vocab, seq_len=seq_len,
+        name=name,
+        x_train=train[:, :-1].contiguous(),
+        y_train=train[:, 1:].contiguous(),
+        x_test=val[:, :-1].contiguous(),
+        y_test=val[:, 1:].contiguous(),
+        num_classes=len(vocab),
+        class_names=tuple(vocab),
+        source=source,
+        vocab=vocab,
+        seq_len=seq_len,
     )
 
 
@@ -154,7 +180,9 @@ def read_text(path: Path) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UnlearnKitError(f"{path} is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
+        raise UnlearnKitError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})"
+        ) from None
     if not text.strip():
         raise UnlearnKitError(f"{path} is empty: a language model needs text to train on")
     return text.replace("\r\n", "\n")
@@ -178,8 +206,11 @@ def load_fortunes(root: str | Path | None = None) -> TextDataset:
     if not root.is_dir():
         raise UnlearnKitError(f"fortune folder {root} does not exist; {FORTUNES_HOW}")
     # Plain cookie files only: not the strfile indexes (.dat) nor the .u8 links to the same files.
-    files = sorted(p for p in root.iterdir()
-                   if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8") and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8") and not p.name.startswith(".")
+    )
     if not files:
         raise UnlearnKitError(f"{root} holds no fortune files; {FORTUNES_HOW}")
     cookies = [c for path in files for c in fortune_cookies(read_text(path))]
@@ -205,12 +236,24 @@ def load_text(root: str | Path | None = None) -> TextDataset:
 
 
 DATASETS.update({"fortunes": load_fortunes, "text": load_text})
-DATASET_INFO.update({
-    "fortunes": {"default_dir": FORTUNES_DIR, "format": "fortune cookie files (Debian package fortunes)",
-                 "shape": [SEQ_LEN], "classes": "characters", "modality": "text"},
-    "text": {"default_dir": None, "format": "UTF-8 plain text (a file or a folder of *.txt)", "shape": [SEQ_LEN],
-             "classes": "characters", "modality": "text"},
-})
+DATASET_INFO.update(
+    {
+        "fortunes": {
+            "default_dir": FORTUNES_DIR,
+            "format": "fortune cookie files (Debian package fortunes)",
+            "shape": [SEQ_LEN],
+            "classes": "characters",
+            "modality": "text",
+        },
+        "text": {
+            "default_dir": None,
+            "format": "UTF-8 plain text (a file or a folder of *.txt)",
+            "shape": [SEQ_LEN],
+            "classes": "characters",
+            "modality": "text",
+        },
+    }
+)
 
 
 def is_text(data: Dataset) -> bool:

@@ -292,6 +292,7 @@ def is_convolutional(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["MODELS", "MODEL_OPTIONS", "IMAGE_MODELS", "LANGUAGE_MODELS", "CharLSTM", "CharTransformer", "build_model", "check_model_options", "new_model", "model_info", "last_layer",
+__all__ = ["MODELS", "MODEL_OPTIONS", "IMAGE_MODELS", "LANGUAGE_MODELS", "CharLSTM", "CharTransformer",
+           "build_model", "check_model_options", "new_model", "model_info", "last_layer",
            "Normalize", "MLP", "SmallCNN", "ResNet18", "VGG16BN",
            "is_convolutional"]

@@ -39,8 +39,14 @@ class CharTransformerOptions:
 class CharLSTM(nn.Module):
     """Character LSTM (as in Warnecke et al.'s language-model experiments): embedding, LSTM, linear read-out."""
 
-    def __init__(self, vocab_size: int, seq_len: int, embedding: int = CharLSTMOptions.embedding,
-                 hidden: int = CharLSTMOptions.hidden, layers: int = CharLSTMOptions.layers):
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        embedding: int = CharLSTMOptions.embedding,
+        hidden: int = CharLSTMOptions.hidden,
+        layers: int = CharLSTMOptions.layers,
+    ):
         super().__init__()
         if vocab_size < 2 or seq_len < 1:
             raise UnlearnKitError(f"char-lstm needs vocab_size >= 2 and seq_len >= 1, got {vocab_size}, {seq_len}")
@@ -81,13 +87,21 @@ class Block(nn.Module):
 class CharTransformer(nn.Module):
     """Small causal transformer (GPT-style): token and learned position embeddings, pre-norm blocks, read-out."""
 
-    def __init__(self, vocab_size: int, seq_len: int, width: int = CharTransformerOptions.width,
-                 depth: int = CharTransformerOptions.depth, heads: int = CharTransformerOptions.heads):
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        width: int = CharTransformerOptions.width,
+        depth: int = CharTransformerOptions.depth,
+        heads: int = CharTransformerOptions.heads,
+    ):
         super().__init__()
         if width % heads:
             raise UnlearnKitError(f"char-transformer: width {width} is not a multiple of heads {heads}")
         if vocab_size < 2 or seq_len < 1:
-            raise UnlearnKitError(f"char-transformer needs vocab_size >= 2 and seq_len >= 1, got {vocab_size}, {seq_len}")
+            raise UnlearnKitError(
+                f"char-transformer needs vocab_size >= 2 and seq_len >= 1, got {vocab_size}, {seq_len}"
+            )
         self.seq_len = seq_len
         self.embed = nn.Embedding(vocab_size, width)
         self.position = nn.Embedding(seq_len, width)
