@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.unlearnkit-installed
+TEST_STAMP := $(VENV)/.unlearnkit-test-extras
 DEMO_OUT ?= runs/demo
 
 .PHONY: demo test lint install data text-data secrets clean bench-smoke
@@ -15,7 +16,7 @@ demo: $(STAMP) data
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests
 
 install: $(STAMP)
@@ -26,6 +27,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,hf]'
 	@touch $(STAMP)
+
+# The tests also need the optional extras the demo does not (Ray for the Ray backend's tests).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,hf,ray]'
+	@touch $(TEST_STAMP)
 
 data:
 	@scripts/ensure-fashion-mnist.sh

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import Literal
 
 from ..options import option
 from ..training import TrainConfig
@@ -39,6 +40,12 @@ class SisaTrainFlags:
                                              "workers)", ge=1, le=1024)
     keep_versions: int = option(0, "superseded versions that keep their weights, for rollback (0: only the current "
                                    "version's; earlier ones keep their hashes and metadata)", ge=0, le=100_000)
+    backend: Literal["local", "ray"] = option("local", "where shard jobs run: local (this machine, --workers "
+                                                       "processes) or ray (each shard a Ray task; docs/scale.md)")
+    ray_address: str | None = option(None, "Ray cluster to join: auto or HOST:PORT (default: start a local Ray "
+                                           "instance of --workers x --shard-threads CPUs); --out must be on storage "
+                                           "every node can read")
+    ray_retries: int = option(3, "times Ray re-runs a shard task whose worker died", ge=0, le=100)
 
 
 @dataclass
@@ -56,7 +63,8 @@ def _sisa_arguments(p: argparse.ArgumentParser) -> None:
     train = sub.add_parser("train", help="train a SISA ensemble (S shards x R slices, a checkpoint after every stage)")
     add_data_args(train)
     train.add_argument("--model", default=None, help="model name (default: the data set's default)")
-    add_flags(train, SisaTrainFlags, only=("shards", "slices", "seed", "workers", "shard_threads"))
+    add_flags(train, SisaTrainFlags, only=("shards", "slices", "seed", "workers", "shard_threads", "backend",
+                                           "ray_address", "ray_retries"))
     add_flags(
         train,
         TrainConfig,
@@ -100,11 +108,16 @@ def _sisa_retention(args: argparse.Namespace) -> int:
 
 
 def _sisa_train(args: argparse.Namespace) -> int:
+    from ..backends import make_backend
     from ..data import as_dataset
     from ..hybrid import calibrate
     from ..recipes import default_model
     from ..sisa.model import default_stage_config, train_sisa
+    from ..sisa.shards import default_threads
 
+    threads = args.shard_threads or default_threads(args.workers)
+    backend = make_backend(args.backend, address=args.ray_address, num_cpus=args.workers * threads,
+                           max_retries=args.ray_retries)  # a bad combination fails here, before --out is created
     # A SISA model folder holds its request ledger (the deletion audit trail): it is continued when its training was
     # interrupted, never replaced (there is no --overwrite here; remove an old model yourself).
     out = check_output(args.out, "sisa", args, data_inputs(args.dataset, args.data_dir), resume=True)
@@ -112,9 +125,11 @@ def _sisa_train(args: argparse.Namespace) -> int:
     model = args.model or default_model(data.name)
     config = default_stage_config(data, model, args.slices).replace(**training_changes(args))
     policy = policy_from_args(args)
-    sisa = train_sisa(data, model, out=out, shards=args.shards, slices=args.slices, config=config, seed=args.seed,
-                      workers=args.workers, threads=args.shard_threads, device=args.device, data_dir=args.data_dir,
-                      model_options=parse_sets(args.model_option), keep_versions=args.keep_versions, echo=True)
+    with backend:
+        sisa = train_sisa(data, model, out=out, shards=args.shards, slices=args.slices, config=config,
+                          seed=args.seed, workers=args.workers, threads=threads, device=args.device,
+                          data_dir=args.data_dir, model_options=parse_sets(args.model_option),
+                          keep_versions=args.keep_versions, echo=True, backend=backend)
     sisa.store.update_meta(hybrid={**(sisa.meta.get("hybrid") or {}), "policy": policy.to_dict()})
     if not args.no_calibrate:
         calibrate(sisa, echo=True)

@@ -24,6 +24,7 @@ import torch
 
 from .. import _fault
 from .._util import resolve_device, versions
+from ..backends import Backend
 from ..data import Dataset, as_dataset, load_dataset
 from ..errors import UnlearnKitError
 from ..recipes import default_model, default_recipe
@@ -156,10 +157,10 @@ class SisaModel:
     def retrain_shards(self, shards: list[int], removed: np.ndarray, *, workers: int | None = None,
                        on_stage: StageCallback | None = None,
                        on_shard: Callable[[ShardResult], None] | None = None,
-                       pool: ShardPool | None = None) -> list[ShardResult]:
+                       pool: ShardPool | None = None, backend: Backend | None = None) -> list[ShardResult]:
         jobs = [self.shard_job(k, removed) for k in shards]
         return run_shard_jobs(self.store, jobs, self.settings, self.workers if workers is None else workers,
-                              on_stage=on_stage, on_shard=on_shard, pool=pool)
+                              on_stage=on_stage, on_shard=on_shard, pool=pool, backend=backend)
 
     def exact_delete(self, version: Version, ids: np.ndarray, *, workers: int | None = None,
                      on_stage: StageCallback | None = None, pool: ShardPool | None = None) -> ExactResult:
@@ -221,6 +222,7 @@ def train_sisa(
     model_options: dict | None = None,
     keep_versions: int = 0,
     echo: bool = False,
+    backend: Backend | None = None,
 ) -> SisaModel:
     """Train a SISA ensemble and write it to ``out`` (version 0). ``config.epochs`` is epochs *per stage*.
 
@@ -228,7 +230,9 @@ def train_sisa(
     retrain (default: cores // workers); it is stored, because CPU results are bitwise reproducible only at a
     fixed thread count. An interrupted run resumes from its stage checkpoints when started again with the
     same arguments. ``keep_versions`` superseded versions keep their weights after later deletions (see
-    :mod:`unlearnkit.sisa.store`, "What is kept and what is purged").
+    :mod:`unlearnkit.sisa.store`, "What is kept and what is purged"). ``backend`` runs the shard jobs (e.g. a
+    :class:`unlearnkit.backends.RayBackend`, each shard a task asking for ``threads`` CPUs; ``out`` must then
+    be on storage every node can read); by default they run here or on ``workers`` local processes.
     """
     _fault.arm()
     data = as_dataset(data, data_dir)
@@ -256,11 +260,11 @@ def train_sisa(
     with store.lock(echo=echo):
         for temporary in store.temporaries():  # what a killed earlier run left half-written
             shutil.rmtree(temporary) if temporary.is_dir() and not temporary.is_symlink() else temporary.unlink()
-        return _train_all(store, data, data_dir, echo, model_name, config, shards, slices, workers, threads)
+        return _train_all(store, data, data_dir, echo, model_name, config, shards, slices, workers, threads, backend)
 
 
 def _train_all(store: SisaStore, data: Dataset, data_dir, echo: bool, model_name: str, config: TrainConfig,
-               shards: int, slices: int, workers: int, threads: int) -> SisaModel:
+               shards: int, slices: int, workers: int, threads: int, backend: Backend | None = None) -> SisaModel:
     sisa = SisaModel(store, data, data_dir)
     sisa.store.build_model()  # fail early on bad model options
     if echo:
@@ -281,7 +285,7 @@ def _train_all(store: SisaStore, data: Dataset, data_dir, echo: bool, model_name
 
     removed = np.zeros(data.n_train, dtype=bool)
     with metered() as cost:
-        results = sisa.retrain_shards(list(range(shards)), removed, on_shard=shard_done)
+        results = sisa.retrain_shards(list(range(shards)), removed, on_shard=shard_done, backend=backend)
     states = [r.state for r in results]
     status = np.zeros(data.n_train, dtype=np.uint8)
     trained_samples = sum(r.samples for r in results)

@@ -19,6 +19,7 @@ same code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import sys
@@ -31,6 +32,7 @@ import torch
 
 from .. import _fault
 from .._util import seed_everything
+from ..backends import Backend, InProcess
 from ..data import Augment
 from ..training import Phase, TrainConfig, classifier_source, fit
 from .layout import ids_digest, stage_seed
@@ -213,11 +215,22 @@ class ShardPool:
 def run_shard_jobs(store: SisaStore, jobs: list[ShardJob], settings: StageSettings, workers: int,
                    on_stage: StageCallback | None = None,
                    on_shard: Callable[[ShardResult], None] | None = None,
-                   pool: ShardPool | None = None) -> list[ShardResult]:
-    """Run ``jobs``: sequentially here when ``workers <= 1`` (or on a GPU, or for one job), else on ``pool``
-    (a temporary one of ``workers`` processes if not given), largest job first. Results come in shard order."""
+                   pool: ShardPool | None = None, backend: Backend | None = None) -> list[ShardResult]:
+    """Run ``jobs``, largest first: as tasks of ``backend`` when one other than the in-process one is given (each
+    task asks for ``settings.threads`` CPUs, or one GPU on cuda), else sequentially here when ``workers <= 1``
+    (or on a GPU, or for one job), else on ``pool`` (a temporary one of ``workers`` processes if not given).
+    Results come in shard order."""
     jobs = sorted(jobs, key=lambda j: -j.work)
     results: list[ShardResult] = []
+    if backend is not None and not isinstance(backend, InProcess):
+        def done(_: int, result: ShardResult) -> None:
+            if on_shard is not None:
+                on_shard(result)
+
+        gpu = settings.device.startswith("cuda")
+        results = backend.map(functools.partial(run_shard_job, str(store.path), settings=settings), jobs,
+                              num_cpus=settings.threads, num_gpus=1 if gpu else 0, on_result=done)
+        return sorted(results, key=lambda r: r.shard)
     parallel = workers > 1 and len(jobs) > 1 and not settings.device.startswith("cuda")
     if not parallel:
         for job in jobs:
