@@ -456,11 +456,7 @@ def evaluate(
                 m["UD_loss_retrain"] = ref.metrics["spd_loss"] - orig.metrics["spd_loss"]
                 m["gap_UD_acc"] = abs(m["UD_acc"] - m["UD_acc_retrain"])
     if cost is not None:
-        m["rte_s"] = cost.seconds
-        m["forward_samples"] = cost.forward
-        m["backward_samples"] = cost.backward
-        if retrain_seconds:
-            m["rte_ratio"] = cost.seconds / retrain_seconds
+        m.update(cost.metrics(retrain_seconds))
     m["mia_shadow_size"] = float("nan") if mia_shadow_size is None else mia_shadow_size
     if mia_attack == "binned":
         m["mia_bins"] = MIA_BINS

@@ -135,9 +135,5 @@ def text_metrics(
     if original is not None and "exposure" in m and "exposure" in original:
         m["exposure_original"] = original["exposure"]
     if cost is not None:
-        m["rte_s"] = cost.seconds
-        m["forward_samples"] = cost.forward
-        m["backward_samples"] = cost.backward
-        if retrain_seconds:
-            m["rte_ratio"] = cost.seconds / retrain_seconds
+        m.update(cost.metrics(retrain_seconds))
     return m

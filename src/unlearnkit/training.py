@@ -87,6 +87,13 @@ class Cost:
     def to_dict(self) -> dict:
         return {"seconds": round(self.seconds, 4), "forward_samples": self.forward, "backward_samples": self.backward}
 
+    def metrics(self, retrain_seconds: float | None = None) -> dict[str, float]:
+        """The cost metrics of an evaluation: rte_s, forward/backward samples and, given Retrain's time, rte_ratio."""
+        m = {"rte_s": self.seconds, "forward_samples": self.forward, "backward_samples": self.backward}
+        if retrain_seconds:
+            m["rte_ratio"] = self.seconds / retrain_seconds
+        return m
+
 
 _METERS: contextvars.ContextVar[tuple[Cost, ...]] = contextvars.ContextVar("unlearnkit_meters", default=())
 
