@@ -21,9 +21,11 @@ The measured collapse without the term is recorded in ``benchmarks/results/spdga
 
 The discriminator must actually train. Until this was found, every run had it at its learning rate's floor: the
 generator's rate (2e-4) for both networks and 8 epochs of a 512-image subset give 64 updates, after which its loss
-was still 1.386 = 2 ln 2 (chance) to three decimals in all 24 committed runs — even in a control where real and
-generated images are plainly separable (adversarial term off, ε = 0.3, mean |δ|/ε ≈ 0.3), where it reached only
-1.355 after 200 updates, against 0.68 with a ten times larger rate. So the discriminator now has its own rate
+was still 1.386 = 2 ln 2 (chance) to three decimals in all 24 committed runs. Measured by
+``benchmarks/spdgan_diagnosis.py`` (results/spdgan/diagnosis.md; 40 epochs, patch discriminator): at the old rate the
+discriminator ends at 1.381 on the default objective although a fresh probe tells the outputs apart 80 % of the
+time, and at 1.287 even on a plainly separable control (adversarial term off, ε = 0.3), against 0.672 with a ten
+times larger rate. So the discriminator now has its own rate
 ``d_lr`` (10× the generator's, two time-scale updates), a patch architecture (one logit per patch: a slight
 perturbation is a local texture that global pooling averages away), 40 epochs by default, and after training a
 *probe* — a fresh discriminator trained on half the real/generated pairs and tested on the other half — records
