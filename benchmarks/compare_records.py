@@ -4,18 +4,20 @@ headline metric (and of the variant's mean over seeds).
 
 Usage:
     python benchmarks/compare_records.py OLD NEW [--out FILE.md] [--metrics UA,RA,TA,MIA,avg_gap]
-Writes Markdown to --out (and prints it); exits 0 whatever moved (it is a report, not a test).
+Writes Markdown to --out and a JSON summary beside it (and prints the Markdown); exits 0 whatever moved
+(it is a report, not a test).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
 from unlearnkit.bench import load_records
-from unlearnkit.results import write_text_atomic
+from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic
 
 DEFAULT_METRICS = "UA,RA,TA,MIA,avg_gap"
 
@@ -70,6 +72,10 @@ def main() -> None:
     ])
     if args.out:
         write_text_atomic(args.out, text)
+        write_json_atomic(args.out.with_suffix(".json"), {
+            "old": str(args.old), "new": str(args.new), "metrics": metrics, **summary,
+            "command": "python benchmarks/compare_records.py " + " ".join(sys.argv[1:]),
+            "machine": machine(), "versions": versions()})
     print(text)
 
 
