@@ -14,7 +14,6 @@ from scipy.stats import norm
 
 from unlearnkit.audit import AuditSettings, run_audit, stats
 from unlearnkit.audit.memorization import memorization_scores, split_requests
-from unlearnkit.audit.pool import Context, Job, Runner, checkpoint_logits
 from unlearnkit.bench import suite_from_dict
 from unlearnkit.cli import main
 from unlearnkit.errors import UnlearnKitError
@@ -356,15 +355,3 @@ def test_memorized_request_end_to_end(sanity, clean_scores):
     assert scores[chosen].min() >= np.sort(scores)[-40]  # exactly the 40 largest scores
     assert scores[chosen].mean() > scores.mean() + 0.1  # and they are memorised: far above the average example
     assert set(request["methods"]) == {"retrain", "original"}
-
-
-def test_parallel_workers_give_the_same_models(tmp_path):
-    suite = suite_from_dict({**SANITY_SUITE, "train": {"epochs": 1, "batch_size": 128}})
-    results = {}
-    for workers in (1, 2):
-        ctx = Context(suite, str(tmp_path / f"cache{workers}"), quiet=True)
-        with Runner(ctx, workers=workers) as runner:
-            done = runner.run([Job("original", k) for k in range(2)])
-        results[workers] = [checkpoint_logits(ctx, r["path"]).train for r in done]
-    for a, b in zip(results[1], results[2]):
-        assert torch.equal(a, b)

@@ -127,14 +127,6 @@ def test_missing_or_corrupted_stage_checkpoint_falls_back_to_an_earlier_stage(tr
     assert_same_weights(result.states[0], from_scratch(sisa, 0, removed))
 
 
-def test_parallel_workers_train_the_same_weights(trained, tmp_path, digits):
-    parallel = train_sisa(digits, "mlp", out=tmp_path / "parallel", shards=2, slices=3, config=CONFIG, seed=3,
-                          threads=1, workers=2)
-    for a, b in zip(parallel.version().states, trained.version().states):
-        assert_same_weights(a, b)
-    assert parallel.meta["root"] == trained.meta["root"]  # workers do not change what is trained
-
-
 def test_exact_deletion_is_bitwise_for_a_cnn_too(tmp_path, digits):
     # Convolutional models train channels-last; the resumed and the from-scratch paths must agree anyway.
     sisa = train_sisa(digits, "small-cnn", out=tmp_path / "cnn", shards=2, slices=3, config=CONFIG, seed=1, threads=1,

@@ -6,8 +6,8 @@ precise moment (while a stage checkpoint is half written, between a version's co
 instead of racing a timer against it. Unset (always, in normal use) it costs one dictionary lookup per
 point. Several points may be given, comma-separated (``stage-write:2,purge:1``); each counts on its own.
 
-The kill is delivered with ``SIGKILL`` to the process that owns the run: a shard worker process (spawned
-by :class:`unlearnkit.sisa.shards.ShardPool`) that reaches a point kills its parent, exactly as if the
+The kill is delivered with ``SIGKILL`` to the process that owns the run: a shard worker process (a Ray worker
+of the run's local Ray instance) that reaches a point kills its parent, exactly as if the
 ``forget`` command itself had been killed, and then itself. Nothing is flushed, closed or cleaned up, which
 is the point.
 

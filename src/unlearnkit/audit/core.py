@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .._util import machine, versions, write_json_atomic
+from ..backends import Backend
 from ..bench.suite import Suite, Variant, parse_variant
 from ..checkpoint import read_manifest
 from ..data import Dataset
@@ -62,7 +63,7 @@ class AuditSettings:
     """How an audit runs. Defaults: N = 16 models per side, two worker processes with one thread each."""
 
     models: int = 16  # N: originals, retrained references and unlearned models per method
-    workers: int = 2  # parallel training processes
+    workers: int = 2  # training tasks at a time (more than 1: Ray tasks, see unlearnkit.backends)
     threads: int = 1  # torch threads per process
     retain_sample: int | None = 1000  # retained examples attacked (seeded sample; None: all of D_r)
     memorization_models: int | None = None  # split models for memorized:K (even; None: N rounded up to even)
@@ -281,9 +282,12 @@ def run_audit(
     command: str | None = None,
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
+    backend: Backend | None = None,
 ) -> dict:
     """Audit ``methods`` (default: the suite's) on ``requests`` (default: the suite's) with N models per side;
-    write ``results.json``, ``report.md`` and plots under ``out_dir`` and return the results."""
+    write ``results.json``, ``report.md`` and plots under ``out_dir`` and return the results. The models are trained
+    as tasks of ``backend`` (default: here for one worker, else a local Ray instance of ``settings.workers`` tasks);
+    on a cluster ``cache_dir`` must be on storage every node can read."""
 
     settings = settings or AuditSettings()
     out_dir = Path(out_dir)
@@ -314,10 +318,12 @@ def run_audit(
         "reference_seed_offset": REFERENCE_SEED_OFFSET, "requests": {},
     }
     memorization: np.ndarray | None = None
-    with Runner(ctx, settings.workers, settings.threads) as runner:
+    with Runner(ctx, settings.workers, settings.threads, backend=backend) as runner:
+        results["backend"] = runner.backend.name
         t = time.perf_counter()
         say(f"audit {suite.name}: {n} originals")
-        originals = [checkpoint_logits(ctx, r["path"]) for r in runner.run([Job("original", k) for k in range(n)])]
+        trained = runner.run([Job("original", k) for k in range(n)], stage="originals")
+        originals = [checkpoint_logits(ctx, r["path"]) for r in trained]
         timings["originals_s"] = round(time.perf_counter() - t, 2)
 
         if any(needs_memorization_scores(spec) for spec in specs):
@@ -325,7 +331,8 @@ def run_audit(
             m = settings.memorization_models or (n + n % 2)
             splits = split_requests(data, m)
             say(f"audit {suite.name}: {m} split models for memorisation scores")
-            paths = runner.run([Job("retrained", 0, request_job_record(r), train_seed=r.seed) for r in splits])
+            paths = runner.run([Job("retrained", 0, request_job_record(r), train_seed=r.seed) for r in splits],
+                               stage="memorisation splits")
             probs, inside = [], []
             for r, p in zip(splits, paths):
                 logits = checkpoint_logits(ctx, p["path"])
@@ -352,7 +359,7 @@ def run_audit(
             labels = [v.label for v in variants for _ in range(n)]
             say(f"audit {suite.name}: {spec} ({request.forget.numel()} samples): {n} retrained references, "
                 f"{len(variants)} methods × {n} unlearned models")
-            done = runner.run(ref_jobs + unl_jobs)
+            done = runner.run(ref_jobs + unl_jobs, stage=f"{spec} models")
             references = [{"logits": checkpoint_logits(ctx, r["path"]), "cost": read_manifest(r["path"])["cost"]}
                           for r in done[:n]]
             unlearned: dict[str, list] = {}

@@ -1,4 +1,4 @@
-"""Reference models for the audit, trained once, cached, and trained in parallel processes.
+"""Reference models for the audit, trained once, cached, and trained as tasks of an execution backend.
 
 Every model the audit needs is a job: an *original* (trained on D, seed k), a *retrained* model (the
 original recipe on D_r, training seed ``REFERENCE_SEED_OFFSET + k``, or a split model for memorisation), or an
@@ -7,17 +7,18 @@ original recipe on D_r, training seed ``REFERENCE_SEED_OFFSET + k``, or a split 
 audit share them); the audit itself only needs each model's logits on the training and test sets, which are
 cached beside them as safetensors (unlearned models keep only their logits and a JSON record, not weights).
 
-Jobs run in ``workers`` processes (spawned, one torch thread each: on a shared CPU a one-thread process keeps
-its core, while multi-thread processes spin-wait on each other). With one worker they run in this process.
-Results are bitwise the same either way (CPU training is deterministic per seed).
+Jobs run as tasks of an execution backend (:mod:`unlearnkit.backends`): with one worker in this process, else as
+Ray tasks of ``threads`` torch threads each (one by default: on a shared CPU a one-thread process keeps its core,
+while multi-thread processes spin-wait on each other), on a local Ray instance or a cluster. Every output is
+written atomically under the cache (a shared directory on a cluster), so a task Ray re-runs finds what its dead
+predecessor finished. Results are bitwise the same either way (CPU training is deterministic per seed).
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import multiprocessing
 import sys
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._util import atomic_path, resolve_device
+from ..backends import Backend, InProcess, make_backend, torch_threads
 from ..bench.runner import ModelCache, config_hash
 from ..bench.suite import Suite, Variant
 from ..checkpoint import load_checkpoint
@@ -173,68 +175,52 @@ def run_job(ctx: Context, job: Job) -> dict:
     raise UnlearnKitError(f"unknown audit job kind {job.kind!r}")
 
 
-# -- running jobs in parallel -----------------------------------------------------------------------------
-_WORKER: Context | None = None
-
-
-def _init_worker(ctx: Context, threads: int) -> None:
-    global _WORKER
-    torch.set_num_threads(threads)
-    _WORKER = ctx
-
-
-def _run_in_worker(job: Job) -> dict:
-    assert _WORKER is not None
-    return run_job(_WORKER, job)
+# -- running jobs on an execution backend -------------------------------------------------------------------
+def _run_with_threads(ctx: Context, threads: int, job: Job) -> dict:
+    """One job as a task of the backend: in a worker, with the audit's torch threads (the cache key records them)."""
+    with torch_threads(threads):
+        return run_job(ctx, job)
 
 
 class Runner:
-    """Runs jobs here (one worker) or in a pool of spawned processes that lives as long as the runner."""
+    """Runs jobs on an execution backend: here one after the other (one worker), or as Ray tasks (``backend``, or a
+    local Ray instance of ``workers`` x ``threads`` CPUs started with the runner and shut down with it)."""
 
-    def __init__(self, ctx: Context, workers: int = 1, threads: int = 1) -> None:
+    def __init__(self, ctx: Context, workers: int = 1, threads: int = 1, backend: Backend | None = None) -> None:
         if workers < 1 or threads < 1:
             raise UnlearnKitError("workers and threads must be at least 1")
         self.ctx, self.workers, self.threads = ctx, workers, threads
-        self._pool: ProcessPoolExecutor | None = None
+        self._own = backend is None
+        self.backend = backend if backend is not None else make_backend(
+            "local", workers=workers, num_cpus=workers * threads, progress_bar=False if ctx.quiet else None)
 
     def __enter__(self) -> "Runner":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._own:
+            self.backend.close()
 
-    def run(self, jobs: list[Job], on_done: Callable[[Job, dict], None] | None = None) -> list[dict]:
+    def run(self, jobs: list[Job], on_done: Callable[[Job, dict], None] | None = None,
+            stage: str = "audit models") -> list[dict]:
         """Results in the order of ``jobs``; the first failure cancels the rest and is raised."""
         if not jobs:
             return []
-        if self.workers == 1 or len(jobs) == 1:
-            results = []
-            for job in jobs:
-                results.append(run_job(self.ctx, job))
-                if on_done:
-                    on_done(job, results[-1])
-            return results
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self._portable_ctx(), self.threads))
-        order = sorted(range(len(jobs)), key=lambda i: -jobs[i].weight)  # long jobs first: better packing
-        futures = {self._pool.submit(_run_in_worker, jobs[i]): i for i in order}
+        if isinstance(self.backend, InProcess):
+            fn = functools.partial(run_job, self.ctx)  # this process's context (its data set already loaded)
+            order = list(range(len(jobs)))
+        else:
+            fn = functools.partial(_run_with_threads, self._portable_ctx(), self.threads)
+            order = sorted(range(len(jobs)), key=lambda i: -jobs[i].weight)  # long jobs first: better packing
+
+        def done(position: int, result: dict) -> None:
+            if on_done:
+                on_done(jobs[order[position]], result)
+
+        finished = self.backend.map(fn, [jobs[i] for i in order], num_cpus=self.threads, on_result=done, stage=stage)
         results: list[dict | None] = [None] * len(jobs)
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                error = future.exception()
-                if error is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise error
-                i = futures[future]
-                results[i] = future.result()
-                if on_done:
-                    on_done(jobs[i], results[i])
+        for position, result in zip(order, finished):
+            results[position] = result
         return results  # type: ignore[return-value]
 
     def _portable_ctx(self) -> Context:

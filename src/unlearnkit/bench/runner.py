@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import json
 import sys
@@ -19,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from .. import api
 from .._util import machine, resolve_device, versions, write_json_atomic
+from ..backends import Backend, InProcess, torch_threads
 from ..checkpoint import load_checkpoint, save_unlearned
 from ..data import Dataset, load_dataset
 from ..errors import UnlearnKitError
@@ -174,22 +178,71 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in ".=-_" else "_" for c in text)
 
 
+_LOADED: dict[tuple, Dataset] = {}  # the data set a worker process loaded last
+
+
+@dataclass
+class _Work:
+    """What every unit of work of one suite run needs; shipped to Ray tasks (without the loaded data set)."""
+
+    suite: Suite
+    out_dir: str
+    cache_root: str
+    data_dir: str | None
+    device: str
+    threads: int  # torch threads of every task (the cache key records them)
+    run: str  # this run's id: a record made by this run is never made twice (exactly once under retries)
+    log: Callable[[str], None] | None = None
+    _data: Dataset | None = None
+
+    @property
+    def data(self) -> Dataset:
+        if self._data is None:  # in a Ray worker: loaded once per worker process, not once per task
+            key = (self.suite.dataset, self.data_dir)
+            if key not in _LOADED:
+                _LOADED.clear()
+                _LOADED[key] = load_dataset(*key)
+            self._data = _LOADED[key]
+        return self._data
+
+    @property
+    def cache(self) -> ModelCache:
+        return ModelCache(Path(self.cache_root))
+
+    def say(self, message: str) -> None:
+        (self.log or _stderr)(message)
+
+    def portable(self) -> "_Work":
+        return dataclasses.replace(self, log=None, _data=None)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None = None, device: str = "auto",
               data_dir: str | None = None, seeds: list[int] | None = None, methods: list[str] | None = None,
               command: str | None = None, log: Callable[[str], None] | None = None, progress: bool = False,
-              rerun: bool = False) -> list[dict]:
-    """Run every (request, variant, seed) of ``suite`` not yet recorded under ``out_dir``; return the new records."""
+              rerun: bool = False, backend: Backend | None = None) -> list[dict]:
+    """Run every (request, variant, seed) of ``suite`` not yet recorded under ``out_dir``; return the new records.
+
+    The work runs as tasks of ``backend`` (default: here, one after the other), in three waves: the originals
+    (each once), then per (seed, request) the retrained model, its SPD-GAN and the reference rows, then one task
+    per (seed, request, variant) record. Every model and record is written atomically to its own path under
+    ``cache_dir``/``out_dir`` (on a cluster: storage every node can read), so a task Ray re-runs finds what its dead
+    predecessor finished; the records and their order are those of the in-process run."""
     out_dir = Path(out_dir)
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    log = log or _stderr
     device = resolve_device(device)
-    cache = ModelCache(Path(cache_dir) if cache_dir else out_dir / "cache")
     data = load_dataset(suite.dataset, data_dir)
     seeds = seeds if seeds is not None else suite.seeds
     variants = [v for v in suite.variants if methods is None or v.method in methods or v.label in methods]
-    write_json_atomic(out_dir / "runs" / f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json", {
+    run = _dt.datetime.now().strftime('%Y%m%d-%H%M%S')
+    write_json_atomic(out_dir / "runs" / f"{run}.json", {
         "suite": suite.name, "suite_file": suite.path, "command": command, "machine": machine(), "versions": versions(),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seeds": seeds,
         "variants": [v.label for v in variants], "requests": suite.requests, "prune": suite.prune,
+        "backend": (backend or InProcess()).name,
     })
     current = {v.label: _resolved_options(suite, v) for v in variants}
 
@@ -198,82 +251,153 @@ def run_suite(suite: Suite, out_dir: str | Path, *, cache_dir: str | Path | None
             return False
         return _record_is_current(record_path(out_dir, spec, variant.slug, seed), current[variant.label], log)
 
-    todo = [
-        (spec, seed, v) for seed in seeds for spec in suite.requests for v in variants if not recorded(spec, v, seed)
-    ]
-    todo_keys = {(spec, seed, v.label) for spec, seed, v in todo}
-    bar = _bar(len(todo), suite.name) if progress and todo else None
-    records = []
+    groups: list[tuple[int, str, list[Variant]]] = []
     for seed in seeds:
         for spec in suite.requests:
-            pending = [v for v in variants if (spec, seed, v.label) in todo_keys]
-            reference_path = record_path(out_dir, spec, "retrain", seed)
-            original_row = record_path(out_dir, spec, "original", seed)
-            if not pending and reference_path.exists() and original_row.exists():
-                continue
-            request = build_request(spec, data, seed)
-            original_path, original_key = cache.original(suite, data, seed, request, device, log)
-            retrain_options = suite.retrain_options()
-            retrained_path = cache.retrained(original_path, original_key, request, data, device, log, retrain_options)
-            original = load_checkpoint(original_path)
-            retrained = load_checkpoint(retrained_path)
-            retrain_s = retrained.manifest["cost"]["seconds"]
-            perturbed, spdgan_path = None, None
-            if suite.spdgan is not None:
-                from ..spdgan import load_spdgan
+            pending = [v for v in variants if not recorded(spec, v, seed)]
+            if pending or not record_path(out_dir, spec, "retrain", seed).exists() or \
+                    not record_path(out_dir, spec, "original", seed).exists():
+                groups.append((seed, spec, pending))
+    if not groups:
+        return []
+    work = _Work(suite, str(out_dir), str(Path(cache_dir) if cache_dir else out_dir / "cache"), data_dir, str(device),
+                 torch.get_num_threads(), run, log, data)
+    own = backend is None
+    backend = backend or InProcess(progress_bar=progress)
+    try:
+        local = isinstance(backend, InProcess)
+        shipped = work if local else work.portable()
+        gpus = 1 if device.type == "cuda" else 0
 
-                spdgan_path = cache.spdgan(original_path, original_key, request, data, suite.spdgan, device, log)
-                perturbed = load_spdgan(spdgan_path).perturb_forget(data, request, original=original.model)
-            common = {"suite": suite.name, "dataset": data.name, "data_fingerprint": data.fingerprint,
-                      "model": original.manifest["model"]["name"], "request": spec, "seed": seed,
-                      "retrain_s": retrain_s, "original": str(original_path), "retrained": str(retrained_path),
-                      "prune": suite.prune,
-                      "sparsity": (original.manifest.get("pruning") or {}).get("achieved_sparsity", 0.0),
-                      # what the two models are, bit for bit, and the torch build/device/threads that made them
-                      "models": {name: {"sha256": c.manifest["weights"]["sha256"], "runtime": c.manifest.get("runtime")}
-                                 for name, c in (("original", original), ("retrained", retrained))}}
-            if spdgan_path is not None:
-                common["spdgan"] = str(spdgan_path)
-            original_outputs = model_outputs(original.model, data, request, device, perturbed_forget=perturbed)
-            # The retrained row gets FR/MRR and its unlearning degree too (they are the targets), so the original is
-            # evaluated once alone for it and once against the retrained model for its own row.
-            reference = evaluate(model_outputs(retrained.model, data, request, device, perturbed_forget=perturbed),
-                                 request, data, original=evaluate(original_outputs, request, data,
-                                                                  mia_shadow_size=suite.mia_shadow_size,
-                                                                  mia_attack=suite.mia_attack, seed=seed),
-                                 mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
-            original_eval = evaluate(original_outputs, request, data, reference=reference,
-                                     mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
-            if not reference_path.exists():
-                ref_metrics = dict(reference.metrics, rte_s=retrain_s, rte_ratio=1.0, **zero_gaps(data))
-                _write(reference_path, {**common, "method": "retrain", "variant": "retrain", "options": retrain_options,
-                                        **ref_metrics, "cost": retrained.manifest["cost"]})
-            if not original_row.exists():
-                _write(original_row, {**common, "method": "original", "variant": "original", "options": {},
-                                      **original_eval.metrics, "rte_s": 0.0, "rte_ratio": 0.0})
-            for variant in pending:
-                options = suite.method_options(variant)
-                started = time.time()
-                result = unlearn(original, request, data, variant.method, seed=seed, device=device, **options)
-                evaluation = evaluate(model_outputs(result.model, data, request, device, perturbed_forget=perturbed),
-                                      request, data,
-                                      reference=reference, original=original_eval, cost=result.cost,
-                                      retrain_seconds=retrain_s, mia_shadow_size=suite.mia_shadow_size,
-                                      mia_attack=suite.mia_attack, seed=seed)
-                record = {**common, "method": variant.method, "variant": variant.label, "options": result.config,
-                          **evaluation.metrics, "cost": result.cost.to_dict(),
-                          "notes": {k: v for k, v in result.notes.items() if k != "history"},
-                          "history": result.notes.get("history", []),
-                          "wall_s": round(time.time() - started, 3)}
-                _write(record_path(out_dir, spec, variant.slug, seed), record)
-                records.append(record)
-                log(f"{spec:<12} seed {seed} {variant.label:<40} {_summary(record)} "
-                    f"time {record['rte_s']:6.1f}s ({100 * record.get('rte_ratio', 0):.1f} % of retrain)")
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+        def run_tasks(fn, jobs, stage):
+            return backend.map(functools.partial(fn, shipped), jobs, num_cpus=work.threads, num_gpus=gpus, stage=stage)
+
+        # 1. the originals, each once (two groups of one seed share theirs unless a request changes its data)
+        originals: dict[str, tuple[int, str]] = {}
+        for seed, spec, _ in groups:
+            request = build_request(spec, data, seed)
+            key = config_hash(ModelCache.original_key(suite, data, seed, request, device))
+            originals.setdefault(key, (seed, spec))
+        run_tasks(_original_task, list(originals.values()), f"{suite.name} originals")
+        # 2. per (seed, request): the retrained model, the SPD-GAN, the retrain and original rows
+        references = run_tasks(_reference_task, [(seed, spec) for seed, spec, _ in groups], f"{suite.name} references")
+        # 3. one task per record
+        jobs = [(seed, spec, variant, reference) for (seed, spec, pending), reference in zip(groups, references)
+                for variant in pending]
+        records = backend.map(functools.partial(_record_task, shipped), jobs, num_cpus=work.threads, num_gpus=gpus,
+                              stage=f"{suite.name} records", on_result=lambda _, record: _log_record(log, record))
+    finally:
+        if own:
+            backend.close()
     return records
+
+
+def _log_record(log: Callable[[str], None], record: dict) -> None:
+    log(f"{record['request']:<12} seed {record['seed']} {record['variant']:<40} {_summary(record)} "
+        f"time {record['rte_s']:6.1f}s ({100 * record.get('rte_ratio', 0):.1f} % of retrain)")
+
+
+def _original_task(work: _Work, job: tuple[int, str]) -> str:
+    seed, spec = job
+    with torch_threads(work.threads):
+        request = build_request(spec, work.data, seed)
+        path, _ = work.cache.original(work.suite, work.data, seed, request, work.device, work.say)
+    return str(path)
+
+
+@dataclass
+class _Reference:
+    """What every record of one (seed, request) is compared with (computed once, by its reference task)."""
+
+    common: dict
+    reference: Any  # Evaluation of the retrained model
+    original_eval: Any  # Evaluation of the original against it
+    perturbed: Any  # SPD-GAN-perturbed forget images, or None
+
+
+def _reference_task(work: _Work, job: tuple[int, str]) -> _Reference:
+    seed, spec = job
+    suite, data, device, log = work.suite, work.data, work.device, work.say
+    out_dir, cache = Path(work.out_dir), work.cache
+    with torch_threads(work.threads):
+        request = build_request(spec, data, seed)
+        original_path, original_key = cache.original(suite, data, seed, request, device, log)
+        retrain_options = suite.retrain_options()
+        retrained_path = cache.retrained(original_path, original_key, request, data, device, log, retrain_options)
+        original = load_checkpoint(original_path)
+        retrained = load_checkpoint(retrained_path)
+        retrain_s = retrained.manifest["cost"]["seconds"]
+        perturbed, spdgan_path = None, None
+        if suite.spdgan is not None:
+            from ..spdgan import load_spdgan
+
+            spdgan_path = cache.spdgan(original_path, original_key, request, data, suite.spdgan, device, log)
+            perturbed = load_spdgan(spdgan_path).perturb_forget(data, request, original=original.model)
+        common = {"suite": suite.name, "dataset": data.name, "data_fingerprint": data.fingerprint,
+                  "model": original.manifest["model"]["name"], "request": spec, "seed": seed,
+                  "retrain_s": retrain_s, "original": str(original_path), "retrained": str(retrained_path),
+                  "prune": suite.prune,
+                  "sparsity": (original.manifest.get("pruning") or {}).get("achieved_sparsity", 0.0),
+                  # what the two models are, bit for bit, and the torch build/device/threads that made them
+                  "models": {name: {"sha256": c.manifest["weights"]["sha256"], "runtime": c.manifest.get("runtime")}
+                             for name, c in (("original", original), ("retrained", retrained))}}
+        if spdgan_path is not None:
+            common["spdgan"] = str(spdgan_path)
+        original_outputs = model_outputs(original.model, data, request, device, perturbed_forget=perturbed)
+        # The retrained row gets FR/MRR and its unlearning degree too (they are the targets), so the original is
+        # evaluated once alone for it and once against the retrained model for its own row.
+        reference = evaluate(model_outputs(retrained.model, data, request, device, perturbed_forget=perturbed),
+                             request, data, original=evaluate(original_outputs, request, data,
+                                                              mia_shadow_size=suite.mia_shadow_size,
+                                                              mia_attack=suite.mia_attack, seed=seed),
+                             mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
+        original_eval = evaluate(original_outputs, request, data, reference=reference,
+                                 mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
+    reference_path = record_path(out_dir, spec, "retrain", seed)
+    original_row = record_path(out_dir, spec, "original", seed)
+    if not reference_path.exists():
+        ref_metrics = dict(reference.metrics, rte_s=retrain_s, rte_ratio=1.0, **zero_gaps(data))
+        _write(reference_path, {**common, "method": "retrain", "variant": "retrain", "options": retrain_options,
+                                **ref_metrics, "cost": retrained.manifest["cost"]}, work.run)
+    if not original_row.exists():
+        _write(original_row, {**common, "method": "original", "variant": "original", "options": {},
+                              **original_eval.metrics, "rte_s": 0.0, "rte_ratio": 0.0}, work.run)
+    return _Reference(common, reference, original_eval, perturbed)
+
+
+def _record_task(work: _Work, job: tuple[int, str, Variant, _Reference]) -> dict:
+    """One (seed, request, variant) record, written once: a record this run already wrote (by a task whose worker
+    died after writing it) is returned as it is."""
+    seed, spec, variant, ref = job
+    suite, data, device = work.suite, work.data, work.device
+    path = record_path(Path(work.out_dir), spec, variant.slug, seed)
+    done = _read_record(path)
+    if done is not None and done.get("run") == work.run:
+        return done
+    with torch_threads(work.threads):
+        request = build_request(spec, data, seed)
+        original = load_checkpoint(ref.common["original"])
+        options = suite.method_options(variant)
+        started = time.time()
+        result = unlearn(original, request, data, variant.method, seed=seed, device=device, **options)
+        evaluation = evaluate(model_outputs(result.model, data, request, device, perturbed_forget=ref.perturbed),
+                              request, data,
+                              reference=ref.reference, original=ref.original_eval, cost=result.cost,
+                              retrain_seconds=ref.common["retrain_s"], mia_shadow_size=suite.mia_shadow_size,
+                              mia_attack=suite.mia_attack, seed=seed)
+    record = {**ref.common, "method": variant.method, "variant": variant.label, "options": result.config,
+              **evaluation.metrics, "cost": result.cost.to_dict(),
+              "notes": {k: v for k, v in result.notes.items() if k != "history"},
+              "history": result.notes.get("history", []),
+              "wall_s": round(time.time() - started, 3)}
+    return _write(path, record, work.run)
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _summary(record: dict) -> str:
@@ -303,16 +427,11 @@ def _record_is_current(path: Path, options: dict, log: Callable[[str], None]) ->
     return False
 
 
-def _write(path: Path, record: dict) -> None:
-    record = {**record, "machine": machine(), "versions": versions(),
+def _write(path: Path, record: dict, run: str) -> dict:
+    record = {**record, "machine": machine(), "versions": versions(), "run": run,
               "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     write_json_atomic(path, record)
-
-
-def _bar(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
+    return record
 
 
 def load_records(out_dir: str | Path) -> list[dict]:

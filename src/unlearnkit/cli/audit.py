@@ -8,14 +8,25 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..options import option
-from .common import Command, add_flags, add_overwrite_arg, check_output, command_flags, request_files, split_top_level
+from .common import (
+    Command,
+    add_flags,
+    add_overwrite_arg,
+    backend_arguments,
+    backend_from_args,
+    check_output,
+    command_flags,
+    request_files,
+    split_top_level,
+)
 
 
 @dataclass
 class AuditFlags:
     models: int = option(16, "N: originals, retrained references and unlearned models per method", ge=3, le=100_000)
-    workers: int = option(2, "parallel training processes", ge=1, le=256)
-    worker_threads: int = option(1, "torch threads per worker process", ge=1, le=1024)
+    workers: int = option(2, "training tasks at a time (more than 1: Ray tasks, on a local Ray instance unless "
+                             "--ray-address)", ge=1, le=256)
+    worker_threads: int = option(1, "torch threads per task", ge=1, le=1024)
     retain_sample: int = option(1000, "retained examples attacked (0: all of D_r)", ge=0, le=10**8)
     memorization_models: int | None = option(None, "split models for memorized:K (even; default N)", ge=2, le=100_000)
     variance: Literal["auto", "global", "per_example"] = option(
@@ -49,6 +60,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )
     add_overwrite_arg(p, "an existing audit of the same suite")
     add_flags(p, AuditFlags, only=("workers", "worker_threads", "retain_sample", "memorization_models", "variance"))
+    backend_arguments(p)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
 
@@ -61,6 +73,7 @@ def _audit(args: argparse.Namespace) -> int:
     settings = AuditSettings(models=args.models, workers=args.workers, threads=args.worker_threads,
                              retain_sample=args.retain_sample or None, memorization_models=args.memorization_models,
                              variance=args.variance, device=args.device)
+    backend = backend_from_args(args, workers=args.workers, threads=args.worker_threads)
     out = args.out if args.out is not None else f"benchmarks/results/audit/{suite.name}"
     from .bench import check_cache
 
@@ -69,9 +82,10 @@ def _audit(args: argparse.Namespace) -> int:
     out = check_output(out, "audit", args, inputs, detail=suite.name)
     check_cache(args.cache, inputs + [out])
     methods = split_top_level(args.methods) if args.methods else None
-    results = run_audit(suite, out, settings=settings, cache_dir=args.cache, methods=methods, requests=args.request,
-                        data_dir=args.data_dir, command="unlearnkit " + " ".join(sys.argv[1:]),
-                        quiet=False)
+    with backend:
+        results = run_audit(suite, out, settings=settings, cache_dir=args.cache, methods=methods,
+                            requests=args.request, data_dir=args.data_dir,
+                            command="unlearnkit " + " ".join(sys.argv[1:]), quiet=False, backend=backend)
     for spec, req in results["requests"].items():
         print(f"{spec}:")
         for label, row in req["methods"].items():

@@ -8,7 +8,16 @@ import sys
 
 from ..errors import UnlearnKitError
 from ..options import option
-from .common import Command, add_flags, add_overwrite_arg, check_output, command_flags, split_top_level
+from .common import (
+    Command,
+    add_flags,
+    add_overwrite_arg,
+    backend_arguments,
+    backend_from_args,
+    check_output,
+    command_flags,
+    split_top_level,
+)
 
 
 @dataclasses.dataclass
@@ -44,6 +53,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
         help="prune first, then unlearn: prune the suite's originals by SPEC (e.g. omp:0.95; 'none' for dense), "
         "overriding the suite's `prune` key; default --out gains the spec",
     )
+    backend_arguments(p)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -72,6 +82,10 @@ def _bench(args: argparse.Namespace) -> int:
         + ("dense" if suite.prune is None else "".join(c if c.isalnum() or c in ".=-" else "_" for c in suite.prune))
     )
     out = args.out if args.out is not None else f"benchmarks/results/{suite.name}{suffix}"
+    import torch
+
+    # local: in this process; ray: tasks of this process's torch threads each (a local instance: all the CPUs)
+    backend = backend_from_args(args, workers=None, threads=torch.get_num_threads())
     inputs = [suite.path, *([args.data_dir] if args.data_dir else [])]
     out = check_output(out, "bench", args, inputs, resume=True, detail=suite.name)
     check_cache(args.cache, inputs + [out])
@@ -86,18 +100,19 @@ def _bench(args: argparse.Namespace) -> int:
         if unknown:
             raise UnlearnKitError(f"--methods: {', '.join(unknown)} not in suite {suite.name!r} "
                                   f"(its variants: {', '.join(v.label for v in suite.variants)})")
-    run_suite(
-        suite,
-        out,
-        cache_dir=args.cache,
-        device=args.device,
-        data_dir=args.data_dir,
-        seeds=seeds,
-        methods=methods,
-        command="unlearnkit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("unlearnkit") else None,
-        progress=sys.stderr.isatty(),
-        rerun=args.overwrite,
-    )
+    with backend:
+        run_suite(
+            suite,
+            out,
+            cache_dir=args.cache,
+            device=args.device,
+            data_dir=args.data_dir,
+            seeds=seeds,
+            methods=methods,
+            command="unlearnkit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("unlearnkit") else None,
+            rerun=args.overwrite,
+            backend=backend,
+        )
     if not args.no_report:
         write_report(out)
         print(f"report written to {out}/report.md")

@@ -170,3 +170,27 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def backend_arguments(p: argparse.ArgumentParser) -> None:
+    """--backend, --ray-address, --ray-retries, --task-cpus, --task-gpus, --progress-log: the execution backend's
+    declared options (:class:`unlearnkit.backends.BackendOptions`, docs/scale.md)."""
+    from ..backends import BackendOptions
+
+    add_flags(p, BackendOptions)
+
+
+def backend_from_args(args: argparse.Namespace, *, workers: int | None = 1, threads: int = 1):
+    """The backend the flags describe (a bad combination fails here, before any output is created)."""
+    from ..backends import BackendOptions, backend_from
+
+    options = BackendOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BackendOptions)})
+    if options.progress_log is not None:
+        from pathlib import Path
+
+        from ..outputs import check_output_name
+
+        check_output_name(options.progress_log, "--progress-log")
+        if Path(options.progress_log).is_dir():
+            raise UnlearnKitError(f"--progress-log {options.progress_log} is a folder; give a file to append to")
+    return backend_from(options, workers=workers, threads=threads)

@@ -13,6 +13,7 @@ run by the hybrid planner and recorded in its ledger (docs/sisa.md)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Literal
 from ..errors import UnlearnKitError
 from ..hybrid.cost import Policy
 from ..options import option
-from .common import SEED_MAX, Command, add_flags, command_flags, printable
+from .common import SEED_MAX, Command, add_flags, backend_arguments, backend_from_args, command_flags, printable
 
 
 @dataclass
@@ -29,7 +30,8 @@ class ForgetFlags:
     mode: Literal["auto", "exact", "approx"] = option("auto", "auto: the planner decides; exact: SISA retraining; "
                                                               "approx: modification + amend")
     seed: int = option(0, "seed of random: request specs", ge=0, le=SEED_MAX)
-    workers: int | None = option(None, "shard retraining processes (default: the model's)", ge=1, le=256)
+    workers: int | None = option(None, "shard retraining tasks at a time (default: the model's; more than 1: Ray "
+                                       "tasks, on a local Ray instance unless --ray-address)", ge=1, le=256)
 
 
 @dataclass
@@ -77,6 +79,7 @@ def _forget_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--evaluate", action="store_true", help="record the new ensemble's test accuracy with the request")
     add_flags(p, ForgetFlags, only=("workers",))
+    backend_arguments(p)
     policy_arguments(p)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu")
@@ -96,12 +99,22 @@ def _forget(args: argparse.Namespace) -> int:
     rid = args.request_id
     if rid is not None and (not rid or len(rid) > 200 or not rid.isprintable() or any(c.isspace() for c in rid)):
         raise UnlearnKitError(f"bad --request-id '{printable(rid)}': use 1-200 printable characters without spaces")
+    from ..backends import ray_available
+
     sisa = SisaModel.open(args.model, data_dir=args.data_dir)
+    # The model's parallel retraining runs on Ray; without Ray and unless asked for, here (the same weights).
+    workers = args.workers or (sisa.workers if args.backend == "ray" or ray_available() else 1)
+    # --backend ray: every exact retraining runs there; local: here, or on a local Ray instance started when a plan
+    # retrains several shards in parallel
+    backend = backend_from_args(args, workers=workers, threads=sisa.settings.threads)
+    if args.backend == "local":
+        backend = contextlib.nullcontext()
     policy = policy_from_args(args, (sisa.meta.get("hybrid") or {}).get("policy"))
     # The ids are read and checked before the ledger is opened: a refused request leaves the model untouched.
     ids, source = ids_from_request(sisa, args.ids, args.request, args.seed)
-    with Unlearner(sisa, policy=policy, device=args.device, workers=args.workers, evaluate=args.evaluate,
-                   echo=not args.json) as service:
+    with backend, Unlearner(sisa, policy=policy, device=args.device, workers=workers, evaluate=args.evaluate,
+                            echo=not args.json, backend=backend if args.backend == "ray" else None,
+                            progress_log=args.progress_log) as service:
         if args.plan_only:
             plan = service.plan(ids, args.mode)
             print(json.dumps(plan.to_dict(), indent=2))

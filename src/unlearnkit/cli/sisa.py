@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Literal
 
 from ..options import option
 from ..training import TrainConfig
@@ -21,6 +20,8 @@ from .common import (
     Command,
     add_data_args,
     add_flags,
+    backend_arguments,
+    backend_from_args,
     check_output,
     command_flags,
     data_inputs,
@@ -35,17 +36,12 @@ class SisaTrainFlags:
     shards: int = option(5, "shards: independent models, each trained on its own part of the data", ge=1, le=1024)
     slices: int = option(5, "slices per shard: a checkpoint after each", ge=1, le=1024)
     seed: int = option(0, "seed of the partition, the initialisations and the data order", ge=0, le=SEED_MAX)
-    workers: int = option(2, "shard training processes", ge=1, le=256)
+    workers: int = option(2, "shard training tasks at a time (more than 1: Ray tasks, on a local Ray instance unless "
+                             "--ray-address)", ge=1, le=256)
     shard_threads: int | None = option(None, "torch threads per shard, now and in every retrain (default: cores / "
                                              "workers)", ge=1, le=1024)
     keep_versions: int = option(0, "superseded versions that keep their weights, for rollback (0: only the current "
                                    "version's; earlier ones keep their hashes and metadata)", ge=0, le=100_000)
-    backend: Literal["local", "ray"] = option("local", "where shard jobs run: local (this machine, --workers "
-                                                       "processes) or ray (each shard a Ray task; docs/scale.md)")
-    ray_address: str | None = option(None, "Ray cluster to join: auto or HOST:PORT (default: start a local Ray "
-                                           "instance of --workers x --shard-threads CPUs); --out must be on storage "
-                                           "every node can read")
-    ray_retries: int = option(3, "times Ray re-runs a shard task whose worker died", ge=0, le=100)
 
 
 @dataclass
@@ -63,8 +59,8 @@ def _sisa_arguments(p: argparse.ArgumentParser) -> None:
     train = sub.add_parser("train", help="train a SISA ensemble (S shards x R slices, a checkpoint after every stage)")
     add_data_args(train)
     train.add_argument("--model", default=None, help="model name (default: the data set's default)")
-    add_flags(train, SisaTrainFlags, only=("shards", "slices", "seed", "workers", "shard_threads", "backend",
-                                           "ray_address", "ray_retries"))
+    add_flags(train, SisaTrainFlags, only=("shards", "slices", "seed", "workers", "shard_threads"))
+    backend_arguments(train)
     add_flags(
         train,
         TrainConfig,
@@ -108,7 +104,6 @@ def _sisa_retention(args: argparse.Namespace) -> int:
 
 
 def _sisa_train(args: argparse.Namespace) -> int:
-    from ..backends import make_backend
     from ..data import as_dataset
     from ..hybrid import calibrate
     from ..recipes import default_model
@@ -116,8 +111,7 @@ def _sisa_train(args: argparse.Namespace) -> int:
     from ..sisa.shards import default_threads
 
     threads = args.shard_threads or default_threads(args.workers)
-    backend = make_backend(args.backend, address=args.ray_address, num_cpus=args.workers * threads,
-                           max_retries=args.ray_retries)  # a bad combination fails here, before --out is created
+    backend = backend_from_args(args, workers=args.workers, threads=threads)  # fails here, before --out is created
     # A SISA model folder holds its request ledger (the deletion audit trail): it is continued when its training was
     # interrupted, never replaced (there is no --overwrite here; remove an old model yourself).
     out = check_output(args.out, "sisa", args, data_inputs(args.dataset, args.data_dir), resume=True)

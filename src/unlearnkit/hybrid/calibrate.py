@@ -8,6 +8,7 @@ checkpoints go to a temporary folder that is removed afterwards.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -15,21 +16,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import Augment
+from ..backends import make_backend, ray_available, torch_threads
+from ..data import Augment, Source
 from ..sisa.layout import ACTIVE
 from ..sisa.model import SisaModel
-from ..sisa.shards import ShardPool, torch_threads
 from ..training import Phase, TrainConfig, classifier_source, fit, metered, predict_logits
 from .approx import approximate_delete
 from .cost import Calibration
 from .planner import ApproxSettings
 
 
-def _time_pool(workers: int) -> float:
-    """Starting ``workers`` shard workers until each can train (spawn, imports, first optimiser step)."""
+def warm_up(_: int = 0) -> int:
+    """What a fresh worker pays before its first stage: imports, and the first optimiser step (which imports
+    torch._dynamo, seconds on a busy CPU) and version record (which imports scikit-learn)."""
+    from .._util import versions
+
+    with torch_threads(1):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        x, y = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)
+        fit(model, Phase(Source(x, y, batch_size=2)), TrainConfig(epochs=1), seed=0, device="cpu")
+    versions()
+    return os.getpid()
+
+
+def _time_pool(workers: int, threads: int) -> float:
+    """Starting a local Ray instance of ``workers`` workers until each can train (start-up, imports, first
+    optimiser step)."""
     started = time.perf_counter()
-    with ShardPool(workers) as pool:
-        pool.executor()
+    with make_backend("local", workers=workers, num_cpus=workers * threads, progress_bar=False) as backend:
+        backend.map(warm_up, list(range(workers)), num_cpus=threads, stage="warm-up")
     return time.perf_counter() - started
 
 
@@ -103,8 +118,8 @@ def calibrate(sisa: SisaModel, approx: ApproxSettings | None = None, *, device: 
     cal.amend_rounds = float(np.mean(rounds)) if rounds else cal.amend_rounds
 
     # 4. Starting the worker pool (only parallel exact retraining pays it).
-    if workers > 1:
-        cal.pool_overhead_seconds = _time_pool(workers)
+    if workers > 1 and ray_available():
+        cal.pool_overhead_seconds = _time_pool(workers, settings.threads)
     cal.measured = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if save:
         sisa.store.update_meta(calibration={**(sisa.meta.get("calibration") or {}), **cal.to_dict()})

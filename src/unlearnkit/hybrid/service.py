@@ -36,10 +36,10 @@ from typing import Iterator
 import numpy as np
 
 from .. import _fault
+from ..backends import Backend, make_backend, ray_available
 from ..errors import UnlearnKitError
 from ..sisa.layout import ACTIVE, DELETED_APPROX, DELETED_EXACT, derived_seed
 from ..sisa.model import SisaModel
-from ..sisa.shards import ShardPool
 from ..training import metered
 from .approx import approximate_delete
 from .cost import Calibration, Policy
@@ -66,18 +66,25 @@ class Unlearner:
 
     def __init__(self, model: SisaModel | str | os.PathLike, *, policy: Policy | None = None,
                  approx: ApproxSettings | None = None, device: str = "cpu", workers: int | None = None,
-                 data_dir: str | os.PathLike | None = None, evaluate: bool = False, echo: bool = False) -> None:
+                 data_dir: str | os.PathLike | None = None, evaluate: bool = False, echo: bool = False,
+                 backend: Backend | None = None, progress_log: str | os.PathLike | None = None) -> None:
         self.sisa = model if isinstance(model, SisaModel) else SisaModel.open(model, data_dir=data_dir)
         stored = self.sisa.meta.get("hybrid") or {}
         self.policy = policy or Policy(**stored.get("policy", {}))
         self.approx = approx or ApproxSettings(**stored.get("approx", {}))
         self.device = device
         self.workers = self.sisa.workers if workers is None else workers
+        if backend is not None:
+            self.workers = backend.workers
+        elif self.workers > 1 and workers is None and not ray_available():
+            self.workers = 1  # the model's parallel retraining runs on Ray; without it, here (the same weights)
         self.evaluate = evaluate
         self.echo = echo
         _fault.arm()
         self._ledger: Ledger | None = None  # opened (and created) on first use
-        self.pool = ShardPool(self.workers)  # started when a plan runs shards in parallel; kept until close()
+        # Parallel exact retraining: tasks of ``backend``, else of a local Ray instance started when a plan first
+        # runs shards in parallel and kept until close() (a long-running service pays its start once).
+        self.backend, self._own_backend, self.progress_log = backend, backend is None, progress_log
 
     @property
     def ledger(self) -> Ledger:
@@ -90,8 +97,26 @@ class Unlearner:
     def calibration(self) -> Calibration:
         return Calibration.from_dict(self.sisa.meta.get("calibration"))
 
+    def _exact_backend(self, workers: int) -> Backend | None:
+        """Where an exact deletion retrains: a backend given to this object (a Ray cluster: always there), else
+        here for a plan of one worker, else a local Ray instance."""
+        if self.backend is not None and not self._own_backend:
+            return self.backend
+        if workers <= 1:
+            return None
+        if self.backend is None:
+            self.backend = make_backend("local", workers=workers, num_cpus=workers * self.sisa.settings.threads,
+                                        progress_log=self.progress_log)
+        return self.backend
+
+    @property
+    def pool_warm(self) -> bool:
+        return self.backend is not None and self.backend.started
+
     def close(self) -> None:
-        self.pool.close()
+        if self.backend is not None and self._own_backend:
+            self.backend.close()
+            self.backend = None
         if self._ledger is not None:
             self._ledger.close()
             self._ledger = None
@@ -109,7 +134,7 @@ class Unlearner:
             status = self.sisa.store.read_status(self.sisa.current_version())
         return make_plan(ids, self.sisa.provenance, status, epochs=self.sisa.config.epochs, workers=self.workers,
                          cal=self.calibration, policy=policy or self.policy, approx=self.approx, mode=mode,
-                         pool_warm=self.pool.warm)
+                         pool_warm=self.pool_warm)
 
     def options(self) -> dict:
         """The options a request submitted here is stored with (and run with, by whichever process runs it)."""
@@ -270,7 +295,8 @@ class Unlearner:
                     self._say(f"  shard {shard} stage {stage} retrained ({seconds:.2f} s)")
 
                 workers = int(((record.plan or {}).get("exact") or {}).get("workers", 1))
-                result = sisa.exact_delete(version, new_ids, workers=workers, on_stage=stage_done, pool=self.pool)
+                result = sisa.exact_delete(version, new_ids, workers=workers, on_stage=stage_done,
+                                           backend=self._exact_backend(workers))
                 states, status = result.states, result.status
                 metrics["shards"] = [r.summary() for r in result.shards]
                 samples = sum(r.samples for r in result.shards)

@@ -5,7 +5,7 @@ shard from its last unaffected stage. See docs/sisa.md."""
 from .ensemble import Ensemble
 from .layout import ACTIVE, DELETED_APPROX, DELETED_EXACT, Provenance, stage_seed
 from .model import ExactResult, SisaModel, default_stage_config, train_sisa
-from .shards import ShardJob, ShardPool, ShardResult, StageSettings, run_shard_job
+from .shards import ShardJob, ShardResult, StageSettings, run_shard_job
 from .store import SisaStore, StageCorrupted, Version
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "train_sisa",
     "default_stage_config",
     "ShardJob",
-    "ShardPool",
     "ShardResult",
     "StageSettings",
     "run_shard_job",

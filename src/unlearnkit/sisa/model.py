@@ -1,7 +1,7 @@
 """A SISA model: S shards x R slices trained incrementally, its versions, and exact deletion.
 
 ``train_sisa`` deals the training set into shards and slices (seeded), trains every shard stage by stage
-through :func:`unlearnkit.training.fit` (in parallel worker processes when ``workers > 1``), writes a
+through :func:`unlearnkit.training.fit` (as tasks of an execution backend when ``workers > 1``), writes a
 checkpoint after every stage, and commits version 0. ``SisaModel.exact_delete`` retrains the affected
 shards from the last stage whose history is unchanged; with the same seed, recipe and thread count the
 result is bitwise identical to training those shards from scratch without the deleted ids.
@@ -31,7 +31,7 @@ from ..recipes import default_model, default_recipe
 from ..training import TrainConfig, accuracy, metered, predict_logits
 from .ensemble import Ensemble
 from .layout import ACTIVE, DELETED_APPROX, DELETED_EXACT, Provenance
-from .shards import ShardJob, ShardPool, ShardResult, StageCallback, StageSettings, default_threads, run_shard_jobs
+from .shards import ShardJob, ShardResult, StageCallback, StageSettings, default_threads, run_shard_jobs
 from .store import FORMAT, SisaStore, Version
 
 
@@ -157,21 +157,22 @@ class SisaModel:
     def retrain_shards(self, shards: list[int], removed: np.ndarray, *, workers: int | None = None,
                        on_stage: StageCallback | None = None,
                        on_shard: Callable[[ShardResult], None] | None = None,
-                       pool: ShardPool | None = None, backend: Backend | None = None) -> list[ShardResult]:
+                       backend: Backend | None = None) -> list[ShardResult]:
         jobs = [self.shard_job(k, removed) for k in shards]
         return run_shard_jobs(self.store, jobs, self.settings, self.workers if workers is None else workers,
-                              on_stage=on_stage, on_shard=on_shard, pool=pool, backend=backend)
+                              on_stage=on_stage, on_shard=on_shard, backend=backend)
 
     def exact_delete(self, version: Version, ids: np.ndarray, *, workers: int | None = None,
-                     on_stage: StageCallback | None = None, pool: ShardPool | None = None) -> ExactResult:
+                     on_stage: StageCallback | None = None, backend: Backend | None = None) -> ExactResult:
         """Retrain every shard holding one of ``ids`` without them (and without any earlier approximately
-        deleted id of that shard), from the last stage whose history is unchanged."""
+        deleted id of that shard), from the last stage whose history is unchanged; on ``backend`` when given
+        (else here, or on a local Ray instance for ``workers > 1``)."""
         ids = np.asarray(ids, dtype=np.int64)
         status = version.status.copy()
         removed = status != ACTIVE
         removed[ids] = True
         affected = sorted(int(k) for k in np.unique(self.provenance.shard_of[ids]))
-        results = self.retrain_shards(affected, removed, workers=workers, on_stage=on_stage, pool=pool)
+        results = self.retrain_shards(affected, removed, workers=workers, on_stage=on_stage, backend=backend)
         states = list(version.states)
         for result in results:
             states[result.shard] = result.state
@@ -232,7 +233,8 @@ def train_sisa(
     same arguments. ``keep_versions`` superseded versions keep their weights after later deletions (see
     :mod:`unlearnkit.sisa.store`, "What is kept and what is purged"). ``backend`` runs the shard jobs (e.g. a
     :class:`unlearnkit.backends.RayBackend`, each shard a task asking for ``threads`` CPUs; ``out`` must then
-    be on storage every node can read); by default they run here or on ``workers`` local processes.
+    be on storage every node can read); by default they run here (``workers`` 1) or as tasks of a local Ray instance
+    of ``workers`` x ``threads`` CPUs.
     """
     _fault.arm()
     data = as_dataset(data, data_dir)
@@ -285,7 +287,8 @@ def _train_all(store: SisaStore, data: Dataset, data_dir, echo: bool, model_name
 
     removed = np.zeros(data.n_train, dtype=bool)
     with metered() as cost:
-        results = sisa.retrain_shards(list(range(shards)), removed, on_shard=shard_done, backend=backend)
+        results = sisa.retrain_shards(list(range(shards)), removed, workers=workers, on_shard=shard_done,
+                                      backend=backend)
     states = [r.state for r in results]
     status = np.zeros(data.n_train, dtype=np.uint8)
     trained_samples = sum(r.samples for r in results)

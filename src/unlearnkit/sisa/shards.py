@@ -1,4 +1,4 @@
-"""Training a shard stage by stage, in this process or in a pool of worker processes.
+"""Training a shard stage by stage, in this process or as tasks of an execution backend (docs/scale.md).
 
 A shard job trains stages ``resume+1..R`` where ``resume`` is the deepest stage whose checkpoint, under the
 *new* training history, already exists and verifies. That one rule covers first training (nothing exists:
@@ -18,21 +18,17 @@ same code.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import multiprocessing
 import os
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .. import _fault
 from .._util import seed_everything
-from ..backends import Backend, InProcess
+from ..backends import Backend, InProcess, make_backend, torch_threads
 from ..data import Augment
 from ..training import Phase, TrainConfig, classifier_source, fit
 from .layout import ids_digest, stage_seed
@@ -92,16 +88,6 @@ class StageSettings:
 StageCallback = Callable[[int, int, float], None]  # (shard, stage, seconds)
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_shard_job(store_path: str, job: ShardJob, settings: StageSettings,
                   on_stage: StageCallback | None = None) -> ShardResult:
     """Bring shard ``job.shard`` to stage R under the job's history (see the module doc)."""
@@ -154,101 +140,31 @@ def run_shard_job(store_path: str, job: ShardJob, settings: StageSettings,
     return result
 
 
-def _worker_init() -> None:
-    # Die with the parent: a killed `unlearnkit forget` must not leave a worker training on behind its back.
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-
-
-def warm_up(_: int = 0) -> int:
-    """What a fresh worker pays before its first stage: imports, and the first optimiser step (which imports
-    torch._dynamo, seconds on a busy CPU) and version record (which imports scikit-learn)."""
-    from .._util import versions
-    from ..data import Source
-    from ..training import Phase, TrainConfig, fit
-
-    with torch_threads(1):
-        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-        x, y = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)
-        fit(model, Phase(Source(x, y, batch_size=2)), TrainConfig(epochs=1), seed=0, device="cpu")
-    versions()
-    return os.getpid()
-
-
-class ShardPool:
-    """Worker processes for shard jobs, started on first use and kept until :meth:`close` (a long-running
-    service pays their start once, not per request)."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = max(1, workers)
-        self._executor: ProcessPoolExecutor | None = None
-
-    @property
-    def warm(self) -> bool:
-        return self._executor is not None
-
-    def executor(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_worker_init)
-            list(self._executor.map(warm_up, range(self.workers)))
-        return self._executor
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-
-    def __enter__(self) -> "ShardPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def run_shard_jobs(store: SisaStore, jobs: list[ShardJob], settings: StageSettings, workers: int,
+def run_shard_jobs(store: SisaStore, jobs: list[ShardJob], settings: StageSettings, workers: int = 1,
                    on_stage: StageCallback | None = None,
                    on_shard: Callable[[ShardResult], None] | None = None,
-                   pool: ShardPool | None = None, backend: Backend | None = None) -> list[ShardResult]:
-    """Run ``jobs``, largest first: as tasks of ``backend`` when one other than the in-process one is given (each
-    task asks for ``settings.threads`` CPUs, or one GPU on cuda), else sequentially here when ``workers <= 1``
-    (or on a GPU, or for one job), else on ``pool`` (a temporary one of ``workers`` processes if not given).
-    Results come in shard order."""
+                   backend: Backend | None = None) -> list[ShardResult]:
+    """Run ``jobs``, largest first: as tasks of ``backend`` (each asking for ``settings.threads`` CPUs, or one GPU
+    on cuda); without one, here one after the other when ``workers <= 1`` (or for one job), else as tasks of a
+    local Ray instance of ``workers`` x ``settings.threads`` CPUs started for these jobs. Results come in shard
+    order. ``on_stage`` is called for the stages trained in this process."""
     jobs = sorted(jobs, key=lambda j: -j.work)
-    results: list[ShardResult] = []
-    if backend is not None and not isinstance(backend, InProcess):
-        def done(_: int, result: ShardResult) -> None:
-            if on_shard is not None:
-                on_shard(result)
+    if backend is None:
+        if workers <= 1 or len(jobs) <= 1:
+            backend = InProcess(progress_bar=False)
+        else:
+            with make_backend("local", workers=workers, num_cpus=workers * settings.threads) as own:
+                return run_shard_jobs(store, jobs, settings, workers, on_stage, on_shard, own)
 
-        gpu = settings.device.startswith("cuda")
-        results = backend.map(functools.partial(run_shard_job, str(store.path), settings=settings), jobs,
-                              num_cpus=settings.threads, num_gpus=1 if gpu else 0, on_result=done)
-        return sorted(results, key=lambda r: r.shard)
-    parallel = workers > 1 and len(jobs) > 1 and not settings.device.startswith("cuda")
-    if not parallel:
-        for job in jobs:
-            results.append(run_shard_job(str(store.path), job, settings, on_stage))
-            if on_shard is not None:
-                on_shard(results[-1])
-        return sorted(results, key=lambda r: r.shard)
-    own = pool is None
-    pool = ShardPool(workers) if own else pool
-    try:
-        futures = [pool.executor().submit(run_shard_job, str(store.path), job, settings) for job in jobs]
-        for future in as_completed(futures):
-            results.append(future.result())
-            if on_shard is not None:
-                on_shard(results[-1])
-    finally:
-        if own:
-            pool.close()
+    def done(_: int, result: ShardResult) -> None:
+        if on_shard is not None:
+            on_shard(result)
+
+    local = isinstance(backend, InProcess)
+    gpu = settings.device.startswith("cuda")
+    fn = functools.partial(run_shard_job, str(store.path), settings=settings, on_stage=on_stage if local else None)
+    results = backend.map(fn, jobs, num_cpus=settings.threads, num_gpus=1 if gpu else 0, on_result=done,
+                          stage="shards")
     return sorted(results, key=lambda r: r.shard)
 
 
