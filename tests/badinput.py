@@ -1070,6 +1070,7 @@ OPTION_BASES: dict[tuple[str, str], tuple[list[str], str, tuple[str, ...]]] = {
         "flag",
         ("sisa",),
     ),
+    ("backend", "execution backend"): (["sisa", "train", "--dataset", "digits", "--out", "o"], "flag", ()),
 }
 COMMAND_BASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "unlearnkit": (["info"], ()),
