@@ -22,7 +22,7 @@ CONFIG = TrainConfig(epochs=2, batch_size=64, lr=0.05)
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

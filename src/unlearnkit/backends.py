@@ -210,8 +210,8 @@ class RayBackend(Backend):
             raise UnlearnKitError("the Ray backend needs Ray: pip install 'unlearnkit[ray]'") from exc
         if not ray.is_initialized():
             try:
-                if self.address is None:
-                    ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                if self.address is None:  # "local": a new instance, never a cluster another run left on this machine
+                    ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
                              configure_logging=False)
                 else:
                     ray.init(address=self.address, log_to_driver=False, configure_logging=False)
