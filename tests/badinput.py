@@ -1055,6 +1055,7 @@ _SET = "--set"
 OPTION_BASES: dict[tuple[str, str], tuple[list[str], str, tuple[str, ...]]] = {
     # (kind, owner) -> (argv without the option, "--set" / "--model-option" / "flag", fixtures)
     ("train", "the training recipe"): (["train", "--dataset", "digits", "--no-progress", "--out", "o"], _SET, ()),
+    ("accel", "the device settings"): (["train", "--dataset", "digits", "--no-progress", "--out", "o"], "flag", ()),
     ("spdgan", "SPD-GAN"): (
         ["spdgan", "train", "--checkpoint", "ck", "--request", "class:0", "--no-progress", "--out", "o"],
         _SET,
@@ -1120,6 +1121,8 @@ def option_cases() -> list[Case]:
             continue
         argv, how, needs = base
         flag = d.flag or "--" + d.name.replace("_", "-")
+        if how == "flag" and d.type.base is bool and d.default is False:
+            continue  # a switch (--compile) takes no value, so no value of it is bad
         for why, word in d.bad_texts():
             if (
                 how == "flag"

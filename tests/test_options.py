@@ -167,5 +167,5 @@ def test_every_generated_bad_command_line_is_refused_before_its_inputs_are_read(
         out, err = capsys.readouterr()
         assert code == 2 and err.count("\n") == 1 and err.startswith("unlearnkit: error: " + expected), (label, err)
         kinds.add(label.split("-")[0])
-    assert kinds == {"train", "model", "method", "spdgan", "prune", "policy", "command"}
+    assert kinds == {"train", "accel", "model", "method", "spdgan", "prune", "policy", "command"}
     assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,7 @@ from .models import new_model
 from .recipes import default_model, default_recipe
 from .requests import Request, build_request
 from .training import (
+    Accel,
     FitReport,
     TrainConfig,
     accuracy,
@@ -76,6 +77,7 @@ def train(
     prune: str | PruneSpec | None = None,
     keep_diverged: bool = False,
     measure_train_acc: bool = False,
+    accel: Accel | None = None,
 ) -> Trained:
     """Train a model on ``data`` (on the poisoned/relabelled data if ``request`` changes it).
 
@@ -87,7 +89,8 @@ def train(
     The metrics hold ``test_acc`` (after the last epoch) and ``train_acc_last_epoch``, the running accuracy of the
     last epoch's batches as trained (augmented, in training mode: free, the loop computes it anyway);
     ``measure_train_acc`` adds ``train_acc``, an extra inference pass over the whole training set (about a fifth of
-    a one-epoch run).
+    a one-epoch run). ``accel`` sets precision, ``torch.compile`` and the cuDNN/TF32 switches
+    (:class:`~unlearnkit.training.Accel`); non-default settings are recorded in the checkpoint's ``runtime``.
     """
     if prune is not None:  # a bad spec fails before any data is read
         from .sparsity import parse_prune_spec
@@ -97,6 +100,7 @@ def train(
     request = as_request(request, data, seed)
     model_name = model or default_model(data.name)
     config = config or default_recipe(data.name, model_name)
+    accel = accel or Accel()
     device = resolve_device(device)
     net, args = new_model(model_name, data, seed, model_options)
     x, y = request.training_data(data) if request is not None else (data.x_train, data.y_train)
@@ -109,7 +113,7 @@ def train(
         )
 
     def after_epoch(m: nn.Module, record: dict) -> None:
-        logits = predict_logits(m, data.x_test, device=device)
+        logits = predict_logits(m, data.x_test, device=device, precision=accel.precision)
         record["test_acc"] = round(accuracy(logits, data.y_test), 3)
         if is_text(data):  # a language model: its validation perplexity per character too
             record["val_ppl"] = round(math.exp(float(mean_cross_entropy(logits, data.y_test))), 4)
@@ -128,7 +132,7 @@ def train(
 
         return train_classifier(
             m, x, y, torch.arange(data.n_train), run_config or config, augment=augment_for(data),
-            seed=seed, device=device, after_epoch=hooks, progress=progress, desc=f"train {model_name}",
+            seed=seed, device=device, after_epoch=hooks, progress=progress, desc=f"train {model_name}", accel=accel,
         )
 
     pruning = None
@@ -153,7 +157,7 @@ def train(
     if measure_train_acc:
         metrics["train_acc"] = round(accuracy(predict_logits(net, x, device=device), y), 3)
     trained = Trained(net, model_name, args, data, request, config, seed, report, metrics, pruning=pruning,
-                      runtime=weights_runtime(device))
+                      runtime={**weights_runtime(device), **({"accel": accel.changed()} if accel.changed() else {})})
     if out is not None:
         trained.path = save_trained(trained, out, data_dir=data_dir)
     return trained

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from ..errors import UnlearnKitError
 from ..options import option
 from . import audit, bench, byod, core, prune, requests, service, sisa, spdgan
-from .common import Command, add_flags, command_flags, parse_sets, parse_value, printable, split_top_level
+from .common import (
+    Command,
+    add_flags,
+    command_flags,
+    is_switch,
+    parse_sets,
+    parse_value,
+    printable,
+    split_top_level,
+)
 
 # One line per command module, in the order `unlearnkit --help` lists them.
 COMMAND_MODULES = (
@@ -73,6 +82,8 @@ def _setting(d, text: str) -> list[str] | None:
         return [d.flag, text, "info"] if d.owner == "unlearnkit" else [*d.owner.split(), d.flag, text]
     if d.kind == "train":
         return [*train, "--set", f"{d.name}={text}", "--out", "OUT"]
+    if d.kind == "accel":  # the device settings: flags of train and unlearn
+        return [*train, "--" + d.name.replace("_", "-"), text, "--out", "OUT"]
     if d.kind == "model":
         return [*train, "--model", d.owner.split()[-1], "--model-option", f"{d.name}={text}", "--out", "OUT"]
     if d.kind == "method":
@@ -114,12 +125,14 @@ def _bad_input_cases() -> list[tuple[str, list[str], str]]:
         for why, text in d.bad_texts():
             if d.type.base is str and d.choices is None:
                 continue  # a command-line word is always a string
+            if (d.kind == "accel" or d.flag) and is_switch(d):
+                continue  # a switch takes no value
             argv = _setting(d, text)
             if argv is not None:
                 label = "-".join(f"{d.kind} {d.owner} {d.label.lstrip('-')} {why}".split())
                 as_flag = "--" + d.name.replace("_", "-")
-                flag = d.flag or (as_flag if d.kind == "policy" or (d.kind in ("spdgan", "prune") and as_flag in argv)
-                                  else d.name)
+                named = d.kind in ("policy", "accel") or (d.kind in ("spdgan", "prune") and as_flag in argv)
+                flag = d.flag or (as_flag if named else d.name)
                 cases.append((label, argv, f"option {flag} of {d.owner} must be {d.allowed()}; got "))
     return cases
 
@@ -134,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    args.command_line = list(sys.argv[1:] if argv is None else argv)  # what --nproc starts again in each process
     if args.threads is not None:
         import torch
 

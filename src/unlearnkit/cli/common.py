@@ -56,6 +56,9 @@ def add_flags(p: argparse.ArgumentParser, config: type, *, only: tuple[str, ...]
             continue
         flag = "--" + name.replace("_", "-")
         d = dataclasses.replace(d, flag=flag)
+        if is_switch(d):  # a bool that is off unless given: ``--compile``
+            p.add_argument(flag, action="store_true", dest=name, help=d.help)
+            continue
         required = d.default is dataclasses.MISSING
         kwargs: dict[str, Any] = {"type": _checker(d), "help": f"{d.help} ({d.allowed()})", "dest": name}
         if required:
@@ -68,6 +71,11 @@ def add_flags(p: argparse.ArgumentParser, config: type, *, only: tuple[str, ...]
             kwargs["help"] = f"{d.help} ({d.allowed()}; default {json.dumps(_plain(d.default))})"
         kwargs["metavar"] = "{" + ",".join(map(str, d.choices)) + "}" if d.choices else name.upper()
         p.add_argument(flag, **kwargs)
+
+
+def is_switch(d: Declared) -> bool:
+    """A declared bool that defaults to false is a ``store_true`` flag (it takes no value, so none is bad)."""
+    return d.type.base is bool and d.type.choices is None and not d.type.nullable and d.default is False
 
 
 def _plain(value: Any) -> Any:

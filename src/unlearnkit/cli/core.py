@@ -10,7 +10,7 @@ from typing import Literal
 
 from ..errors import UnlearnKitError
 from ..options import option
-from ..training import TrainConfig
+from ..training import Accel, TrainConfig
 from .common import (
     SEED_MAX,
     Command,
@@ -25,12 +25,17 @@ from .common import (
     training_changes,
 )
 
-
 # The numeric and choice flags of these commands, declared once (type, range, help); the training recipe's own
 # options (--epochs, --lr, --batch-size) are TrainConfig's declarations.
+# One data-parallel training over several processes (unlearnkit.distributed, docs/scale.md).
+NPROC_HELP = ("processes of one data-parallel training (PyTorch DDP through torch.distributed.run: gloo on the CPU, "
+              "one GPU each with NCCL); the same global batch as one process")
+
+
 @dataclass
 class TrainFlags:
     seed: int = option(0, "seed of the initialisation, the data order and random requests", ge=0, le=SEED_MAX)
+    nproc: int = option(1, NPROC_HELP, ge=1, le=1024)
 
 
 @dataclass
@@ -44,6 +49,7 @@ class EvaluateFlags:
 @dataclass
 class UnlearnFlags:
     seed: int = option(0, "seed of the method and of random requests", ge=0, le=SEED_MAX)
+    nproc: int = option(1, NPROC_HELP + " (--method retrain only)", ge=1, le=1024)
     prune_finetune_epochs: int | None = option(
         None, "fine-tuning epochs after pruning, on the data as trained (default: 2 after a one-shot prune, 0 where "
               "the spec retrains or trains)", ge=0, le=10_000)
@@ -72,6 +78,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     add_flags(p, TrainConfig, only=("epochs", "lr", "batch_size"), unset="the recipe's")
     add_flags(p, TrainFlags)
     p.add_argument("--device", default="auto")
+    add_flags(p, Accel)
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="other training options (e.g. schedule=multistep)"
     )
@@ -94,23 +101,49 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..api import train
+    from .. import distributed
+
+    if args.nproc > 1 or distributed.in_worker():
+        if args.prune is not None:
+            raise UnlearnKitError("--prune trains in one process; drop --nproc (or --prune)")
+        if not distributed.in_worker():
+            distributed.check_launch(args.nproc, args.device)
+            _check_train(args)  # the output and the model's options, before any process starts
+            return distributed.launch(args.command_line, args.nproc)
+        with distributed.worker(args.device) as (rank, _, device):
+            args.device = str(device)
+            return _run_train(args, rank)
+    return _run_train(args, 0)
+
+
+def _check_train(args: argparse.Namespace):
     from ..models import check_model_options
-    from ..recipes import default_model, default_recipe
+    from ..recipes import default_model
 
     out = check_output(
         args.out, "checkpoint", args, data_inputs(args.dataset, args.data_dir) + request_files(args.request)
     )
+    check_model_options(args.model or default_model(args.dataset), parse_sets(args.model_option))
+    return out
+
+
+def _run_train(args: argparse.Namespace, rank: int) -> int:
+    """Train here; in a multi-process run every process trains, and process 0 alone writes and reports."""
+    from ..api import train
+    from ..recipes import default_model, default_recipe
+
+    out = _check_train(args) if rank == 0 else None  # before the data set is read
     model = args.model or default_model(args.dataset)
     config = default_recipe(args.dataset, model).replace(**training_changes(args))
-    check_model_options(model, parse_sets(args.model_option))  # before the data set is read
     trained = train(
         args.dataset, model, request=args.request, config=config, seed=args.seed, device=args.device,
         data_dir=args.data_dir, model_options=parse_sets(args.model_option), out=out,
-        progress=not args.no_progress and sys.stderr.isatty(), echo=True, prune=args.prune,
+        progress=rank == 0 and not args.no_progress and sys.stderr.isatty(), echo=rank == 0, prune=args.prune,
         keep_diverged=args.keep_diverged,
-        measure_train_acc=args.train_acc,
+        measure_train_acc=args.train_acc, accel=_accel(args),
     )
+    if rank != 0:
+        return 0
     if trained.report.stopped_early:
         print(f"stopped early: {trained.report.stopped_early}", file=sys.stderr)
     m = trained.metrics
@@ -126,6 +159,12 @@ def _train(args: argparse.Namespace) -> int:
         )
     print(f"checkpoint written to {trained.path}")
     return 0
+
+
+def _accel(args: argparse.Namespace) -> Accel:
+    from ..options import options_of
+
+    return Accel(**{name: getattr(args, name) for name in options_of(Accel)})
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -200,9 +239,10 @@ def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="method name (see `unlearnkit info`)")
     p.add_argument("--request", default=None, help="what to forget (default: the request the checkpoint records)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a method option")
-    add_flags(p, UnlearnFlags, only=("seed",))
+    add_flags(p, UnlearnFlags, only=("seed", "nproc"))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
+    add_flags(p, Accel)
     p.add_argument("--out", required=True, help="checkpoint directory for the unlearned model")
     add_overwrite_arg(p, "existing checkpoints (--out, --pruned-out)")
     p.add_argument(
@@ -225,18 +265,45 @@ def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _unlearn(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint, save_unlearned
-    from ..methods import METHODS, make_config, unlearn
+    from .. import distributed
+
+    if args.nproc > 1 or distributed.in_worker():
+        if args.method != "retrain":
+            raise UnlearnKitError(f"--nproc trains one model over several processes: --method retrain only, "
+                                  f"not {args.method}")
+        if args.prune is not None:
+            raise UnlearnKitError("--prune runs in one process; drop --nproc (or --prune)")
+        if not distributed.in_worker():
+            distributed.check_launch(args.nproc, args.device)
+            _check_unlearn(args, outputs=True)  # outputs, method options and the checkpoint, before any start
+            return distributed.launch(args.command_line, args.nproc)
+        with distributed.worker(args.device) as (rank, _, device):
+            args.device = str(device)
+            return _run_unlearn(args, rank)
+    return _run_unlearn(args, 0)
+
+
+def _check_unlearn(args: argparse.Namespace, outputs: bool):
+    from ..checkpoint import load_checkpoint
+    from ..methods import METHODS, make_config
 
     inputs = [args.checkpoint, *([args.data_dir] if args.data_dir else []), *request_files(args.request)]
-    out = check_output(args.out, "checkpoint", args, inputs)
-    if args.pruned_out is not None:
+    out = check_output(args.out, "checkpoint", args, inputs) if outputs else None
+    if outputs and args.pruned_out is not None:
         check_output(args.pruned_out, "checkpoint", args, inputs + [args.out], option="--pruned-out")
     options = parse_sets(args.set)
     if args.method not in METHODS:  # the method and its options are checked before anything is loaded
         raise UnlearnKitError(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
     make_config(METHODS[args.method], options)
-    checkpoint = load_checkpoint(args.checkpoint)
+    return out, options, load_checkpoint(args.checkpoint)
+
+
+def _run_unlearn(args: argparse.Namespace, rank: int) -> int:
+    """Unlearn here; in a multi-process retrain every process trains, and process 0 alone writes and reports."""
+    from ..checkpoint import save_unlearned
+    from ..methods import unlearn
+
+    out, options, checkpoint = _check_unlearn(args, outputs=rank == 0)
     if args.prune is not None:  # bad specs fail before any pruning work
         from ..sparsity import parse_prune_spec, prune_first
 
@@ -247,7 +314,7 @@ def _unlearn(args: argparse.Namespace) -> int:
     request = checkpoint.resolve_request(data, args.request, args.seed, required=True)
     from ..importing import RECIPE_USERS
 
-    if args.method in RECIPE_USERS and checkpoint.manifest.get("recipe_source") == "default":
+    if rank == 0 and args.method in RECIPE_USERS and checkpoint.manifest.get("recipe_source") == "default":
         print(f"note: {args.method} trains with the default recipe recorded when the model was imported; "
               f"`unlearnkit import --recipe FILE.toml` records yours (docs/your-own-model.md)", file=sys.stderr)
     dense = None
@@ -258,7 +325,10 @@ def _unlearn(args: argparse.Namespace) -> int:
         pruning = checkpoint.manifest["pruning"]
         print(f"pruned by {pruning['spec']} to sparsity {pruning['achieved_sparsity']:.4f}: test accuracy "
               f"{checkpoint.manifest['metrics']['test_acc']:.2f} % before unlearning")
-    result = unlearn(checkpoint, request, data, args.method, seed=args.seed, device=args.device, **options)
+    result = unlearn(checkpoint, request, data, args.method, seed=args.seed, device=args.device, accel=_accel(args),
+                     **options)
+    if rank != 0:
+        return 0
     if result.notes.get("diverged") and not args.keep_diverged:
         raise UnlearnKitError(f"{args.method} diverged ({result.notes.get('stopped_early')}); nothing was written: "
                               "lower its learning rate, or pass --keep-diverged to keep the rolled-back model")

@@ -26,7 +26,7 @@ from ..masks import enforce_prune_masks
 from ..options import BIG, build, declare, option, options_of  # noqa: F401  (BIG, option: for method modules)
 from ..recipes import default_recipe
 from ..requests import EFFECTS, Request, build_request
-from ..training import IGNORE, Cost, FitReport, Phase, TrainConfig, accuracy, fit, metered, predict_logits
+from ..training import IGNORE, Accel, Cost, FitReport, Phase, TrainConfig, accuracy, fit, metered, predict_logits
 
 
 @dataclass
@@ -89,6 +89,7 @@ class Task:
     model_args: dict | None = None
     original_test_acc: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # what the method wants recorded with its result
+    accel: Accel = field(default_factory=Accel)  # precision, compile, cuDNN/TF32 (the loop's device settings)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -142,6 +143,7 @@ class Task:
 
     def fit(self, phases: list[Phase] | Phase, config: TrainConfig, **kwargs) -> FitReport:
         kwargs.setdefault("seed", self.seed)
+        kwargs.setdefault("accel", self.accel)
         report = fit(self.model, phases, config, device=self.device, **kwargs)
         self.notes.setdefault("history", []).extend(report.history)
         if report.stopped_early:
@@ -194,13 +196,15 @@ def unlearn(
     model_name: str | None = None,
     model_args: dict | None = None,
     original_test_acc: float | None = None,
+    accel: Accel | None = None,
     **overrides: Any,
 ) -> Unlearned:
     """Unlearn ``request`` from ``model`` with ``method``; returns the new model and its cost.
 
     ``model`` may be a :class:`~unlearnkit.checkpoint.Checkpoint`, which supplies the data set, the recorded
     request, the architecture (needed by ``retrain``) and the training recipe. ``overrides`` set the method's
-    options (see ``unlearnkit info``). The original model is never modified.
+    options (see ``unlearnkit info``). The original model is never modified. ``accel`` sets the training loop's
+    device settings (:class:`~unlearnkit.training.Accel`); non-default ones are recorded in the notes.
     """
     if method not in METHODS:
         raise UnlearnKitError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -232,7 +236,9 @@ def unlearn(
     for p in original.parameters():
         p.requires_grad_(False)
     task = Task(working, original, data, request, x, y, device, seed,
-                recipe or default_recipe(data.name), model_name, model_args, original_test_acc)
+                recipe or default_recipe(data.name), model_name, model_args, original_test_acc, accel=accel or Accel())
+    if task.accel.changed():
+        task.notes["accel"] = task.accel.changed()
     with metered() as cost:
         result = info.run(task, config)
         result = task.model if result is None else result

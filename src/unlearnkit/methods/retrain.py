@@ -36,7 +36,8 @@ def retrain(task: Task, cfg: RetrainConfig):
         ids = torch.arange(task.data.n_train)
     else:
         x, y, ids = task.x, task.y, request.retain
-    report = train_classifier(model, x, y, ids, recipe, augment=task.augment, seed=task.seed, device=task.device)
+    report = train_classifier(model, x, y, ids, recipe, augment=task.augment, seed=task.seed, device=task.device,
+                              accel=task.accel)
     task.notes["history"] = report.history
     return model
 
