@@ -28,6 +28,9 @@ outputs:
   L_u(G(D_f)) − L_o(G(D_f)) (signed so that both grow as the model forgets), and with the ``reference`` too the
   retrained model's degree **UD_acc_retrain** / **UD_loss_retrain** and **gap_UD_acc** = |UD_acc − UD_acc_retrain|.
   **forget_loss** (cross-entropy on D_f) is always reported, to compare with spd_loss.
+* With ``bank`` (a :class:`KlomBank`: the margins of B ≥ 2 models retrained with other seeds): **KLoM** (Georgiev et al.
+  2024; :mod:`unlearnkit.klom`), per example, of this one model against the bank, reported as the median and 95th
+  percentile over D_f, D_r and the test set (``KLoM_forget_median``, ``KLoM_forget_p95``, ...).
 * With ``cost`` and ``retrain_seconds``: **rte_s** and **rte_ratio**.
 * Backdoor and feature (edit) requests: **ASR** (% of non-target test images classified as the target once the
   trigger, or the planted feature, is stamped on them: how much the model still follows it) and clean accuracy;
@@ -44,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import klom as _klom
 from . import text_evaluation
 from ._util import resolve_device
 from .data import Dataset, is_text
@@ -93,6 +97,11 @@ METRICS: dict[str, tuple[str, str | float | None]] = {
     "UD_acc_retrain": ("the retrained model's unlearning degree A_o(G(D_f)) − A_r(G(D_f)) (the target)", None),
     "UD_loss_retrain": ("the retrained model's L_r(G(D_f)) − L_o(G(D_f))", None),
     "gap_UD_acc": ("|UD_acc − UD_acc_retrain| = |A_r(G(D_f)) − A_u(G(D_f))|", LOWER),
+    **{f"KLoM_{split}_{stat}": (
+        f"KL divergence of margins (Georgiev et al. 2024) against a bank of retrained models, {text} over {where}"
+        " (nats; a held-out retrained model scores about 0.5)", LOWER)
+       for split, where in (("forget", "D_f"), ("retain", "D_r"), ("test", "the test set"))
+       for stat, text in (("median", "median"), ("p95", "95th percentile"))},
     "rte_s": ("run-time efficiency: wall-clock seconds of the unlearning call", LOWER),
     "rte_ratio": ("rte_s / seconds of retraining", LOWER),
     "forward_samples": ("samples passed forward by the unlearning call", LOWER),
@@ -151,6 +160,38 @@ class Outputs:
     perturbed_forget: torch.Tensor | None = (
         None  # probabilities on the SPD-GAN-perturbed forget images, in forget order
     )
+    # margins z_y − logsumexp_{j≠y} z_j (float64; labels as trained / test labels), for KLoM against a bank
+    train_margin: np.ndarray | None = None
+    test_margin: np.ndarray | None = None
+
+
+@dataclass
+class KlomBank:
+    """The margins of B ≥ 2 retrained ("oracle") models on the training set (as trained) and the test set, B × n each:
+    what :func:`evaluate` compares a model's margins with (KLoM). Build it with :func:`klom_bank`."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.train = np.asarray(self.train, dtype=np.float64)
+        self.test = np.asarray(self.test, dtype=np.float64)
+        if self.train.ndim != 2 or self.test.ndim != 2 or self.train.shape[0] != self.test.shape[0]:
+            raise UnlearnKitError("a KLoM bank holds B × n_train and B × n_test margins of the same B models")
+        if self.train.shape[0] < 2:
+            raise UnlearnKitError(f"a KLoM bank needs at least 2 retrained models, got {self.train.shape[0]}")
+
+    @property
+    def size(self) -> int:
+        return int(self.train.shape[0])
+
+
+def klom_bank(models: "list[nn.Module | Outputs]", data: Dataset, request: Request, device=None) -> KlomBank:
+    """A :class:`KlomBank` from retrained models (or their :class:`Outputs`)."""
+    outs = [m if isinstance(m, Outputs) else model_outputs(m, data, request, device) for m in models]
+    if any(o.train_margin is None for o in outs):
+        raise UnlearnKitError("KLoM bank: outputs without margins (compute them with model_outputs)")
+    return KlomBank(np.stack([o.train_margin for o in outs]), np.stack([o.test_margin for o in outs]))
 
 
 @dataclass
@@ -171,12 +212,18 @@ def _probabilities(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
     return probs, int(bad.sum())
 
 
-def outputs_from_logits(train_logits: torch.Tensor, test_logits: torch.Tensor) -> Outputs:
+def outputs_from_logits(train_logits: torch.Tensor, test_logits: torch.Tensor, train_labels: torch.Tensor | None = None,
+                        test_labels: torch.Tensor | None = None) -> Outputs:
     """:class:`Outputs` from stored logits (no weights, so no ``l2_to_reference``); lets a caller that keeps
-    many models' logits (the audit) evaluate them without running the models again."""
+    many models' logits (the audit) evaluate them without running the models again. With the labels (training labels
+    as trained, test labels) the margins are kept too, for KLoM."""
     train, bad_train = _probabilities(train_logits.float())
     test, bad_test = _probabilities(test_logits.float())
-    return Outputs(train, test, None, None, non_finite=bad_train + bad_test)
+    out = Outputs(train, test, None, None, non_finite=bad_train + bad_test)
+    if train_labels is not None and test_labels is not None:
+        out.train_margin = logit_scaled_confidence(train_logits, train_labels)
+        out.test_margin = logit_scaled_confidence(test_logits, test_labels)
+    return out
 
 
 def model_outputs(model: nn.Module, data: Dataset, request: Request, device=None,
@@ -186,9 +233,11 @@ def model_outputs(model: nn.Module, data: Dataset, request: Request, device=None
     if is_text(data):
         return text_evaluation.text_outputs(model, data, request, device)
     device = resolve_device(device if device is not None else "auto")
-    x, _ = request.training_data(data)
-    train, bad_train = _probabilities(predict_logits(model, x, device=device))
-    test, bad_test = _probabilities(predict_logits(model, data.x_test, device=device))
+    x, y = request.training_data(data)
+    train_logits = predict_logits(model, x, device=device)
+    test_logits = predict_logits(model, data.x_test, device=device)
+    train, bad_train = _probabilities(train_logits)
+    test, bad_test = _probabilities(test_logits)
     triggered = None
     if request.trigger is not None:
         keep = data.y_test != request.target
@@ -198,7 +247,9 @@ def model_outputs(model: nn.Module, data: Dataset, request: Request, device=None
         _check_perturbed(perturbed_forget, request)
         perturbed, _ = _probabilities(predict_logits(model, perturbed_forget, device=device))
     weights = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
-    return Outputs(train, test, triggered, weights, non_finite=bad_train + bad_test, perturbed_forget=perturbed)
+    return Outputs(train, test, triggered, weights, non_finite=bad_train + bad_test, perturbed_forget=perturbed,
+                   train_margin=logit_scaled_confidence(train_logits, y),
+                   test_margin=logit_scaled_confidence(test_logits, data.y_test))
 
 
 def _check_perturbed(images: torch.Tensor, request: Request) -> None:
@@ -386,13 +437,16 @@ def evaluate(
     device=None,
     spdgan: Any = None,
     mia_attack: str = "binned",
+    bank: KlomBank | None = None,
 ) -> Evaluation:
     """Every metric of the field for ``model`` on ``request`` (see the module docstring).
 
     ``reference`` and ``original`` may be models or earlier :class:`Evaluation` results (whose outputs are
     reused, so a retrained model is run once per suite, not once per method). ``spdgan`` (a trained
     :class:`~unlearnkit.spdgan.SpdGan` or the perturbed forget images) adds the unlearning degree; earlier
-    :class:`Evaluation` s passed as reference/original must then have been computed with it too.
+    :class:`Evaluation` s passed as reference/original must then have been computed with it too. ``bank`` (a
+    :class:`KlomBank` of retrained models other than ``reference``) adds KLoM; a reference model is scored against it
+    too (its KLoM is the noise floor).
     """
     if is_text(data):  # language-model metrics (perplexity, exposure): unlearnkit.text_evaluation
         return _evaluate_text(model, request, data, reference, original, cost, retrain_seconds, device)
@@ -426,12 +480,14 @@ def evaluate(
         m["forget_acc_corrected"] = _acc(outputs.train[forget], request.corrected_y)
     if outputs.triggered_test is not None:
         m["ASR"] = 100.0 * float((outputs.triggered_test.argmax(1) == request.target).float().mean())
+    if bank is not None:
+        m.update(klom_metrics(outputs, bank, request))
 
     ref = orig = None
     if reference is not None:
         ref = reference if isinstance(reference, Evaluation) else evaluate(
             reference, request, data, mia_shadow_size=mia_shadow_size, seed=seed, device=device, spdgan=perturbed,
-            mia_attack=mia_attack)
+            mia_attack=mia_attack, bank=bank)
         for key in GAP_METRICS:
             m[f"gap_{key}"] = abs(m[key] - ref.metrics[key])
         m["avg_gap"] = sum(m[f"gap_{k}"] for k in GAP_METRICS) / len(GAP_METRICS)
@@ -463,6 +519,25 @@ def evaluate(
     if outputs.non_finite:
         m["non_finite_outputs"] = outputs.non_finite
     return Evaluation({k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}, outputs)
+
+
+def klom_metrics(outputs: Outputs, bank: KlomBank, request: Request) -> dict[str, float]:
+    """KLoM of one model's margins against ``bank``: median and 95th percentile over D_f, D_r and the test set."""
+    if outputs.train_margin is None or outputs.test_margin is None:
+        raise UnlearnKitError("KLoM needs the model's margins (outputs computed by model_outputs, or from logits with "
+                              "their labels)")
+    if bank.train.shape[1] != outputs.train_margin.size or bank.test.shape[1] != outputs.test_margin.size:
+        raise UnlearnKitError("the KLoM bank was computed on another data set (its sizes differ)")
+    out: dict[str, float] = {}
+    for split, margins, oracles in (
+        ("forget", outputs.train_margin[request.forget.numpy()], bank.train[:, request.forget.numpy()]),
+        ("retain", outputs.train_margin[request.retain.numpy()], bank.train[:, request.retain.numpy()]),
+        ("test", outputs.test_margin, bank.test),
+    ):
+        stats = _klom.summary(_klom.klom_single(margins, oracles))
+        out[f"KLoM_{split}_median"], out[f"KLoM_{split}_p95"] = stats["median"], stats["p95"]
+    out["klom_bank"] = bank.size
+    return out
 
 
 def _evaluate_text(model, request: Request, data: Dataset, reference, original, cost, retrain_seconds,
