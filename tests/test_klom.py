@@ -55,8 +55,8 @@ def test_evaluate_reports_klom_against_a_bank(tiny):
     y_train, y_test = request.training_labels(tiny), tiny.y_test
 
     def outputs():
-        return outputs_from_logits(torch.randn(tiny.n_train, 4, generator=gen), torch.randn(len(tiny.y_test), 4, generator=gen),
-                                   y_train, y_test)
+        train = torch.randn(tiny.n_train, 4, generator=gen)
+        return outputs_from_logits(train, torch.randn(len(y_test), 4, generator=gen), y_train, y_test)
 
     bank = klom_bank([outputs() for _ in range(3)], tiny, request)
     model = outputs()
