@@ -1,5 +1,7 @@
 """Request builders give disjoint, seeded, reproducible forget/retain sets, and refuse bad input."""
 
+import json
+
 import pytest
 import torch
 
@@ -111,7 +113,8 @@ def test_ids_file(tmp_path, digits):
 def test_each_request_type_declares_its_syntax_and_effect(digits, tmp_path):
     from unlearnkit.requests import EFFECTS, REQUEST_TYPES, parse_spec
 
-    assert set(REQUEST_TYPES) == {"random", "class", "ids", "relabel", "backdoor", "feature", "memorized", "secret"}
+    assert set(REQUEST_TYPES) == {"random", "class", "ids", "relabel", "backdoor", "feature", "memorized", "memlevel",
+                                  "secret"}
     assert REQUEST_TYPES["secret"].modality == "text" and REQUEST_TYPES["random"].modality is None  # test_text.py
     assert {t.effect for t in REQUEST_TYPES.values()} <= set(EFFECTS)
     # the type's declared effect is the built request's
@@ -124,6 +127,53 @@ def test_each_request_type_declares_its_syntax_and_effect(digits, tmp_path):
     assert parse_spec("ids:/a:b/c.txt")[1] == ["/a:b/c.txt"]
     assert parse_spec("memorized:5:/x:y.json")[1] == ["5", "/x:y.json"]
     assert parse_spec("relabel:0.1:3")[1] == ["0.1", "3"]
+
+
+def test_memlevel_draws_from_thirds_of_the_memorisation_scores(digits, tmp_path):
+    from unlearnkit.requests import (
+        MEMORIZATION_SCORES,
+        SCORES_FORMAT,
+        memorization_bands,
+        needs_memorization_scores,
+        register_memorization_scores,
+    )
+
+    saved = dict(MEMORIZATION_SCORES)
+    MEMORIZATION_SCORES.clear()
+    try:
+        with pytest.raises(UnlearnKitError, match="needs memorisation scores"):
+            build_request("memlevel:high:10", digits)
+        assert needs_memorization_scores("memlevel:high:10") and needs_memorization_scores("memorized:4")
+        scores = torch.arange(digits.n_train, dtype=torch.float64).flip(0)  # id 0 is the most memorised
+        register_memorization_scores(digits, scores)
+        n = digits.n_train
+        low, medium, high = memorization_bands(scores)
+        assert high.tolist() == list(range(n - 2 * n // 3)) and low.numel() == n // 3  # thirds by score
+        request = build_request("memlevel:high:30", digits, seed=1)
+        assert request.forget.numel() == 30 and set(request.forget.tolist()) <= set(high.tolist())
+        assert torch.equal(build_request("memlevel:high:30", digits, seed=1).forget, request.forget)  # seeded
+        assert not torch.equal(build_request("memlevel:high:30", digits, seed=2).forget, request.forget)
+        easy = build_request("memlevel:low:30", digits, seed=1).forget
+        assert set(easy.tolist()) <= set(low.tolist())
+        mix = build_request("memlevel:mix:31", digits, seed=0).forget
+        per_band = [len(set(mix.tolist()) & set(b.tolist())) for b in (low, medium, high)]
+        assert per_band == [10, 10, 11]  # a third of K from each band, the remainder from the high one
+        assert torch.equal(request_from_record(request.describe(), digits).forget, request.forget)
+        path = tmp_path / "scores.json"
+        path.write_text(json.dumps({"format": SCORES_FORMAT, "data_fingerprint": digits.fingerprint,
+                                    "scores": scores.tolist()}))
+        MEMORIZATION_SCORES.clear()
+        assert torch.equal(build_request(f"memlevel:high:30:{path}", digits, seed=1).forget, request.forget)
+        assert not needs_memorization_scores(f"memlevel:high:30:{path}")
+        register_memorization_scores(digits, scores)
+        for bad, message in (("memlevel:hot:3", "unknown memorisation level"), ("memlevel:high", "bad request"),
+                             ("memlevel:low:x", "whole number"), ("memlevel:low:0", "at least 1"),
+                             (f"memlevel:low:{n}", "holds")):
+            with pytest.raises(UnlearnKitError, match=message):
+                build_request(bad, digits)
+    finally:
+        MEMORIZATION_SCORES.clear()
+        MEMORIZATION_SCORES.update(saved)
 
 
 def test_request_files_are_the_arguments_a_type_declares_as_files():

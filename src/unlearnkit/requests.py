@@ -16,6 +16,9 @@ The same syntax is used by the CLI and the Python API::
     memorized:K[:FILE]    the K training samples with the largest memorisation scores (a hard forget set);
                           the scores come from FILE (written by `unlearnkit audit`) or from scores
                           registered in this process with :func:`register_memorization_scores`
+    memlevel:LEVEL:K[:FILE]  K seeded samples of one memorisation band (Zhao et al., NeurIPS 2024): low, medium or
+                          high (the lowest, middle and highest third of the training set by memorisation score),
+                          or mix (a third of K from each band); high is the hard set, low the easy one
 
 Vocabulary: the part before the first colon is the request's **type** (``random``, ``class``, ...; the registry
 :data:`REQUEST_TYPES`, where each type declares its argument syntax and its effect); the **effect** is what the
@@ -194,6 +197,7 @@ class RequestType:
     max_args: int | None = None
     file_args: tuple[int, ...] = ()  # positions of the arguments that name files the request reads
     modality: str | None = "image"  # the data it needs: "image", "text", or None (any)
+    scores_arg: int | None = None  # types that select by memorisation score: the position of the optional scores file
 
     def split(self, text: str) -> list[str]:
         return text.split(":") if self.max_args is None else text.split(":", self.max_args - 1)
@@ -206,14 +210,17 @@ REQUEST_TYPES: dict[str, RequestType] = {}
 
 
 def request_type(name: str, syntax: str, effect: str, doc: str = "", *, max_args: int | None = None,
-                 file_args: tuple[int, ...] = (), modality: str | None = "image") -> Callable[[Builder], Builder]:
+                 file_args: tuple[int, ...] = (), modality: str | None = "image",
+                 scores_arg: int | None = None) -> Callable[[Builder], Builder]:
     """Register a request builder ``fn(dataset, args, seed) -> Request`` as the type ``name`` (see
-    :class:`RequestType`), for data sets of ``modality`` ("image", "text", or None for any)."""
+    :class:`RequestType`), for data sets of ``modality`` ("image", "text", or None for any); ``scores_arg``: the
+    position of the optional memorisation-scores file of a type that selects by memorisation."""
     if effect not in EFFECTS:
         raise ValueError(f"effect {effect!r} is not one of {EFFECTS}")
 
     def register(fn: Builder) -> Builder:
-        REQUEST_TYPES[name] = RequestType(name, syntax, effect, fn, doc, max_args, tuple(file_args), modality)
+        REQUEST_TYPES[name] = RequestType(name, syntax, effect, fn, doc, max_args, tuple(file_args), modality,
+                                          scores_arg)
         return fn
 
     return register
@@ -532,38 +539,95 @@ def read_memorization_scores(path: str | Path, data: Dataset) -> torch.Tensor:
 
 
 def needs_memorization_scores(spec: str) -> bool:
-    """Whether ``spec`` is a ``memorized:K`` request without a scores file: it needs scores registered in this
-    process (:func:`register_memorization_scores`), as the audit computes them."""
+    """Whether ``spec`` selects by memorisation score (``memorized:``, ``memlevel:``) without a scores file: it needs
+    scores registered in this process (:func:`register_memorization_scores`), as the audit computes them."""
     rtype, args = parse_spec(spec)
-    return rtype.name == "memorized" and (len(args) < 2 or not args[1])
+    return rtype.scores_arg is not None and (len(args) <= rtype.scores_arg or not args[rtype.scores_arg])
+
+
+def selects_by_memorization(spec: str) -> bool:
+    """Whether the request type of ``spec`` selects its forget set by memorisation score."""
+    return parse_spec(spec)[0].scores_arg is not None
+
+
+def _count(text: str, spec: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise UnlearnKitError(f"bad count {text!r} in request {spec!r}; K is a whole number of samples") from None
+    if count < 1:
+        raise UnlearnKitError(f"request {spec!r}: K must be at least 1")
+    return count
+
+
+def _scores(data: Dataset, path: str | None, spec: str, usage: str) -> torch.Tensor:
+    if path:
+        return read_memorization_scores(path, data)
+    if data.fingerprint in MEMORIZATION_SCORES:
+        return MEMORIZATION_SCORES[data.fingerprint]
+    raise UnlearnKitError(
+        f"request {spec!r} needs memorisation scores for {data.name}: run `unlearnkit audit` with this request "
+        f"(it computes them from reference models), or give the file it wrote, {usage}"
+    )
 
 
 @request_type("memorized", "K[:SCORES_FILE]", "remove",
-              "the K training samples with the largest memorisation scores", max_args=2, file_args=(1,), modality=None)
+              "the K training samples with the largest memorisation scores", max_args=2, file_args=(1,), modality=None,
+              scores_arg=1)
 def _memorized(data: Dataset, args: list[str], seed: int) -> Request:
     spec = "memorized:" + ":".join(args)
     if not args or args[0] == "":
         raise UnlearnKitError(f"bad request {spec!r}; use memorized:K or memorized:K:SCORES_FILE")
-    try:
-        count = int(args[0])
-    except ValueError:
-        raise UnlearnKitError(f"bad count {args[0]!r} in request {spec!r}; K is a whole number of samples") from None
-    if count < 1:
-        raise UnlearnKitError(f"request {spec!r}: K must be at least 1")
-    if len(args) == 2 and args[1]:
-        scores = read_memorization_scores(args[1], data)
-    elif data.fingerprint in MEMORIZATION_SCORES:
-        scores = MEMORIZATION_SCORES[data.fingerprint]
-    else:
-        raise UnlearnKitError(
-            f"request {spec!r} needs memorisation scores for {data.name}: run `unlearnkit audit` with this request "
-            "(it computes them from reference models), or give the file it wrote, memorized:K:PATH"
-        )
+    count = _count(args[0], spec)
+    scores = _scores(data, args[1] if len(args) == 2 else None, spec, "memorized:K:PATH")
     if count >= data.n_train:
         raise UnlearnKitError(f"request {spec!r} selects the whole training set; nothing would be left to retain")
     # Largest scores first; ties broken by the smaller id, so the set is fully determined by the scores.
     order = torch.sort(-scores, stable=True).indices
     return _from_ids(data, sorted(order[:count].tolist()), seed, spec)
+
+
+MEMORIZATION_LEVELS = ("low", "medium", "high", "mix")
+
+
+def memorization_bands(scores: torch.Tensor) -> list[torch.Tensor]:
+    """The training set cut into thirds by memorisation score (low, medium, high), each as sorted ids; ties are
+    broken by the smaller id, so the bands are fully determined by the scores."""
+    order = torch.sort(scores, stable=True).indices
+    n = order.numel()
+    return [torch.sort(order[i * n // 3:(i + 1) * n // 3]).values for i in range(3)]
+
+
+@request_type("memlevel", "LEVEL:K[:SCORES_FILE]", "remove",
+              "K seeded samples of a memorisation band (Zhao et al. 2024): low, medium or high (thirds of the training "
+              "set by memorisation score), or mix (a third of K from each)", max_args=3, file_args=(2,), modality=None,
+              scores_arg=2)
+def _memlevel(data: Dataset, args: list[str], seed: int) -> Request:
+    # Zhao et al. (NeurIPS 2024, "What makes unlearning hard and what to do about it") show that forget sets of
+    # highly memorised samples are the hard ones and build low/medium/high-memorisation forget sets from bands of
+    # the memorisation score; their bands are fixed thresholds on CIFAR's scores, here they are the score's thirds
+    # over the training set, so that every band exists on any data. `mix` is the set their RUM is evaluated on.
+    spec = "memlevel:" + ":".join(args)
+    usage = f"use memlevel:LEVEL:K[:SCORES_FILE] with LEVEL one of {', '.join(MEMORIZATION_LEVELS)}"
+    if len(args) < 2 or not args[0] or not args[1]:
+        raise UnlearnKitError(f"bad request {spec!r}; {usage}")
+    level = args[0]
+    if level not in MEMORIZATION_LEVELS:
+        raise UnlearnKitError(f"unknown memorisation level {level!r} in request {spec!r}; {usage}")
+    count = _count(args[1], spec)
+    scores = _scores(data, args[2] if len(args) == 3 else None, spec, f"memlevel:{level}:{count}:PATH")
+    bands = memorization_bands(scores)
+    wanted = {"low": (count, 0, 0), "medium": (0, count, 0), "high": (0, 0, count),
+              "mix": (count // 3, count // 3, count - 2 * (count // 3))}[level]
+    gen = _generator(seed, "memlevel")
+    picked = []
+    for name, band, k in zip(MEMORIZATION_LEVELS, bands, wanted):
+        if k > band.numel():
+            raise UnlearnKitError(f"request {spec!r} asks for {k} samples of the {name} band, which holds "
+                                  f"{band.numel()} of {data.n_train}")
+        if k:
+            picked.append(_seeded_subset(band, k, gen))
+    return _from_ids(data, sorted(torch.cat(picked).tolist()), seed, spec)
 
 
 # -- secrets in a text corpus ---------------------------------------------------------------------------

@@ -4,8 +4,8 @@ For one suite (data set, model, recipe, method options) and N:
 
 1. N originals θ_o^k are trained on D (seeds k = 0..N−1) — the same cached models a benchmark uses.
 2. Per request, N reference models are retrained on D_r (seeds 1000 + k, independent of the originals), and
-   every method runs on every original (seed k) to give N unlearned models. ``memorized:K`` requests first
-   train M split models to score memorisation (see :mod:`.memorization`).
+   every method runs on every original (seed k) to give N unlearned models. ``memorized:K`` and
+   ``memlevel:LEVEL:K`` requests first train M split models to score memorisation (see :mod:`.memorization`).
 3. Per forget example, the logit-scaled confidence φ under the N unlearned and N retrained models feeds
    U-LiRA (held out: leave one pair out), the NeurIPS 2023 challenge's ε and forgetting score, and the same
    U-LiRA on a sample of retained examples (exposure of D_r). ``unlearnkit.evaluate`` gives each unlearned model
@@ -41,6 +41,7 @@ from ..requests import (
     needs_memorization_scores,
     parse_spec,
     register_memorization_scores,
+    selects_by_memorization,
 )
 from ..training import Cost
 from . import stats
@@ -369,7 +370,7 @@ def run_audit(
             t2 = time.perf_counter()
             audit = analyse(request, data, originals, references, unlearned, settings,
                             mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack,
-                            memorization=memorization if request.type == "memorized" else None)
+                            memorization=memorization if selects_by_memorization(spec) else None)
             timings[f"{spec}_analysis_s"] = round(time.perf_counter() - t2, 2)
             audit.seconds = round(time.perf_counter() - t, 2)
             results["requests"][spec] = audit.to_dict()
