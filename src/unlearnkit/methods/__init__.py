@@ -5,7 +5,7 @@ from .base import METHODS, MethodInfo, Task, Unlearned, make_config, register, u
 # Importing a method module registers it; this order is the registry's (`unlearnkit info`, the docs' tables).
 # isort: off
 from . import retrain, finetune, grad_ascent, random_label, l1_sparse, salun, scrub, boundary_shrink, perturb  # noqa: F401
-from . import fisher, influence, ssd, warnecke, saps, neggrad_plus  # noqa: F401
+from . import fisher, influence, ssd, warnecke, saps, neggrad_plus, rum, scar  # noqa: F401
 # isort: on
 
 __all__ = ["METHODS", "MethodInfo", "Task", "Unlearned", "make_config", "register", "unlearn"]

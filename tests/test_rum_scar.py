@@ -1,0 +1,75 @@
+"""RUM refines D_f by memorisation and runs NegGrad+ on each third in turn; SCAR forgets a class from D_f and
+surrogate images alone."""
+
+import pytest
+import torch
+
+import unlearnkit as uk
+from unlearnkit.methods import METHODS, make_config
+from unlearnkit.methods.base import Task
+from unlearnkit.methods.rum import refine
+from unlearnkit.recipes import default_recipe
+from unlearnkit.requests import MEMORIZATION_SCORES, register_memorization_scores
+
+RECIPE = uk.TrainConfig(epochs=15, batch_size=64, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def original(digits):
+    return uk.train(digits, "mlp", config=RECIPE, seed=0, device="cpu", model_options={"width": 64}).model
+
+
+@pytest.fixture
+def clean_scores():
+    saved = dict(MEMORIZATION_SCORES)
+    MEMORIZATION_SCORES.clear()
+    yield
+    MEMORIZATION_SCORES.clear()
+    MEMORIZATION_SCORES.update(saved)
+
+
+def _task(model, request, data):
+    x, y = request.training_data(data)
+    return Task(model, model, data, request, x, y, torch.device("cpu"), 0, default_recipe(data.name))
+
+
+def test_rum_refines_by_registered_scores_or_the_proxy(original, digits, clean_scores):
+    request = uk.build_request("random:0.1", digits, seed=0)
+    parts, used = refine(_task(original, request, digits), "auto")
+    assert used.startswith("proxy") and [p.numel() for p in parts] == [48, 48, 48]
+    assert torch.equal(torch.sort(torch.cat(parts)).values, request.forget)
+    scores = torch.zeros(digits.n_train, dtype=torch.float64)
+    scores[request.forget] = torch.arange(request.forget.numel(), dtype=torch.float64)  # memorisation grows with id
+    register_memorization_scores(digits, scores)
+    parts, used = refine(_task(original, request, digits), "auto")
+    assert used == "registered memorisation scores"
+    assert [p.tolist() for p in parts] == [request.forget[i * 48:(i + 1) * 48].tolist() for i in range(3)]
+    assert refine(_task(original, request, digits), "proxy")[1].startswith("proxy")
+
+
+def test_rum_runs_neggrad_plus_on_each_third_at_scaled_settings(original, digits, clean_scores):
+    request = uk.build_request("random:0.1", digits, seed=0)
+    result = uk.unlearn(original, request, digits, method="rum", device="cpu", recipe=RECIPE)
+    assert result.notes["rum_parts"] == {"low": 48, "medium": 48, "high": 48}
+    ng = make_config(METHODS["neggrad_plus"], {})
+    # NegGrad+ passes retain_per_forget × |part| retain samples per epoch and as many forget samples, each both ways
+    epochs = [ng.epochs, ng.epochs, 2 * ng.epochs]
+    assert result.cost.backward == sum(2 * e * 48 for e in epochs)
+    assert result.cost.forward == result.cost.backward + 144  # and the proxy's pass of the original over D_f
+    assert len(result.notes["history"]) == sum(epochs)
+    before = uk.evaluate(original, request, digits).metrics
+    after = uk.evaluate(result.model, request, digits).metrics
+    assert after["RA"] > 95 and after["TA"] > 90
+    assert result.model.state_dict().keys() == original.state_dict().keys()
+    assert any(not torch.equal(a, b) for a, b in zip(result.model.state_dict().values(),
+                                                     original.state_dict().values()))
+    assert before["RA"] > 95
+
+
+def test_scar_forgets_a_class_without_the_retain_set(original, digits):
+    request = uk.build_request("class:3", digits, seed=0)
+    result = uk.unlearn(original, request, digits, method="scar", device="cpu", recipe=RECIPE)
+    m = uk.evaluate(result.model, request, digits).metrics
+    assert m["UA"] > 50  # forget accuracy from ~100 % to below half (Retrain: 0 %)
+    assert m["RA"] > 85 and m["TA"] > 80  # distillation on surrogate images holds the other classes up
+    assert METHODS["scar"].touches == ("forget",)
