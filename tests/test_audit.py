@@ -303,6 +303,38 @@ def test_sanity_retrain_at_chance_original_detected_leaky_between(sanity):
     assert original["cost"]["passes"] == 0 and leaky["cost"]["work_pct"] == pytest.approx(100.0, rel=0.05)
 
 
+def test_klom_orders_retrain_leaky_original(sanity):
+    _, _, _, results = sanity
+    rows = results["requests"]["random:0.1"]["methods"]
+    exact, leaky, original = (rows[m]["klom"]["forget"] for m in ("retrain", "half_retrain_for_tests", "original"))
+    assert exact["median"] < leaky["median"] < original["median"]  # KL of margins on D_f grows with the leak
+    assert exact["median"] < exact["p95"] and rows["retrain"]["klom_histogram"]["forget"]["median"] >= 0
+    assert set(rows["retrain"]["klom"]) == {"forget", "retain", "test"}
+    assert len(rows["original"]["per_example"]["klom_forget"]) == results["requests"]["random:0.1"]["n_forget"]
+
+
+def test_relearning_attack_in_the_audit(sanity, monkeypatch):
+    root, suite, _, results = sanity
+    settings = AuditSettings(models=8, workers=1, retain_sample=200, relearn_models=2,
+                             relearn={"max_steps": 40, "check_every": 2, "lr": 0.05})
+    attacked = run_audit(suite, root / "relearn", settings=settings, cache_dir=root / "cache", methods=[],
+                         quiet=True)
+    rows = attacked["requests"]["random:0.1"]["methods"]
+    exact = rows["retrain"]["relearn"]
+    assert exact["models"] == 2 and exact["settings"]["max_steps"] == 40
+    assert set(exact["forget"]) >= {"recovered", "median_steps", "median_samples", "start_acc", "final_acc"}
+    assert rows["original"]["relearn"] is None  # nothing to attack: the original is the target
+    # the other statistics are those of the first audit (the models were cached, the attack is extra)
+    assert rows["retrain"]["ulira"] == results["requests"]["random:0.1"]["methods"]["retrain"]["ulira"]
+    assert "relearn: recovered" in (root / "relearn" / "report.md").read_text()
+
+    import unlearnkit.audit.pool as pool
+
+    monkeypatch.setattr(pool, "unlearn", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = run_audit(suite, root / "relearn2", settings=settings, cache_dir=root / "cache", methods=[], quiet=True)
+    assert again["requests"]["random:0.1"]["methods"]["retrain"]["relearn"] == exact  # cached and deterministic
+
+
 def test_audit_reuses_every_model(sanity, monkeypatch):
     root, suite, settings, results = sanity
     import unlearnkit.audit.pool as pool

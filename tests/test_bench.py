@@ -36,6 +36,8 @@ def test_variants_and_sweeps():
     ({"methods": ["finetune[speed=3]"]}, "has no option"),
     ({"methods": ["finetune[lr]"]}, "use key=value"),
     ({"train": {"epoch": 3}}, "unknown training option"),
+    ({"klom_bank": 1}, "klom_bank must be"),
+    ({"klom_bank": "3"}, "klom_bank must be"),
 ])
 def test_bad_suites(change, message):
     with pytest.raises(UnlearnKitError, match=message):
@@ -184,3 +186,20 @@ def test_cached_models_reproduce_from_their_recorded_settings(tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UnlearnKitError, match="made under other settings"):
         ModelCache(tmp_path / "a").original(suite, data, 0, None, "cpu", quiet)
+
+
+def test_klom_bank_gives_every_record_klom(tmp_path):
+    suite = suite_from_dict({**SUITE, "methods": ["rum", "scar", "neggrad_plus"], "sweep": {}, "klom_bank": 2,
+                             "requests": ["random:0.1"], "train": {"epochs": 5, "batch_size": 64}})
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    run_suite(suite, out, cache_dir=cache, device="cpu", log=lambda m: None)
+    records = {r["variant"]: r for r in load_records(out)}
+    assert set(records) == {"retrain", "original", "rum", "scar", "neggrad_plus"}  # the new methods run in suites
+    for record in records.values():
+        assert record["klom_bank"] == 2 and record["klom_bank_seeds"] == [3000, 3001]
+        assert 0 <= record["KLoM_forget_median"] <= record["KLoM_forget_p95"]
+        assert {"KLoM_retain_median", "KLoM_test_p95"} <= set(record)
+    # three retrained models per (request, seed): the reference and the two of the bank
+    assert len(list((cache / "retrained").iterdir())) == 3
+    # the original, never unlearned, is further from the bank on D_f than the retrained reference is
+    assert records["original"]["KLoM_forget_median"] > records["retrain"]["KLoM_forget_median"]

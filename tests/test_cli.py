@@ -105,6 +105,22 @@ def test_unlearn_then_evaluate_against_a_reference(capsys, tmp_path):
     } <= set(report)
     assert report["UA"] > 50
 
+    # KLoM against a bank of two more retrained models, and the relearning attack beside Retrain's
+    bank = []
+    for seed in ("1", "2"):
+        bank += ["--bank", str(tmp_path / f"r{seed}")]
+        assert run(capsys, "unlearn", "--checkpoint", str(original), "--method", "retrain", "--request", "class:3",
+                   "--seed", seed, "--out", bank[-1])[0] == 0
+    code, out, err = run(capsys, "evaluate", "--checkpoint", str(unlearned), "--reference", str(retrained), *bank,
+                         "--relearn", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["klom_bank"] == 2 and 0 <= report["KLoM_forget_median"] <= report["KLoM_forget_p95"]
+    assert report["relearn_steps_retrain"] is not None and report["relearn_control_steps_retrain"] is None
+    assert "relearn_steps" in report and "relearn_samples" in report
+    code, _, err = run(capsys, "evaluate", "--checkpoint", str(unlearned), "--bank", bank[1])
+    assert code == 2 and "at least two" in err
+
 
 @pytest.mark.parametrize("extra, message", [
     (["--method", "magic"], "unknown method 'magic'"),

@@ -102,6 +102,11 @@ METRICS: dict[str, tuple[str, str | float | None]] = {
         " (nats; a held-out retrained model scores about 0.5)", LOWER)
        for split, where in (("forget", "D_f"), ("retain", "D_r"), ("test", "the test set"))
        for stat, text in (("median", "median"), ("p95", "95th percentile"))},
+    "relearn_steps": (
+        "relearning attack: fine-tuning steps on 10 % of D_f until the rest of D_f is within 2 points of the "
+        "original's accuracy (None: not within the cap); _retrain: Retrain's, the target (unlearnkit.relearn)", REF),
+    "relearn_samples": ("relearning attack: samples fine-tuned on until then", REF),
+    "relearn_control_steps": ("relearning attack, control: the same fine-tuning on retained samples", None),
     "rte_s": ("run-time efficiency: wall-clock seconds of the unlearning call", LOWER),
     "rte_ratio": ("rte_s / seconds of retraining", LOWER),
     "forward_samples": ("samples passed forward by the unlearning call", LOWER),

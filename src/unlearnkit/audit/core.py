@@ -18,6 +18,7 @@ Two rows are always there: ``retrain`` (the exact method: its scores are what ch
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import klom as klom_stats
 from .._util import machine, versions, write_json_atomic
 from ..backends import Backend
 from ..bench.suite import Suite, Variant, parse_variant
@@ -72,6 +74,8 @@ class AuditSettings:
     delta: float = stats.DELTA
     device: str = "auto"
     request_seed: int | None = None  # seed of random requests (None: the suite's first seed)
+    relearn_models: int = 0  # the relearning attack on the first this many unlearned models of each method (0: off)
+    relearn: dict = field(default_factory=dict)  # its settings (unlearnkit.relearn.RelearnConfig; empty: defaults)
 
     def __post_init__(self) -> None:
         if self.models < 3:
@@ -79,6 +83,15 @@ class AuditSettings:
         if self.retain_sample is not None and self.retain_sample < 1:
             raise UnlearnKitError("retain_sample must be at least 1 (or None for all retained examples)")
         stats.resolve_variance(self.variance, self.models)
+        if not 0 <= self.relearn_models <= self.models:
+            raise UnlearnKitError(f"relearn_models must be in 0..{self.models} (the models per method)")
+        from ..relearn import RelearnConfig
+
+        RelearnConfig(**self.relearn)  # refuses a bad setting before anything is trained
+
+    def relearn_settings(self, k: int) -> tuple | None:
+        """The attack settings for unlearned model k (None: not attacked)."""
+        return tuple(sorted(self.relearn.items())) if k < self.relearn_models else None
 
 
 def audit_variants(suite: Suite, methods: list[str] | None) -> list[Variant]:
@@ -120,6 +133,33 @@ def _retain_sample(request: Request, size: int | None, seed: int) -> torch.Tenso
 
 def _passes(cost: dict) -> int:
     return int(cost.get("forward_samples", 0)) + int(cost.get("backward_samples", 0))
+
+
+def relearn_summary(records: list[dict]) -> dict | None:
+    """The relearning attack over the attacked models of one method: how many recovered the original's held-out
+    forget accuracy, the median steps and samples to recovery (over all attacked models: one that did not recover
+    within the cap counts as beyond it), the same for the control, and the mean accuracies."""
+    runs = [r["relearn"] for r in records if r.get("relearn")]
+    if not runs:
+        return None
+
+    def side(name: str) -> dict:
+        results = [run[name] for run in runs]
+        steps = [math.inf if x["steps"] is None else x["steps"] for x in results]
+        samples = [math.inf if x["samples"] is None else x["samples"] for x in results]
+
+        def median(values):
+            m = float(np.median(values))
+            return None if math.isinf(m) else round(m, 1)
+
+        return {"recovered": sum(x["recovered"] for x in results), "median_steps": median(steps),
+                "median_samples": median(samples),
+                "start_acc": round(float(np.mean([x["start_acc"] for x in results])), 3),
+                "final_acc": round(float(np.mean([x["final_acc"] for x in results])), 3)}
+
+    settings = runs[0]["settings"]
+    return {"models": len(runs), "settings": settings, "target_acc": round(float(np.mean(
+        [run["forget"]["target_acc"] for run in runs])), 3), "forget": side("forget"), "control": side("control")}
 
 
 def _mean_std(values: list[float]) -> list[float]:
@@ -165,6 +205,7 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
     ref_logits = [r["logits"] for r in references]
     ref_forget = np.stack([_phi(l, labels, forget) for l in ref_logits])
     ref_retain = np.stack([_phi(l, labels, retain_ids) for l in ref_logits])
+    ref_test = np.stack([logit_scaled_confidence(l.test, data.y_test) for l in ref_logits])
 
     # Population metrics of the retrained references and originals, once; every method is compared with them.
     ref_evals = [evaluate(outputs_from_logits(l.train, l.test), request, data, mia_shadow_size=mia_shadow_size,
@@ -194,6 +235,14 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
             raise UnlearnKitError(f"{label}: {len(models)} unlearned models, expected {n}")
         u_forget = np.stack([_phi(l, labels, forget) for l, _ in models])
         u_retain = np.stack([_phi(l, labels, retain_ids) for l, _ in models])
+        u_test = np.stack([logit_scaled_confidence(l.test, data.y_test) for l, _ in models])
+        klom_forget = klom_stats.klom(u_forget, ref_forget)
+        klom_rows = {
+            estimator: {split: klom_stats.summary(klom_stats.klom(u, o, estimator))
+                        for split, u, o in (("forget", u_forget, ref_forget), ("retain", u_retain, ref_retain),
+                                            ("test", u_test, ref_test))}
+            for estimator in klom_stats.ESTIMATORS
+        }
         attack = stats.ulira(u_forget, ref_forget, settings.variance)
         attack_other = stats.ulira(u_forget, ref_forget, other_variance)
         exposure = stats.ulira(u_retain, ref_retain, settings.variance)
@@ -235,6 +284,10 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
                 "capped_examples": int((epsilons >= stats.EPSILON_CAP).sum()),
             },
             "retain_exposure": exposure.to_dict(),
+            # KL divergence of margins (Georgiev et al. 2024), N unlearned vs N retrained models per example:
+            # median / 95th percentile / mean over D_f, the attacked retain sample and the test set
+            "klom": klom_rows["gaussian"],
+            "klom_histogram": klom_rows["histogram"],
             # How far the mean φ on D_f moved from the original's towards retraining's (0 = not at all, 100 = as
             # far as retraining, > 100 = past it): says whether a method did anything, not whether it is right.
             "forget_shift_pct": round(100.0 * (orig_level - float(u_forget.mean())) / (orig_level - ref_level), 2)
@@ -252,10 +305,12 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
                 else None,
             },
             "stopped_early": sum(1 for _, record in models if (record.get("notes") or {}).get("stopped_early")),
+            "relearn": relearn_summary([record for _, record in models]),
             "per_example": {
                 "ulira_accuracy": [round(float(v), 3) for v in attack.per_example_accuracy],
                 "epsilon": [round(float(v), 4) for v in epsilons],
                 "retain_ulira_accuracy": [round(float(v), 3) for v in exposure.per_example_accuracy],
+                "klom_forget": [round(float(v), 4) for v in klom_forget],
             },
         }
         audit.methods[label] = row
@@ -353,7 +408,8 @@ def run_audit(
             record = request_job_record(request)
             ref_jobs = [Job("retrained", k, record, train_seed=REFERENCE_SEED_OFFSET + k) for k in range(n)]
             unl_jobs = [
-                Job("unlearned", k, record, method=v.method, options=_options(suite, v))
+                Job("unlearned", k, record, method=v.method, options=_options(suite, v),
+                    relearn=settings.relearn_settings(k))
                 for v in variants
                 for k in range(n)
             ]
@@ -364,8 +420,8 @@ def run_audit(
             references = [{"logits": checkpoint_logits(ctx, r["path"]), "cost": read_manifest(r["path"])["cost"]}
                           for r in done[:n]]
             unlearned: dict[str, list] = {}
-            for label, r in zip(labels, done[n:]):
-                unlearned.setdefault(label, []).append(read_unlearned(r["path"]))
+            for label, job, r in zip(labels, unl_jobs, done[n:]):
+                unlearned.setdefault(label, []).append(read_unlearned(r["path"], job.relearn))
             timings[f"{spec}_models_s"] = round(time.perf_counter() - t, 2)
             t2 = time.perf_counter()
             audit = analyse(request, data, originals, references, unlearned, settings,

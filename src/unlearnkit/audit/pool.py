@@ -49,6 +49,7 @@ class Job:
     train_seed: int | None = None  # retrained: the training seed
     method: str | None = None  # unlearned: the method and its options
     options: tuple[tuple[str, Any], ...] = ()
+    relearn: tuple[tuple[str, Any], ...] | None = None  # unlearned: run the relearning attack with these settings
 
     @property
     def weight(self) -> int:
@@ -151,7 +152,8 @@ def run_job(ctx: Context, job: Job) -> dict:
         return {"path": str(path)}
     if job.kind == "unlearned":
         target = unlearned_dir(ctx, job)
-        if not (target / "record.json").exists():
+        attack = None if job.relearn is None else relearn_path(target, job.relearn)
+        if not (target / "record.json").exists() or (attack is not None and not attack.exists()):
             original_path, _ = _original(ctx, job.seed)
             checkpoint = load_checkpoint(original_path)
             label = Variant(job.method, job.options).label
@@ -159,20 +161,40 @@ def run_job(ctx: Context, job: Job) -> dict:
             result = unlearn(
                 checkpoint, request, ctx.data, job.method, seed=job.seed, device=ctx.device, **dict(job.options)
             )
-            logits = _logits_of(ctx, result.model)
-            with atomic_path(target) as staged:
-                staged.mkdir()
-                save_file(
-                    {"train": logits.train.contiguous(), "test": logits.test.contiguous()},
-                    str(staged / "logits.safetensors"),
-                )
-                (staged / "record.json").write_text(json.dumps({
-                    "method": job.method, "options": dict(job.options), "config": result.config, "seed": job.seed,
-                    "request": request.spec, "original": str(original_path), "cost": result.cost.to_dict(),
-                    "notes": {k: v for k, v in result.notes.items() if k != "history"},
-                }, indent=2, default=str) + "\n")
+            if not (target / "record.json").exists():
+                logits = _logits_of(ctx, result.model)
+                with atomic_path(target) as staged:
+                    staged.mkdir()
+                    save_file(
+                        {"train": logits.train.contiguous(), "test": logits.test.contiguous()},
+                        str(staged / "logits.safetensors"),
+                    )
+                    (staged / "record.json").write_text(json.dumps({
+                        "method": job.method, "options": dict(job.options), "config": result.config, "seed": job.seed,
+                        "request": request.spec, "original": str(original_path), "cost": result.cost.to_dict(),
+                        "notes": {k: v for k, v in result.notes.items() if k != "history"},
+                    }, indent=2, default=str) + "\n")
+            if attack is not None:  # unlearning is deterministic: a model unlearned again is the cached one
+                _relearn(ctx, attack, result.model, checkpoint.model, request, job)
         return {"path": str(target)}
     raise UnlearnKitError(f"unknown audit job kind {job.kind!r}")
+
+
+def relearn_path(target: Path, settings: tuple[tuple[str, Any], ...]) -> Path:
+    """Where the relearning attack's results for an unlearned model and these attack settings are kept."""
+    return target / f"relearn-{config_hash(dict(settings))}.json"
+
+
+def _relearn(ctx: Context, path: Path, model: torch.nn.Module, original: torch.nn.Module, request: Request,
+             job: Job) -> None:
+    from ..relearn import RelearnConfig, relearning_attack
+
+    config = RelearnConfig(**dict(job.relearn or ()))
+    out = {side: relearning_attack(model, original, ctx.data, request, config, control=side == "control",
+                                   seed=job.seed, device=ctx.device).to_dict()
+           for side in ("forget", "control")}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"settings": dict(job.relearn or ()), **out}, indent=1) + "\n")
 
 
 # -- running jobs on an execution backend -------------------------------------------------------------------
@@ -232,9 +254,13 @@ def request_job_record(request: Request) -> str:
     return json.dumps(request.cache_key(), sort_keys=True)
 
 
-def read_unlearned(path: str | Path) -> tuple[Logits, dict]:
+def read_unlearned(path: str | Path, relearn: tuple[tuple[str, Any], ...] | None = None) -> tuple[Logits, dict]:
+    """An unlearned model's logits and record (with ``relearn``, the relearning attack's results under ``relearn``)."""
     path = Path(path)
-    return read_logits(path / "logits.safetensors"), json.loads((path / "record.json").read_text())
+    record = json.loads((path / "record.json").read_text())
+    if relearn is not None:
+        record["relearn"] = json.loads(relearn_path(path, relearn).read_text())
+    return read_logits(path / "logits.safetensors"), record
 
 
 __all__ = ["Job", "Context", "Runner", "Logits", "run_job", "checkpoint_logits", "read_logits", "read_unlearned",

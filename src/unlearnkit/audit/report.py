@@ -47,6 +47,7 @@ RANKINGS = [
     ("U-LiRA acc.", "ulira_acc", lambda r: r["ulira"]["accuracy"]),
     ("TPR@1% FPR", "ulira_tpr_at_1pct_fpr", lambda r: r["ulira"]["tpr_at_1pct_fpr"]),
     ("challenge score", "challenge_score", lambda r: r["challenge"]["score"]),
+    ("KLoM D_f (median)", "KLoM_forget_median", lambda r: (r.get("klom") or {}).get("forget", {}).get("median")),
 ]
 
 
@@ -127,6 +128,7 @@ def markdown(results: dict) -> str:
                 f"{_pm(p['avg_gap'])} | {_pm(p['UA'])} | {_pm(p['RA'])} | {_pm(p['TA'])} | {_pm(p['MIA'])} "
                 f"| {cost['seconds'][0]:.2f} | {work} |"
             )
+        lines += _evidence_table(spec, methods)
         stopped = {m: r["stopped_early"] for m, r in methods.items() if r.get("stopped_early")}
         if stopped:
             lines += [
@@ -147,6 +149,43 @@ def markdown(results: dict) -> str:
                 lines.append(f"- {title} ranks differently from Avg. Gap: {', '.join(moved) if moved else 'none'}.")
         lines += ["", f"![per-example scores](plots/per_example_{_slug(spec)}.png)", ""]
     return "\n".join(lines)
+
+
+def _num(value, digits: int = 2) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _evidence_table(spec: str, methods: dict) -> list[str]:
+    """KLoM (Gaussian fits; the histogram estimator's D_f median beside it) and the relearning attack, per method."""
+    if not any(r.get("klom") for r in methods.values()):
+        return []
+    lines = ["", f"KLoM (KL divergence of margins, nats; N unlearned vs N retrained models per example, Gaussian fits; "
+             f"Retrain's row is the noise floor) and the relearning attack — {spec}:", "",
+             "| method | KLoM D_f median | D_f p95 | D_f median (histogram) | D_r median | D_r p95 | test median "
+             "| test p95 | relearn: recovered | steps (median) | samples (median) | control: recovered "
+             "| control steps |",
+             "| --- |" + " --- |" * 12]
+    for label in _order(methods):
+        r = methods[label]
+        k, h, rl = r.get("klom") or {}, r.get("klom_histogram") or {}, r.get("relearn")
+        cells = [_num(k.get(split, {}).get(stat)) for split, stat in (("forget", "median"), ("forget", "p95"))]
+        cells.append(_num(h.get("forget", {}).get("median")))
+        cells += [_num(k.get(split, {}).get(stat)) for split in ("retain", "test") for stat in ("median", "p95")]
+        if rl:
+            f, c = rl["forget"], rl["control"]
+            cells += [f"{f['recovered']}/{rl['models']}", _num(f["median_steps"], 0), _num(f["median_samples"], 0),
+                      f"{c['recovered']}/{rl['models']}", _num(c["median_steps"], 0)]
+        else:
+            cells += ["–"] * 5
+        lines.append(f"| {_name(label)} | " + " | ".join(cells) + " |")
+    attacked = next((r["relearn"] for r in methods.values() if r.get("relearn")), None)
+    if attacked:
+        s = attacked["settings"]
+        lines += ["", "Relearning attack (docs/audit.md): fine-tune on a seeded "
+                  f"{s.get('fraction', 0.1):g} of D_f (control: as many retained samples) until the accuracy on the "
+                  "rest of D_f is within the tolerance of the original's; steps to recovery, '–' when not within the "
+                  f"cap. Settings: {s or 'defaults'}; target accuracy (mean) {attacked['target_acc']:.1f} %."]
+    return lines
 
 
 def plot(results: dict, out_dir: Path) -> list[Path]:

@@ -28,12 +28,15 @@ from ..backends import Backend, InProcess, torch_threads
 from ..checkpoint import load_checkpoint, save_unlearned
 from ..data import Dataset, load_dataset
 from ..errors import UnlearnKitError
-from ..evaluation import evaluate, model_outputs, zero_gaps
+from ..evaluation import evaluate, klom_bank, model_outputs, zero_gaps
 from ..methods import METHODS, make_config, unlearn
 from ..recipes import default_model
 from ..requests import Request, build_request
 from ..training import weights_runtime
 from .suite import Suite, Variant
+
+
+KLOM_SEED_OFFSET = 3000  # bank model b of a suite's KLoM trains with seed 3000 + b (the audit uses 1000+ and 2000+)
 
 
 def config_hash(obj: Any) -> str:
@@ -313,6 +316,7 @@ class _Reference:
     reference: Any  # Evaluation of the retrained model
     original_eval: Any  # Evaluation of the original against it
     perturbed: Any  # SPD-GAN-perturbed forget images, or None
+    bank: Any = None  # the KlomBank of the suite's klom_bank retrained models, or None
 
 
 def _reference_task(work: _Work, job: tuple[int, str]) -> _Reference:
@@ -343,6 +347,12 @@ def _reference_task(work: _Work, job: tuple[int, str]) -> _Reference:
                              for name, c in (("original", original), ("retrained", retrained))}}
         if spdgan_path is not None:
             common["spdgan"] = str(spdgan_path)
+        bank = None
+        if suite.klom_bank:
+            bank_paths = [cache.retrained(original_path, original_key, request, data, device, log, retrain_options,
+                                          seed=KLOM_SEED_OFFSET + b) for b in range(suite.klom_bank)]
+            bank = klom_bank([load_checkpoint(p).model for p in bank_paths], data, request, device)
+            common["klom_bank_seeds"] = [KLOM_SEED_OFFSET + b for b in range(suite.klom_bank)]
         original_outputs = model_outputs(original.model, data, request, device, perturbed_forget=perturbed)
         # The retrained row gets FR/MRR and its unlearning degree too (they are the targets), so the original is
         # evaluated once alone for it and once against the retrained model for its own row.
@@ -350,9 +360,10 @@ def _reference_task(work: _Work, job: tuple[int, str]) -> _Reference:
                              request, data, original=evaluate(original_outputs, request, data,
                                                               mia_shadow_size=suite.mia_shadow_size,
                                                               mia_attack=suite.mia_attack, seed=seed),
-                             mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
+                             mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed, bank=bank)
         original_eval = evaluate(original_outputs, request, data, reference=reference,
-                                 mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed)
+                                 mia_shadow_size=suite.mia_shadow_size, mia_attack=suite.mia_attack, seed=seed,
+                                 bank=bank)
     reference_path = record_path(out_dir, spec, "retrain", seed)
     original_row = record_path(out_dir, spec, "original", seed)
     if not reference_path.exists():
@@ -362,7 +373,7 @@ def _reference_task(work: _Work, job: tuple[int, str]) -> _Reference:
     if not original_row.exists():
         _write(original_row, {**common, "method": "original", "variant": "original", "options": {},
                               **original_eval.metrics, "rte_s": 0.0, "rte_ratio": 0.0}, work.run)
-    return _Reference(common, reference, original_eval, perturbed)
+    return _Reference(common, reference, original_eval, perturbed, bank)
 
 
 def _record_task(work: _Work, job: tuple[int, str, Variant, _Reference]) -> dict:
@@ -384,7 +395,7 @@ def _record_task(work: _Work, job: tuple[int, str, Variant, _Reference]) -> dict
                               request, data,
                               reference=ref.reference, original=ref.original_eval, cost=result.cost,
                               retrain_seconds=ref.common["retrain_s"], mia_shadow_size=suite.mia_shadow_size,
-                              mia_attack=suite.mia_attack, seed=seed)
+                              mia_attack=suite.mia_attack, seed=seed, bank=ref.bank)
     record = {**ref.common, "method": variant.method, "variant": variant.label, "options": result.config,
               **evaluation.metrics, "cost": result.cost.to_dict(),
               "notes": {k: v for k, v in result.notes.items() if k != "history"},

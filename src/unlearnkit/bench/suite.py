@@ -23,6 +23,9 @@
 
     [spdgan]                 # optional: train an SPD-GAN per (request, seed) and report the unlearning degree
     epsilon = 0.1
+
+    klom_bank = 3            # optional: per (request, seed), this many more models retrained with seeds 3000..3000+B−1
+                             # form the bank every record's KLoM is measured against (B ≥ 2; 0: no KLoM)
 """
 
 from __future__ import annotations
@@ -109,6 +112,9 @@ class Suite:
     prune: str | None = None
     prune_finetune_epochs: int | None = None  # None: sparsity.prune_first_finetune_epochs(spec)
     prune_finetune_lr: float | None = None  # None: a fifth of the recipe's
+    # KLoM (Georgiev et al. 2024) against a bank of B models retrained per (request, seed) with seeds 3000..3000+B−1,
+    # cached like the reference; 0: no bank, no KLoM.
+    klom_bank: int = 0
 
     def method_options(self, variant: Variant) -> dict[str, Any]:
         return {**self.options.get(variant.method, {}), **dict(variant.options)}
@@ -181,13 +187,17 @@ def suite_from_dict(raw: dict, path: str | None = None) -> Suite:
     if finetune_lr is not None and (isinstance(finetune_lr, bool) or not isinstance(finetune_lr, (int, float))
                                     or not finetune_lr > 0):
         raise UnlearnKitError(f"{where}: prune_finetune_lr must be a positive number, got {finetune_lr!r}")
+    klom_bank = raw.get("klom_bank", 0)
+    if isinstance(klom_bank, bool) or not isinstance(klom_bank, int) or klom_bank == 1 or not 0 <= klom_bank <= 1000:
+        raise UnlearnKitError(f"{where}: klom_bank must be 0 (no KLoM) or a number of retrained models in 2..1000, "
+                              f"got {klom_bank!r}")
     suite = Suite(
         name=raw["name"], dataset=raw["dataset"], model=raw.get("model"), requests=list(raw["requests"]),
         variants=unique, seeds=[int(s) for s in raw.get("seeds", [0])], train=raw.get("train", {}),
         options=options, model_options=raw.get("model_options", {}),
         mia_shadow_size=raw.get("mia_shadow_size", 3000), mia_attack=mia_attack, spdgan=raw.get("spdgan"), path=path,
         prune=prune, prune_finetune_epochs=finetune_epochs,
-        prune_finetune_lr=None if finetune_lr is None else float(finetune_lr),
+        prune_finetune_lr=None if finetune_lr is None else float(finetune_lr), klom_bank=klom_bank,
     )
     suite.train_config()  # validates the recipe overrides
     if suite.spdgan is not None:

@@ -31,6 +31,13 @@ class AuditFlags:
     memorization_models: int | None = option(None, "split models for memorized:K (even; default N)", ge=2, le=100_000)
     variance: Literal["auto", "global", "per_example"] = option(
         "auto", "U-LiRA Gaussian variance (auto: one shared variance below 64 models, as LiRA advises)")
+    relearn_models: int = option(0, "run the relearning attack on the first this many unlearned models of each method "
+                                    "(0: off)", ge=0, le=100_000)
+    relearn_fraction: float = option(0.1, "relearning attack: share of D_f fine-tuned on", gt=0, le=1)
+    relearn_max_steps: int = option(200, "relearning attack: step cap", ge=1, le=1_000_000)
+    relearn_lr: float = option(0.01, "relearning attack: SGD learning rate", gt=0, le=10)
+    relearn_tolerance: float = option(2.0, "relearning attack: recovered within this many accuracy points of the "
+                                           "original", ge=0, le=100)
 
 
 command_flags("audit", AuditFlags)
@@ -59,7 +66,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         help="model cache shared with `unlearnkit bench` (default: runs/bench-cache)",
     )
     add_overwrite_arg(p, "an existing audit of the same suite")
-    add_flags(p, AuditFlags, only=("workers", "worker_threads", "retain_sample", "memorization_models", "variance"))
+    add_flags(p, AuditFlags, only=("workers", "worker_threads", "retain_sample", "memorization_models", "variance",
+                                   "relearn_models", "relearn_fraction", "relearn_max_steps", "relearn_lr",
+                                   "relearn_tolerance"))
     backend_arguments(p)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
@@ -72,7 +81,9 @@ def _audit(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     settings = AuditSettings(models=args.models, workers=args.workers, threads=args.worker_threads,
                              retain_sample=args.retain_sample or None, memorization_models=args.memorization_models,
-                             variance=args.variance, device=args.device)
+                             variance=args.variance, device=args.device, relearn_models=args.relearn_models,
+                             relearn={"fraction": args.relearn_fraction, "max_steps": args.relearn_max_steps,
+                                      "lr": args.relearn_lr, "tolerance": args.relearn_tolerance})
     backend = backend_from_args(args, workers=args.workers, threads=args.worker_threads)
     out = args.out if args.out is not None else f"benchmarks/results/audit/{suite.name}"
     from .bench import check_cache
@@ -91,10 +102,19 @@ def _audit(args: argparse.Namespace) -> int:
         for label, row in req["methods"].items():
             print(f"  {label:<40} U-LiRA {row['ulira']['accuracy']:5.1f} %  AUC {row['ulira']['auc']:.3f}  "
                   f"TPR@1% {row['ulira']['tpr_at_1pct_fpr']:5.1f} %  F {row['challenge']['forget_quality']:.3f}  "
-                  f"D_r {row['retain_exposure']['accuracy']:5.1f} %  Avg.Gap {row['population']['avg_gap'][0]:.2f}")
+                  f"D_r {row['retain_exposure']['accuracy']:5.1f} %  Avg.Gap {row['population']['avg_gap'][0]:.2f}  "
+                  f"KLoM {row['klom']['forget']['median']:.2f}" + _relearned(row))
     print(f"audit took {results['wall_s']:.0f} s; report written to {out}/report.md")
     return 0
 
+
+
+def _relearned(row: dict) -> str:
+    attack = row.get("relearn")
+    if not attack:
+        return ""
+    steps = attack["forget"]["median_steps"]
+    return f"  relearn {attack['forget']['recovered']}/{attack['models']} in {'>cap' if steps is None else steps} steps"
 
 
 COMMANDS = [

@@ -184,6 +184,13 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
         help="a generator from `unlearnkit spdgan train`: adds accuracy/loss on the perturbed forget set and "
         "the unlearning degree (with --original; with --reference also the retrained model's)",
     )
+    p.add_argument("--bank", action="append", default=None, metavar="CKPT",
+                   help="a model retrained without the request with another seed (repeat, at least twice): adds KLoM "
+                        "against this bank (median and 95th percentile over D_f, D_r and the test set)")
+    p.add_argument("--relearn", action="store_true",
+                   help="run the relearning attack (needs the original; with --reference on it too): steps and "
+                        "samples of fine-tuning on 10 %% of D_f until the rest of D_f is back to the original's "
+                        "accuracy, and a control on retained samples")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON only")
@@ -215,8 +222,23 @@ def _evaluate(args: argparse.Namespace) -> int:
             spdgan = load_spdgan(args.spdgan)
             # Check against the original it must have been trained for; the images are then reused for every model.
             spdgan = spdgan.perturb_forget(data, request, original=original.model if original is not None else None)
+        bank = None
+        if args.bank:
+            from ..evaluation import klom_bank
+
+            if len(args.bank) < 2:
+                raise UnlearnKitError("--bank needs at least two retrained checkpoints (a spread to compare with)")
+            models = []
+            for path in args.bank:
+                member = load_checkpoint(path)
+                if member.manifest["dataset"]["fingerprint"] != data.fingerprint:
+                    raise UnlearnKitError(f"--bank {path} was trained on another data set than {args.checkpoint}")
+                models.append(member.model)
+            bank = klom_bank(models, data, request, args.device)
+        if args.relearn and original is None:
+            raise UnlearnKitError("--relearn needs the original model (--original, or a checkpoint that records it)")
         report = evaluate(
-            checkpoint.model, request, data,
+            checkpoint.model, request, data, bank=bank,
             reference=reference.model if reference else None,
             original=original.model if original is not None and original.path != checkpoint.path else None,
             cost=Cost(cost["seconds"], cost["forward_samples"], cost["backward_samples"])
@@ -224,6 +246,18 @@ def _evaluate(args: argparse.Namespace) -> int:
             retrain_seconds=retrain_s, mia_shadow_size=args.mia_shadow_size or None, device=args.device, spdgan=spdgan,
             mia_attack=args.mia_attack,
         ).metrics
+        if args.relearn:
+            from ..relearn import relearning_attack
+
+            for suffix, model in (("", checkpoint.model), ("_retrain", reference.model if reference else None)):
+                if model is None:
+                    continue
+                for side in ("forget", "control"):
+                    result = relearning_attack(model, original.model, data, request, control=side == "control",
+                                               seed=0, device=args.device)
+                    name = "relearn" if side == "forget" else "relearn_control"
+                    report[f"{name}_steps{suffix}"] = result.steps
+                    report[f"{name}_samples{suffix}"] = result.samples
         report = {"request": request.spec, **report}
     if args.json:
         print(json.dumps(report, indent=2))
