@@ -10,6 +10,7 @@ from .evaluation import evaluate  # noqa: E402
 from .importing import import_model  # noqa: E402
 from .methods import METHODS, unlearn  # noqa: E402
 from .models import build_model  # noqa: E402
+from .relearn import RelearnConfig, relearning_attack  # noqa: E402
 from .requests import Request, build_request  # noqa: E402
 from .training import TrainConfig, fit  # noqa: E402
 
@@ -31,4 +32,6 @@ __all__ = [
     "build_request",
     "TrainConfig",
     "fit",
+    "RelearnConfig",
+    "relearning_attack",
 ]

@@ -32,14 +32,15 @@ import torch.nn as nn
 
 from ._util import resolve_device
 from .data import Dataset, Source
-from .options import check_fields, declare, option
+from .options import check_fields, option
 from .requests import Request
 from .training import Phase, StopTraining, TrainConfig, accuracy, fit, mean_cross_entropy, predict_logits
 
 
 @dataclass
 class RelearnConfig:
-    """How the relearning attack fine-tunes (see the module doc)."""
+    """How the relearning attack fine-tunes (see the module doc). Validated when built; the command line sets
+    fraction, max_steps, lr and tolerance through ``audit --relearn-*`` (declared flags)."""
 
     fraction: float = option(0.1, "share of D_f the attacker fine-tunes on (at least one sample)", gt=0, le=1)
     lr: float = option(0.01, "SGD learning rate of the attack (momentum 0.9, no weight decay)", gt=0, le=10)
@@ -53,8 +54,6 @@ class RelearnConfig:
     def __post_init__(self) -> None:
         check_fields(self, owner="the relearning attack")
 
-
-declare("attack", "the relearning attack", RelearnConfig)
 
 
 @dataclass
