@@ -26,6 +26,11 @@ from .runner import load_records
 COLUMNS = [("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA-Eff."), ("avg_gap", "Avg. Gap"),
            ("rte_s", "RTE (s)"), ("rte_pct", "RTE (% Retrain)"), ("work_pct", "Work (% Retrain)")]
 EXTRA = [
+    ("ToW", "ToW"),
+    ("KLoM_forget_median", "KLoM D_f (median)"),
+    ("KLoM_forget_p95", "KLoM D_f (p95)"),
+    ("KLoM_retain_median", "KLoM D_r (median)"),
+    ("KLoM_test_median", "KLoM test (median)"),
     ("FR", "FR"),
     ("MRR", "MRR"),
     ("UD_acc", "UD acc"),
