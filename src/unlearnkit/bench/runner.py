@@ -35,7 +35,6 @@ from ..requests import Request, build_request
 from ..training import weights_runtime
 from .suite import Suite, Variant
 
-
 KLOM_SEED_OFFSET = 3000  # bank model b of a suite's KLoM trains with seed 3000 + b (the audit uses 1000+ and 2000+)
 
 
