@@ -20,8 +20,12 @@ from unlearnkit.data.loader import part_of
 from unlearnkit.models import new_model
 from unlearnkit.training import Accel, Phase, TrainConfig, fit, host_reads, lr_factor, make_optimizer
 
-# Weights of a 3-epoch digits MLP trained by 2 processes against 1 (measured: max |difference| 7.5e-8).
-TOLERANCE = 1e-5
+# Weights trained by 2 processes against 1. Another order of sums changes a weight by ~1e-7 per step (measured: 7.5e-8
+# after the 3-epoch digits MLP below). Rarely, a ReLU whose input lies within that of zero switches in one run and
+# not the other, which moves some weights by up to lr x |input| / batch: measured 6.4e-4 for the 2-epoch retrain
+# below (batch 50, a switch in epoch 2). A machine with other CPU kernels may switch another ReLU, so the tolerance
+# covers a few switches; the weighting of parts is checked exactly by the gradient test.
+TOLERANCE = 5e-3
 
 
 def test_parts_of_each_process_are_the_one_process_batches():
@@ -63,7 +67,27 @@ def test_two_processes_train_the_one_process_model(digits, tmp_path, capfd):
     assert manifest["cost"]["forward_samples"] == one.report.cost.forward  # the whole job's passes, counted once
     assert manifest["metrics"]["test_acc"] == pytest.approx(one.metrics["test_acc"], abs=0.6)
     log = [json.loads(line) for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in one.report.history], abs=1e-4)
+    assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in one.report.history], abs=1e-3)
+
+
+def test_weighted_part_gradients_average_to_the_batch_gradient(digits):
+    """What DDP averages — each process's weight x the gradient of its part's mean loss — is the gradient of the whole
+    batch's mean loss, also for parts of unequal size (a batch of 13 over 2 and over 3 processes)."""
+    model, _ = new_model("mlp", digits, seed=0)
+    source = Source(digits.x_train, digits.y_train, torch.arange(13), batch_size=13, shuffle=False)
+
+    def grad(batch, weight=1.0):
+        model.zero_grad()
+        (F.cross_entropy(model(batch.x), batch.y) * weight).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    whole = grad(next(source.batches()))
+    for world in (2, 3):
+        parts = [next(source.batches(shard=(rank, world))) for rank in range(world)]
+        assert sorted(len(b.y) for b in parts) == sorted(part_of(13, r, world)[1] - part_of(13, r, world)[0]
+                                                         for r in range(world))
+        averaged = sum(grad(b, b.weight) for b in parts) / world
+        assert torch.allclose(averaged, whole, atol=1e-7, rtol=1e-5)
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -121,7 +145,7 @@ def test_host_reads_are_per_phase_per_epoch_not_per_step(digits, batch_size):
         report = fit(model, [Phase(forget, name="forget"), Phase(retain, name="retain")],
                      TrainConfig(epochs=3, batch_size=batch_size), device="cpu")
     assert len(report.history) == 3 and "retain_acc" in report.history[-1]
-    assert reads.count == 3 * 2  # one read per phase per epoch, whatever the number of steps (7 to 57 per epoch)
+    assert reads.count == 3 * 2  # one read per phase per epoch, whatever the number of steps (8 or 57 per epoch)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -130,3 +154,37 @@ def test_lower_precision_trains_on_the_cpu_and_is_recorded(digits, precision):
                     accel=Accel(precision=precision))
     assert trained.metrics["test_acc"] > 80 and trained.runtime["accel"] == {"precision": precision}
     assert "accel" not in train(digits, "mlp", config=TrainConfig(epochs=0), device="cpu").runtime
+
+
+def _retrain_in_group(rank, world, init, digits, out):
+    import torch.distributed as dist
+
+    from unlearnkit.methods import unlearn
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        model, args = new_model("mlp", digits, seed=0)
+        result = unlearn(model, "random:0.1", digits, "retrain", model_name="mlp", model_args=args, device="cpu",
+                         recipe=TrainConfig(epochs=2, batch_size=50, lr=0.05), epochs=2)
+        torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_retrain_in_a_process_group_is_the_one_process_retrain(digits, tmp_path):
+    """The library path of `unlearn --method retrain --nproc 2`: `fit` inside a gloo group of two forked processes
+    (a batch of 50 over 2 processes, and a last batch of 1293 % 50 = 43 split 22 + 21; measured max |dw| 6.4e-4, one
+    ReLU switching in epoch 2 — see TOLERANCE)."""
+    import torch.multiprocessing as mp
+
+    from unlearnkit.methods import unlearn
+
+    model, args = new_model("mlp", digits, seed=0)
+    one = unlearn(model, "random:0.1", digits, "retrain", model_name="mlp", model_args=args, device="cpu",
+                  recipe=TrainConfig(epochs=2, batch_size=50, lr=0.05), epochs=2).model.state_dict()
+    mp.start_processes(_retrain_in_group, args=(2, f"file://{tmp_path / 'rendezvous'}", digits, tmp_path / "w"),
+                       nprocs=2, start_method="fork")
+    ranks = [torch.load(tmp_path / f"w.{r}") for r in range(2)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in one)  # every process holds the same model
+    assert max(float((ranks[0][k] - one[k]).abs().max()) for k in one) < TOLERANCE

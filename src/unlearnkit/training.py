@@ -289,7 +289,9 @@ def weights_runtime(device: str | torch.device | None = "auto") -> dict:
     instruction set (a cap through ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA``, else the CPU's features, by
     a short hash). Each of them changes the order of floating-point sums: on one AVX-512 machine a 1-thread and a
     2-thread run of a seed differ, and so do runs capped to AVX2 by either variable. Recorded in every trained
-    checkpoint and part of every model-cache key, so a model made under other settings is never taken for this one."""
+    checkpoint and part of every model-cache key, so a model made under other settings is never taken for this one.
+    Inside a data-parallel run (a ``torch.distributed`` group of several processes) it adds ``processes``: the
+    gradients are then summed per process and across processes, another order of sums."""
     features = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     isa = sorted(k for k, v in features.items() if v is True)
     runtime = {
