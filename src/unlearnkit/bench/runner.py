@@ -396,7 +396,7 @@ def _record_task(work: _Work, job: tuple[int, str, Variant, _Reference]) -> dict
                               retrain_seconds=ref.common["retrain_s"], mia_shadow_size=suite.mia_shadow_size,
                               mia_attack=suite.mia_attack, seed=seed, bank=ref.bank)
     record = {**ref.common, "method": variant.method, "variant": variant.label, "options": result.config,
-              **evaluation.metrics, "cost": result.cost.to_dict(),
+              "resolved": result.resolved, **evaluation.metrics, "cost": result.cost.to_dict(),
               "notes": {k: v for k, v in result.notes.items() if k != "history"},
               "history": result.notes.get("history", []),
               "wall_s": round(time.time() - started, 3)}

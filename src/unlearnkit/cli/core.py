@@ -58,6 +58,12 @@ class UnlearnFlags:
     )
 
 
+# A forget-set accuracy that moved by less than this many points (%) counts as unchanged: `unlearn` warns.
+UNCHANGED_POINTS = 1.0
+# Retain samples `unlearn` measures before and after (a seeded random sample; all of D_r when smaller).
+CHECK_RETAIN_SAMPLES = 2048
+
+
 @dataclass
 class DemoFlags:
     seed: int = option(0, "seed of the original, the request and the methods", ge=0, le=SEED_MAX)
@@ -296,6 +302,11 @@ def _unlearn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pruned-out", default=None, help="also write the pruned model (before unlearning) as a checkpoint here"
     )
+    p.add_argument(
+        "--require-change", action="store_true",
+        help=f"refuse a result whose forget-set accuracy moved by less than {UNCHANGED_POINTS:g} point: nothing is "
+             "written and the exit status is 2 (without it such a run is written with a warning on stderr, exit 0)",
+    )
 
 
 def _unlearn(args: argparse.Namespace) -> int:
@@ -335,7 +346,7 @@ def _check_unlearn(args: argparse.Namespace, outputs: bool):
 def _run_unlearn(args: argparse.Namespace, rank: int) -> int:
     """Unlearn here; in a multi-process retrain every process trains, and process 0 alone writes and reports."""
     from ..checkpoint import save_unlearned
-    from ..methods import unlearn
+    from ..methods import forget_retain_accuracy, unlearn
 
     out, options, checkpoint = _check_unlearn(args, outputs=rank == 0)
     if args.prune is not None:  # bad specs fail before any pruning work
@@ -359,6 +370,8 @@ def _run_unlearn(args: argparse.Namespace, rank: int) -> int:
         pruning = checkpoint.manifest["pruning"]
         print(f"pruned by {pruning['spec']} to sparsity {pruning['achieved_sparsity']:.4f}: test accuracy "
               f"{checkpoint.manifest['metrics']['test_acc']:.2f} % before unlearning")
+    check = dict(retain_samples=CHECK_RETAIN_SAMPLES, seed=args.seed, device=args.device)
+    before = forget_retain_accuracy(checkpoint.model, request, data, **check) if rank == 0 else None
     result = unlearn(checkpoint, request, data, args.method, seed=args.seed, device=args.device, accel=_accel(args),
                      **options)
     if rank != 0:
@@ -368,11 +381,31 @@ def _run_unlearn(args: argparse.Namespace, rank: int) -> int:
                               "lower its learning rate, or pass --keep-diverged to keep the rolled-back model")
     if result.notes.get("stopped_early"):
         print(f"stopped early: {result.notes['stopped_early']}", file=sys.stderr)
+    after = forget_retain_accuracy(result.model, request, data, **check)
+    moved = abs(after["forget_acc"] - before["forget_acc"])
+    unchanged = not moved >= UNCHANGED_POINTS  # NaN (an empty D_f) counts as unchanged
+    if unchanged and args.require_change:
+        raise UnlearnKitError(
+            f"{args.method} left the forget-set accuracy at {before['forget_acc']:.2f} % -> "
+            f"{after['forget_acc']:.2f} % "
+            f"(moved less than {UNCHANGED_POINTS:g} point); nothing was written (--require-change): raise its budget "
+            "or learning rate (--set budget=..., --set lr=...; docs/methods.md)")
+    resolved = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.resolved.items())
     save_unlearned(out, result, checkpoint, request, data, seed=args.seed, data_dir=args.data_dir,
-                   pruned_from=dense)
+                   pruned_from=dense, extra={"check": {"before": before, "after": after}})
     c = result.cost
     print(f"{args.method} unlearned {request.spec} ({request.forget.numel()} samples) in {c.seconds:.1f} s "
-          f"({c.forward} forward / {c.backward} backward sample passes)")
+          f"({c.forward} forward / {c.backward} backward sample passes)"
+          + (f"; resolved {resolved}" if resolved else ""))
+    print(f"forget-set accuracy {before['forget_acc']:6.2f} % -> {after['forget_acc']:6.2f} %  "
+          f"(D_f, {after['forget_samples']} samples)")
+    print(f"retain-set accuracy {before['retain_acc']:6.2f} % -> {after['retain_acc']:6.2f} %  "
+          f"(a seeded sample of {after['retain_samples']} of D_r)")
+    if unchanged:
+        print(f"warning: the forget-set accuracy did not move ({before['forget_acc']:.2f} % -> "
+              f"{after['forget_acc']:.2f} %): {args.method} at these settings changed nothing measurable on D_f. "
+              "Raise its budget or learning rate (--set budget=..., --set lr=...; docs/methods.md), or pass "
+              "--require-change to refuse such results", file=sys.stderr)
     print(f"checkpoint written to {args.out}")
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -90,6 +91,7 @@ class Task:
     original_test_acc: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # what the method wants recorded with its result
     accel: Accel = field(default_factory=Accel)  # precision, compile, cuDNN/TF32 (the loop's device settings)
+    resolved: dict[str, Any] = field(default_factory=dict)  # the values relative defaults resolved to (recorded)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -141,6 +143,12 @@ class Task:
         ``gt=0``, so validated with the method's options)."""
         return None if per_forget is None else max(1, int(round(per_forget * self.n_forget)))
 
+    def retain_pass(self, per_forget: float | None) -> int:
+        """Retain samples one pass reads when a method asks for ``per_forget`` × |D_f| of them (None: all of D_r)."""
+        count = self.retain_count(per_forget)
+        retain = int(self.request.retain.numel())
+        return retain if count is None else min(count, retain)
+
     def fit(self, phases: list[Phase] | Phase, config: TrainConfig, **kwargs) -> FitReport:
         kwargs.setdefault("seed", self.seed)
         kwargs.setdefault("accel", self.accel)
@@ -155,20 +163,47 @@ class Task:
     @functools.cached_property
     def forget_targets(self) -> torch.Tensor:
         """The training labels as trained, except that in D_f only what the request's correction changes is
-        scored where it keeps the rest of a sample: of a sequence edited by a ``secret:`` request, the secret's
-        characters (the others are ``IGNORE``d; the sequence stays in the corpus). Every other request forgets
-        all of D_f's labels, so this is ``y``."""
-        r = self.request
-        if r.trained_y is None or r.corrected_y is None or r.trained_y.ndim < 2:
-            return self.y
-        y = self.y.clone()
-        y[r.forget] = torch.where(r.trained_y != r.corrected_y, r.trained_y, torch.full_like(r.trained_y, IGNORE))
-        return y
+        scored where it keeps the rest of a sample (see :func:`forget_targets`)."""
+        return forget_targets(self.request, self.y)
 
     def forget_accuracy(self, model: nn.Module, limit: int | None = None) -> float:
         """Accuracy on D_f's :attr:`forget_targets`."""
         ids = self.request.forget if limit is None else self.request.forget[:limit]
         return accuracy(predict_logits(model, self.x[ids], device=self.device), self.forget_targets[ids])
+
+
+def forget_targets(request: Request, y: torch.Tensor) -> torch.Tensor:
+    """``y`` (the training labels as trained), except that in D_f only what the request's correction changes is
+    scored where it keeps the rest of a sample: of a sequence edited by a ``secret:`` request, the secret's
+    characters (the others are ``IGNORE``d; the sequence stays in the corpus). Every other request forgets all of
+    D_f's labels, so this is ``y``."""
+    r = request
+    if r.trained_y is None or r.corrected_y is None or r.trained_y.ndim < 2:
+        return y
+    y = y.clone()
+    y[r.forget] = torch.where(r.trained_y != r.corrected_y, r.trained_y, torch.full_like(r.trained_y, IGNORE))
+    return y
+
+
+def forget_retain_accuracy(model: nn.Module, request: Request, data: Dataset, *, retain_samples: int = 2048,
+                           seed: int = 0, device: str | torch.device | None = "auto") -> dict[str, float]:
+    """A cheap check of what an unlearning did: accuracy (%) on D_f (its :func:`forget_targets`, as trained) and on a
+    seeded random ``retain_samples`` of D_r (all of it when smaller). One forward pass over |D_f| + the sample."""
+    x, y = request.training_data(data)
+    targets = forget_targets(request, y)
+    retain = request.retain
+    if retain.numel() > retain_samples:
+        pick = torch.randperm(retain.numel(), generator=torch.Generator().manual_seed(seed))[:retain_samples]
+        retain = torch.sort(retain[pick]).values
+    device = resolve_device(device)
+    forget = request.forget
+    return {
+        "forget_acc": accuracy(predict_logits(model, x[forget], device=device), targets[forget])
+        if forget.numel() else float("nan"),
+        "retain_acc": accuracy(predict_logits(model, x[retain], device=device), y[retain])
+        if retain.numel() else float("nan"),
+        "forget_samples": int(forget.numel()), "retain_samples": int(retain.numel()),
+    }
 
 
 @dataclass
@@ -178,9 +213,10 @@ class Unlearned:
     config: dict
     cost: Cost
     notes: dict
+    resolved: dict = field(default_factory=dict)  # what the relative defaults resolved to on this model and data
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "config": self.config, "cost": self.cost.to_dict(),
+        return {"method": self.method, "config": self.config, "resolved": self.resolved, "cost": self.cost.to_dict(),
                 **{k: v for k, v in self.notes.items() if k != "history"}}
 
 
@@ -244,24 +280,121 @@ def unlearn(
         result = task.model if result is None else result
         enforce_prune_masks(result)
     result.eval()
-    return Unlearned(result, method, dataclasses.asdict(config), cost, task.notes)
+    return Unlearned(result, method, dataclasses.asdict(config), cost, task.notes, task.resolved)
+
+
+# The learning rate a relative default is a multiple of when the original was trained with Adam (an SGD rate
+# scaled from an Adam rate means nothing): the SGD rate of the Fashion-MNIST recipe the defaults were chosen on.
+REFERENCE_SGD_LR = 0.05
+
+
+def retrain_work(task: "Task") -> int:
+    """Retrain's sample passes under the original's recipe: its epochs × the samples it trains on (D_r, or every
+    training sample when the request corrects D_f instead of removing it)."""
+    trained_on = task.request.retain.numel() if task.request.effect == "remove" else task.data.n_train
+    return max(1, task.recipe.epochs * int(trained_on))
 
 
 @dataclass
 class SGDOptions:
-    """Optimiser options every iterative method shares; a method redeclares a field to change its default."""
+    """Optimiser options every iterative method shares; a method redeclares a field to change its default.
 
-    epochs: int = option(5, "passes", ge=0, le=10_000)
-    lr: float = option(0.01, "learning rate", gt=0, le=10)
+    Relative defaults (``docs/methods.md``): ``epochs`` null means as many passes as ``budget`` — a fraction of
+    Retrain's sample passes (the original recipe's epochs × |D_r|) — buys at :meth:`epoch_samples` per pass, and
+    ``lr`` null means ``lr_scale`` × the original recipe's learning rate. Each method's ``budget`` and ``lr_scale``
+    resolve to its former absolute default on the Fashion-MNIST recipe it was tuned on; an explicit ``epochs`` or
+    ``lr`` wins. The values used are recorded (:attr:`Task.resolved`, ``Unlearned.resolved``)."""
+
+    epochs: int | None = option(None, "passes (null: as many as `budget` allows)", ge=0, le=10_000)
+    budget: float = option(0.045, "epochs=null: work as a fraction of Retrain's sample passes (the original recipe's "
+                                  "epochs × |D_r|)", gt=0, le=100)
+    lr: float | None = option(None, "learning rate (null: lr_scale × the original recipe's)", gt=0, le=10)
+    lr_scale: float = option(1.0, "lr=null: the learning rate as a multiple of the original recipe's (of 0.05 for an "
+                                  "Adam recipe)", gt=0, le=1000)
     batch_size: int = option(128, "batch size", ge=1, le=65_536)
     momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = option(5e-4, "weight decay", ge=0, le=1)
     schedule: typing.Literal["constant", "cosine", "linear"] = option("constant", "learning-rate schedule over the run")
 
-    def train_config(self) -> TrainConfig:
+    def epoch_samples(self, task: "Task") -> int:
+        """Sample passes (forward and backward) of one epoch of this method; the budget divides by it."""
+        return task.n_forget
+
+    def resolve(self, task: "Task") -> dict[str, Any]:
+        """The epochs and learning rate this run uses (explicit values as given, null ones from the relative
+        defaults), recorded in ``task.resolved``."""
+        if self.epochs is not None:
+            epochs = self.epochs
+        else:
+            per_epoch = max(1, self.epoch_samples(task))
+            epochs = min(10_000, max(1, math.floor(self.budget * retrain_work(task) / per_epoch + 0.5)))
+        if self.lr is not None:
+            lr = self.lr
+        else:
+            base = task.recipe.lr if task.recipe.optimizer == "sgd" else REFERENCE_SGD_LR
+            lr = min(10.0, self.lr_scale * base)
+        lr = _round(lr)
+        task.resolved.update(epochs=epochs, lr=lr)
+        return {"epochs": epochs, "lr": lr}
+
+    def train_config(self, task: "Task") -> TrainConfig:
         """The loop's recipe for this method (no augmentation: unlearning steps see the samples as trained)."""
-        return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, momentum=self.momentum,
+        r = self.resolve(task)
+        return TrainConfig(epochs=r["epochs"], lr=r["lr"], batch_size=self.batch_size, momentum=self.momentum,
                            weight_decay=self.weight_decay, schedule=self.schedule, augment=False)
+
+
+def forget_floor(task: "Task", target: float | None = -1.0) -> float | None:
+    """The forget accuracy (%) a retrained model would score, which guards and calibration aim at: ``target`` when
+    given (None: no floor), else 0 for class requests and the original's test accuracy for sample requests (None when
+    it is unknown)."""
+    if target is None or target >= 0:
+        return target
+    if task.request.classes:
+        return 0.0
+    return task.original_test_acc
+
+
+@dataclass
+class Calibrated:
+    """The calibration step of methods that read D_f (``docs/methods.md``): after the planned epochs, while the
+    forget accuracy on a probe has not moved half of the way from the original's to :func:`forget_floor`, one more
+    epoch runs at twice the previous learning rate, until it has or ``max_budget`` of Retrain's sample passes is
+    spent. Where the planned run forgets (every committed Fashion-MNIST run of these methods did) it only adds the
+    probe's forward passes."""
+
+    calibrate: bool = option(True, "after the planned epochs, while forget accuracy has not moved half-way to a "
+                                   "retrained model's, run one more epoch at twice the rate (within max_budget)")
+    max_budget: float = option(0.1, "calibrate: the most work in all, as a fraction of Retrain's sample passes",
+                               gt=0, le=100)
+    probe_size: int = option(512, "forget samples the calibration (and any guard) measures", ge=1, le=BIG)
+
+
+def calibrated_fit(task: "Task", cfg: Any, phases: list[Phase] | Phase, **kwargs) -> None:
+    """``task.fit`` with ``cfg``'s resolved recipe, then the calibration of :class:`Calibrated` (recorded in
+    ``task.resolved``: the extra epochs and the last learning rate)."""
+    config = cfg.train_config(task)
+    report = task.fit(phases, config, **kwargs)
+    floor = forget_floor(task)
+    if not cfg.calibrate or report.stopped_early or floor is None or config.epochs == 0:
+        return
+    start = task.forget_accuracy(task.original, limit=cfg.probe_size)
+    goal = start - (start - floor) / 2
+    per_epoch = max(1, cfg.epoch_samples(task))
+    spent, cap = config.epochs * per_epoch, cfg.max_budget * retrain_work(task)
+    extra, lr = 0, config.lr
+    while task.forget_accuracy(task.model, limit=cfg.probe_size) > goal and spent + per_epoch <= cap:
+        extra, lr = extra + 1, min(10.0, 2 * lr)
+        report = task.fit(phases, config.replace(epochs=1, lr=lr, schedule="constant"), **kwargs,
+                          seed=task.seed + extra)
+        spent += per_epoch
+        if report.stopped_early:
+            break
+    task.resolved.update(calibration_epochs=extra, calibration_lr=_round(lr) if extra else None)
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.12g}")
 
 
 def random_wrong_labels(

@@ -11,13 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from ..training import Phase, count_passes
-from .base import SGDOptions, Task, option, register
+from .base import Calibrated, SGDOptions, Task, calibrated_fit, option, register
 
 
 @dataclass
-class BoundaryShrinkConfig(SGDOptions):
-    epochs: int = option(1, "passes over the forget set", ge=0, le=10_000)
-    lr: float = option(1e-4, "SGD learning rate", gt=0, le=10)
+class BoundaryShrinkConfig(Calibrated, SGDOptions):
+    epochs: int | None = option(None, "passes over the forget set (null: as many as `budget` allows)", ge=0,
+                                le=10_000)
+    budget: float = option(0.012, "epochs=null: work as a fraction of Retrain's sample passes", gt=0, le=100)
+    lr_scale: float = option(0.002, "lr=null: the learning rate as a multiple of the original recipe's", gt=0,
+                             le=1000)
     epsilon: float = option(0.1, "FGSM step in pixel space [0, 1] used to find the nearest boundary", gt=0, le=1)
 
 
@@ -47,5 +50,4 @@ def nearest_wrong_labels(task: Task, epsilon: float, batch_size: int = 256) -> t
 )
 def boundary_shrink(task: Task, cfg: BoundaryShrinkConfig) -> None:
     labels = nearest_wrong_labels(task, cfg.epsilon)
-    task.fit(Phase(task.forget_source(cfg.batch_size, labels=labels), name="shrink"),
-             cfg.train_config())
+    calibrated_fit(task, cfg, Phase(task.forget_source(cfg.batch_size, labels=labels), name="shrink"))

@@ -15,13 +15,16 @@ from .base import BIG, SGDOptions, Task, option, register
 
 @dataclass
 class L1SparseConfig(SGDOptions):
-    epochs: int = option(4, "passes", ge=0, le=10_000)
-    lr: float = option(0.1, "SGD learning rate", gt=0, le=10)
+    budget: float = option(0.045, "epochs=null: work as a fraction of Retrain's sample passes", gt=0, le=100)
+    lr_scale: float = option(2.0, "lr=null: the learning rate as a multiple of the original recipe's", gt=0, le=1000)
     schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate schedule over the run")
     alpha: float = option(2e-4, "initial ℓ1 coefficient α (on the sum of |θ| over all parameters)", ge=0, le=1)
     retain_per_forget: float | None = option(
         1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG
     )
+
+    def epoch_samples(self, task: Task) -> int:
+        return task.retain_pass(self.retain_per_forget)
 
 
 @register(
@@ -36,4 +39,4 @@ def l1_sparse(task: Task, cfg: L1SparseConfig) -> None:
         return alpha_t * sum(p.abs().sum() for p in model.parameters())
 
     source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))
-    task.fit(Phase(source, name="retain"), cfg.train_config(), regularizer=l1_penalty)
+    task.fit(Phase(source, name="retain"), cfg.train_config(task), regularizer=l1_penalty)

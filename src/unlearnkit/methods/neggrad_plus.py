@@ -20,16 +20,21 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from ..training import Phase, count_passes
-from .base import BIG, SGDOptions, Task, option, register
+from .base import BIG, Calibrated, SGDOptions, Task, calibrated_fit, option, register
 
 
 @dataclass
-class NegGradPlusConfig(SGDOptions):
-    epochs: int = option(10, "passes over the retain samples", ge=0, le=10_000)
-    lr: float = option(0.1, "SGD learning rate", gt=0, le=10)
+class NegGradPlusConfig(Calibrated, SGDOptions):
+    epochs: int | None = option(None, "passes over the retain samples (null: as many as `budget` allows)", ge=0,
+                                le=10_000)
+    budget: float = option(0.075, "epochs=null: work as a fraction of Retrain's sample passes", gt=0, le=100)
+    lr_scale: float = option(2.0, "lr=null: the learning rate as a multiple of the original recipe's", gt=0, le=1000)
     beta: float = option(0.97, "β: weight of the retain loss; 1 − β weights the ascent on D_f", ge=0, le=1)
     retain_per_forget: float | None = option(
         1.0, "retain samples per epoch, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG)
+
+    def epoch_samples(self, task: Task) -> int:
+        return 2 * task.retain_pass(self.retain_per_forget)  # a forget batch beside every retain batch
 
 
 @register("neggrad_plus", NegGradPlusConfig, touches=("forget", "retain"), effects=("remove", "relabel", "edit"),
@@ -46,4 +51,4 @@ def neggrad_plus(task: Task, cfg: NegGradPlusConfig) -> None:
         return cfg.beta * F.cross_entropy(logits, batch.y) - (1.0 - cfg.beta) * ascent, logits
 
     source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))
-    task.fit(Phase(source, loss, "retain+forget"), cfg.train_config())
+    calibrated_fit(task, cfg, Phase(source, loss, "retain+forget"))

@@ -57,12 +57,19 @@ class PerturbOptions(SGDOptions):
         "parameter",
         "noise standard deviation per entry: σ·|θ_j| (parameter), σ·std of θ_j's tensor (layer) or σ (absolute)",
     )
-    epochs: int = option(1, "repair passes over retain samples after the perturbation (0: no repair)", ge=0, le=10_000)
-    lr: float = option(0.01, "repair learning rate", gt=0, le=10)
+    epochs: int | None = option(None, "repair passes over retain samples after the perturbation (0: no repair; "
+                                      "null: as many as `budget` allows)", ge=0, le=10_000)
+    budget: float = option(0.012, "epochs=null: repair work as a fraction of Retrain's sample passes", gt=0, le=100)
+    lr: float | None = option(None, "repair learning rate (null: lr_scale × the original recipe's)", gt=0, le=10)
+    lr_scale: float = option(0.2, "lr=null: the repair learning rate as a multiple of the original recipe's", gt=0,
+                             le=1000)
     retain_per_forget: float | None = option(
         1.0, "repair: retain samples per pass, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG
     )
     repair_scope: Literal["all", "selected"] = option("all", "repair every parameter, or only the perturbed entries")
+
+    def epoch_samples(self, task: Task) -> int:
+        return task.retain_pass(self.retain_per_forget)
 
 
 @dataclass
@@ -189,10 +196,11 @@ def perturb_and_repair(task: Task, cfg: PerturbOptions, mask: dict[str, torch.Te
     task.notes["selected_entries"] = picked
     task.notes["selected_fraction"] = round(picked / total, 6) if total else 0.0
     task.notes.update(add_noise(task.model, mask, cfg.sigma, cfg.scale, task.generator))
-    if cfg.epochs > 0:
+    config = cfg.train_config(task)
+    if config.epochs > 0:
         source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))
         trainable = mask if cfg.repair_scope == "selected" else None
-        task.fit(Phase(source, name="repair"), cfg.train_config(), trainable=trainable)
+        task.fit(Phase(source, name="repair"), config, trainable=trainable)
 
 
 def topk_mask(task: Task, cfg: TopKConfig) -> dict[str, torch.Tensor]:

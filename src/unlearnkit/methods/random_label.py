@@ -10,16 +10,19 @@ import torch
 
 from ..data import Source
 from ..training import Phase
-from .base import BIG, SGDOptions, Task, option, random_wrong_labels, register
+from .base import BIG, Calibrated, SGDOptions, Task, calibrated_fit, option, random_wrong_labels, register
 
 
 @dataclass
-class RandomLabelConfig(SGDOptions):
-    epochs: int = option(1, "passes", ge=0, le=10_000)
-    lr: float = option(0.01, "SGD learning rate", gt=0, le=10)
+class RandomLabelConfig(Calibrated, SGDOptions):
+    budget: float = option(0.045, "epochs=null: work as a fraction of Retrain's sample passes", gt=0, le=100)
+    lr_scale: float = option(0.2, "lr=null: the learning rate as a multiple of the original recipe's", gt=0, le=1000)
     retain_per_forget: float | None = option(
         3.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG
     )
+
+    def epoch_samples(self, task: Task) -> int:
+        return task.n_forget + task.retain_pass(self.retain_per_forget)
 
 
 def random_label_source(task: Task, batch_size: int, retain_per_forget: float | None) -> Source:
@@ -43,4 +46,4 @@ def random_label_source(task: Task, batch_size: int, retain_per_forget: float | 
 )
 def random_label(task: Task, cfg: RandomLabelConfig) -> None:
     source = random_label_source(task, cfg.batch_size, cfg.retain_per_forget)
-    task.fit(Phase(source, name="rl"), cfg.train_config())
+    calibrated_fit(task, cfg, Phase(source, name="rl"))

@@ -12,20 +12,23 @@ import torch.nn.functional as F
 
 from .. import selection
 from ..training import Phase, count_passes
-from .base import BIG, SGDOptions, Task, option, register
+from .base import BIG, Calibrated, SGDOptions, Task, calibrated_fit, option, register
 from .random_label import random_label_source
 
 
 @dataclass
-class SalUnConfig(SGDOptions):
-    epochs: int = option(1, "passes", ge=0, le=10_000)
-    lr: float = option(5e-3, "SGD learning rate", gt=0, le=10)
+class SalUnConfig(Calibrated, SGDOptions):
+    budget: float = option(0.035, "epochs=null: work as a fraction of Retrain's sample passes", gt=0, le=100)
+    lr_scale: float = option(0.1, "lr=null: the learning rate as a multiple of the original recipe's", gt=0, le=1000)
     mask_fraction: float = option(
         0.5, "fraction of all parameter entries that may change (largest saliency)", gt=0, le=1
     )
     retain_per_forget: float | None = option(
         2.0, "retain samples mixed in per epoch, as a multiple of |D_f| (None: all)", gt=0, le=BIG
     )
+
+    def epoch_samples(self, task: Task) -> int:
+        return task.n_forget + task.retain_pass(self.retain_per_forget)
 
 
 def forget_gradient(task: Task, batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -62,4 +65,4 @@ def salun(task: Task, cfg: SalUnConfig) -> None:
     picked, total = selection.count(mask)
     task.notes["mask_fraction"] = round(picked / total, 6)
     source = random_label_source(task, cfg.batch_size, cfg.retain_per_forget)
-    task.fit(Phase(source, name="rl"), cfg.train_config(), trainable=mask)
+    calibrated_fit(task, cfg, Phase(source, name="rl"), trainable=mask)

@@ -55,11 +55,20 @@ class SapsConfig(SGDOptions):
     damping: float = option(1e-2, "λ for newton_gain, diagonal and second", ge=0, le=BIG)
     max_iter: int = option(50, "update=second: CG iterations", ge=1, le=BIG)
     # update=sgd: the shared optimiser options, on corrected forget samples + retain samples
-    epochs: int = option(2, "update=sgd: passes over the corrected forget samples", ge=0, le=10_000)
-    lr: float = option(0.01, "update=sgd: learning rate", gt=0, le=10)
+    epochs: int | None = option(None, "update=sgd: passes over the corrected forget samples (null: as many as "
+                                      "`budget` allows)", ge=0, le=10_000)
+    budget: float = option(0.04, "update=sgd, epochs=null: work as a fraction of Retrain's sample passes", gt=0,
+                           le=100)
+    lr: float | None = option(None, "update=sgd: learning rate (null: lr_scale × the original recipe's)", gt=0, le=10)
+    lr_scale: float = option(0.2, "update=sgd, lr=null: the learning rate as a multiple of the original recipe's",
+                             gt=0, le=1000)
     retain_per_forget: float = option(1.0, "update=sgd: retain samples per pass, as a multiple of |D_f|", gt=0, le=BIG)
     mixed: bool = option(True, "update=sgd: shuffle the corrected forget samples and the retain samples into the same "
                                "batches (False: a pass over the corrected samples, then one over the retain samples)")
+
+    def epoch_samples(self, task: Task) -> int:
+        retain = task.retain_pass(self.retain_per_forget)
+        return retain if task.request.effect == "remove" else task.n_forget + retain
 
 
 def _sgd_phases(task: Task, cfg: SapsConfig) -> list[Phase]:
@@ -121,7 +130,7 @@ def saps(task: Task, cfg: SapsConfig) -> None:
     picked, total = selection.count(mask)
     task.notes["selected_entries"], task.notes["selected_fraction"] = picked, round(picked / total, 6)
     if cfg.update == "sgd":
-        task.fit(_sgd_phases(task, cfg), cfg.train_config(), trainable=mask)
+        task.fit(_sgd_phases(task, cfg), cfg.train_config(task), trainable=mask)
         return
     masked_g = curvature.apply_mask(g, mask)
     if cfg.update == "first":

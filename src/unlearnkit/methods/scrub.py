@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from ..training import Phase
-from .base import BIG, SGDOptions, Task, option, register
+from .base import BIG, Calibrated, SGDOptions, Task, calibrated_fit, option, register
 
 
 @dataclass
-class ScrubConfig(SGDOptions):
-    epochs: int = option(1, "epochs (each: optional max-steps on D_f, then min-steps on D_r)", ge=0, le=10_000)
+class ScrubConfig(Calibrated, SGDOptions):
+    epochs: int | None = option(None, "epochs (each: optional max-steps on D_f, then min-steps on D_r; null: as many "
+                                      "as `budget` allows)", ge=0, le=10_000)
+    budget: float = option(0.025, "epochs=null: work as a fraction of Retrain's sample passes", gt=0, le=100)
     max_epochs: int = option(2, "epochs that include the max-steps", ge=0, le=10_000)
-    lr: float = option(5e-3, "SGD learning rate", gt=0, le=10)
+    lr_scale: float = option(0.1, "lr=null: the learning rate as a multiple of the original recipe's", gt=0, le=1000)
     temperature: float = option(4.0, "distillation temperature", gt=0, le=1000)
     kl_weight: float = option(1.0, "α: weight of the KL term in min-steps", ge=0, le=BIG)
     ce_weight: float = option(1.0, "γ: weight of the cross-entropy in min-steps", ge=0, le=BIG)
@@ -32,6 +34,9 @@ class ScrubConfig(SGDOptions):
     kl_cap: float | None = option(
         2.0, "max-steps skip batches whose KL(teacher ‖ student) already exceeds this", gt=0, le=BIG
     )
+
+    def epoch_samples(self, task: Task) -> int:
+        return (task.n_forget if self.max_epochs > 0 else 0) + task.retain_pass(self.retain_per_forget)
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -67,4 +72,4 @@ def scrub(task: Task, cfg: ScrubConfig) -> None:
         Phase(task.forget_source(cfg.batch_size), max_step, "max", when=lambda epoch: epoch < cfg.max_epochs),
         Phase(task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget)), min_step, "min"),
     ]
-    task.fit(phases, cfg.train_config())
+    calibrated_fit(task, cfg, phases)
