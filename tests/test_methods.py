@@ -124,7 +124,8 @@ def test_unknown_method_and_bad_options(setup, digits):
         unlearn(setup.model, request, digits, "magic")
     with pytest.raises(UnlearnKitError, match="has no option"):
         unlearn(setup.model, request, digits, "finetune", learning_rate=0.1)
-    with pytest.raises(UnlearnKitError, match=r"option lr of finetune must be a finite float in \(0, 10\]; got 'fast'"):
+    with pytest.raises(UnlearnKitError,
+                       match=r"option lr of finetune must be a finite float in \(0, 10\] or null; got 'fast'"):
         unlearn(setup.model, request, digits, "finetune", lr="fast")
     with pytest.raises(UnlearnKitError, match="needs the architecture"):
         unlearn(setup.model, request, digits, "retrain")

@@ -142,7 +142,7 @@ def test_the_issue_cases_are_one_line_errors_before_any_work(argv, message, caps
 
 def test_info_lists_every_declared_option():
     listed = info()
-    assert listed["methods"]["finetune"]["config"]["lr"]["allowed"] == "a finite float in (0, 10]"
+    assert listed["methods"]["finetune"]["config"]["lr"]["allowed"] == "a finite float in (0, 10] or null"
     options = listed["options"]
     assert options["the training recipe"]["lr"]["low"] == 0 and options["the training recipe"]["lr"]["low_open"]
     assert options["sisa train flags"]["--workers"]["high"] == 256

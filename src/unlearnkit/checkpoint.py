@@ -397,7 +397,8 @@ def save_unlearned(path: str | os.PathLike, result: Unlearned, source: Checkpoin
     return save_checkpoint(
         path, result.model, model_name=manifest["model"]["name"], model_args=manifest["model"]["args"],
         dataset=data, data_dir=data_dir, request=request, kind=kind,
-        extra={"seed": seed, "train": manifest.get("train"), "method": {"name": result.method, "config": result.config, "resolved": result.resolved},
+        extra={"seed": seed, "train": manifest.get("train"), "method": {"name": result.method, "config": result.config,
+                                                                     "resolved": result.resolved},
                "cost": result.cost.to_dict(), "notes": {k: v for k, v in result.notes.items() if k != "history"},
                "parent": parent, **({"pruning": pruning} if pruning is not None else {}),
                "runtime": weights_runtime(next(iter(result.model.parameters())).device), **(extra or {})},

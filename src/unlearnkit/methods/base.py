@@ -363,8 +363,9 @@ class Calibrated:
     spent. Where the planned run forgets (every committed Fashion-MNIST run of these methods did) it only adds the
     probe's forward passes."""
 
-    calibrate: bool = option(True, "after the planned epochs, while forget accuracy has not moved half-way to a "
-                                   "retrained model's, run one more epoch at twice the rate (within max_budget)")
+    calibrate: bool | None = option(
+        None, "after the planned epochs, while forget accuracy has not moved half-way to a retrained model's, run one "
+              "more epoch at twice the rate, within max_budget (null: when neither epochs nor lr is given)")
     max_budget: float = option(0.1, "calibrate: the most work in all, as a fraction of Retrain's sample passes",
                                gt=0, le=100)
     probe_size: int = option(512, "forget samples the calibration (and any guard) measures", ge=1, le=BIG)
@@ -376,7 +377,8 @@ def calibrated_fit(task: "Task", cfg: Any, phases: list[Phase] | Phase, **kwargs
     config = cfg.train_config(task)
     report = task.fit(phases, config, **kwargs)
     floor = forget_floor(task)
-    if not cfg.calibrate or report.stopped_early or floor is None or config.epochs == 0:
+    calibrate = cfg.calibrate if cfg.calibrate is not None else (cfg.epochs is None and cfg.lr is None)
+    if not calibrate or report.stopped_early or floor is None or config.epochs == 0:
         return
     start = task.forget_accuracy(task.original, limit=cfg.probe_size)
     goal = start - (start - floor) / 2

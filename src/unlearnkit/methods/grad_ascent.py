@@ -31,8 +31,9 @@ class GradAscentConfig(SGDOptions):
                            le=100)
     lr_scale: float = option(0.04, "lr=null: the learning rate as a multiple of the original recipe's", gt=0,
                              le=1000)
-    lr_growth: float = option(2.0, "with a guard: each further epoch multiplies the ascent step by this (1: "
-                                   "constant)", ge=1, le=1000)
+    lr_growth: float | None = option(
+        None, "with a guard: each further epoch multiplies the ascent step by this (1: constant; null: 2 when lr is "
+              "null, 1 when lr is given)", ge=1, le=1000)
     weight_decay: float = option(0.0, "weight decay (none: it would only shrink weights during ascent)", ge=0, le=1)
     target_forget_acc: float | None = option(
         -1.0, "stop once forget accuracy (%) falls to this; -1: auto (see module doc); None: never", ge=-1, le=100
@@ -51,7 +52,8 @@ def grad_ascent(task: Task, cfg: GradAscentConfig) -> None:
     check_every = cfg.check_every
     if check_every is None:
         check_every = 5 if math.ceil(task.n_forget / cfg.batch_size) >= 10 else 1
-    growth = cfg.lr_growth if floor is not None else 1.0  # unguarded ascent is never amplified
+    growth = cfg.lr_growth if cfg.lr_growth is not None else (2.0 if cfg.lr is None else 1.0)
+    growth = growth if floor is not None else 1.0  # unguarded ascent is never amplified
     task.resolved.update(check_every=check_every, lr_growth=growth)
 
     def ascent(model, batch, ctx):
