@@ -39,7 +39,10 @@ class ApproxSettings:
 
             if self.method not in METHODS:
                 raise UnlearnKitError(f"unknown approximate method {self.method!r}; known: {', '.join(METHODS)}")
-            self.modify_epochs = int(getattr(make_config(METHODS[self.method], self.method_options), "epochs", 1))
+            epochs = getattr(make_config(METHODS[self.method], self.method_options), "epochs", 1)
+            # A relative default (null) resolves per run from the shard's recipe and size; the default method's guard
+            # (grad ascent) stopped its committed runs within the first epoch, so the estimate counts one.
+            self.modify_epochs = 1 if epochs is None else int(epochs)
         if self.amend_round_size < 1 or self.amend_max_rounds < 1 or self.amend_patience < 1:
             raise UnlearnKitError("amend_round_size, amend_max_rounds and amend_patience must be >= 1")
 

@@ -39,7 +39,8 @@ class GradAscentConfig(SGDOptions):
         -1.0, "stop once forget accuracy (%) falls to this; -1: auto (see module doc); None: never", ge=-1, le=100
     )
     check_every: int | None = option(
-        None, "steps between guard checks (null: 5, or 1 when an epoch has fewer than 10 steps)", ge=1, le=BIG)
+        None, "steps between guard checks (null: 5, or 1 when the step grows and an epoch has fewer than 10 steps)",
+        ge=1, le=BIG)
     probe_size: int = option(512, "forget samples the guard measures", ge=1, le=BIG)
 
 
@@ -49,11 +50,11 @@ def grad_ascent(task: Task, cfg: GradAscentConfig) -> None:
     floor = forget_floor(task, cfg.target_forget_acc)
     probe = task.request.forget[: cfg.probe_size]
     config = cfg.train_config(task)
-    check_every = cfg.check_every
-    if check_every is None:
-        check_every = 5 if math.ceil(task.n_forget / cfg.batch_size) >= 10 else 1
     growth = cfg.lr_growth if cfg.lr_growth is not None else (2.0 if cfg.lr is None else 1.0)
     growth = growth if floor is not None else 1.0  # unguarded ascent is never amplified
+    check_every = cfg.check_every
+    if check_every is None:  # a growing step may overshoot the floor within 5 short epochs: check every step then
+        check_every = 1 if growth > 1 and math.ceil(task.n_forget / cfg.batch_size) < 10 else 5
     task.resolved.update(check_every=check_every, lr_growth=growth)
 
     def ascent(model, batch, ctx):
