@@ -47,10 +47,14 @@ SHORTFALLS = {
         "warnecke_first": "100 -> 100 (retain 100): a feature/label method; for a removal G = (n_f/n) mean grad on "
                           "D_f, ~0 where the model fits D_f",
         "warnecke_second": "100 -> 100 (retain 100): the damped Newton step of the same ~0 G",
+        "rum": "100 -> 97 (retain 100): NegGrad+ on each third of the class in turn (beta 0.99, 0.97, 0.97; 21, 21, "
+               "42 epochs; the last at 0.1x the rate), where NegGrad+ on the whole class reaches 49",
     },
     "fmnist": {
         "randomk_perturb": "82 -> 81 (retain 83): noise on a random 5 % of entries, as on digits",
         "saps": "82 -> 72 (retain 83): masked finetune on D_r, as on digits",
+        "scar": "82 -> 50 (retain 67): 20 epochs at lr 1e-3, absolute defaults chosen on digits (where it forgets: "
+                "100 -> 0, retain 93)",
     },
 }
 

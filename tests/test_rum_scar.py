@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import unlearnkit as uk
-from unlearnkit.methods import METHODS, make_config
+from unlearnkit.methods import METHODS
 from unlearnkit.methods.base import Task
 from unlearnkit.methods.rum import refine
 from unlearnkit.recipes import default_recipe
@@ -51,9 +51,10 @@ def test_rum_runs_neggrad_plus_on_each_third_at_scaled_settings(original, digits
     request = uk.build_request("random:0.1", digits, seed=0)
     result = uk.unlearn(original, request, digits, method="rum", device="cpu", recipe=RECIPE)
     assert result.notes["rum_parts"] == {"low": 48, "medium": 48, "high": 48}
-    ng = make_config(METHODS["neggrad_plus"], {})
+    ng = result.resolved["neggrad_plus"]  # NegGrad+'s relative defaults resolved on the whole request
+    assert ng["epochs"] == 10  # 0.15 of Retrain's 15 x 1,293 sample passes over 2 x 144 per epoch
     # NegGrad+ passes retain_per_forget × |part| retain samples per epoch and as many forget samples, each both ways
-    epochs = [ng.epochs, ng.epochs, 2 * ng.epochs]
+    epochs = [ng["epochs"], ng["epochs"], 2 * ng["epochs"]]
     assert result.cost.backward == sum(2 * e * 48 for e in epochs)
     assert result.cost.forward == result.cost.backward + 144  # and the proxy's pass of the original over D_f
     assert len(result.notes["history"]) == sum(epochs)

@@ -8,7 +8,8 @@ about it"): forget sets that mix easy and hard (highly memorised) samples are un
    paper's released per-part settings (its code's RUM example is NegGrad+ → NegGrad+ → NegGrad+, in this order):
    β = 0.99, 0.97, 0.97; 5, 5, 10 epochs; learning rates 0.01, 0.01, 0.001, where its stand-alone NegGrad+ runs
    5 epochs at 0.01. Here the epochs and rates are expressed relative to this library's NegGrad+ defaults (×1, ×1,
-   ×2 its epochs; ×1, ×1, ×0.1 its rate), so they follow NegGrad+ when its defaults change. Every other NegGrad+
+   ×2 its epochs; ×1, ×1, ×0.1 its rate) as they resolve on the whole request (NegGrad+'s defaults are themselves
+   relative to the original's recipe and Retrain's work, docs/methods.md), so they follow NegGrad+. Every other NegGrad+
    option stays at its default.
 
 Memorisation scores: those registered for this data set in this process (the audit's, or loaded from the file a
@@ -71,8 +72,9 @@ def refine(task: Task, source: str) -> tuple[list[torch.Tensor], str]:
 def rum(task: Task, cfg: RumConfig) -> None:
     parts, used = refine(task, cfg.scores)
     inner = METHODS["neggrad_plus"]
-    defaults = make_config(inner, {})
-    sizes = []
+    # NegGrad+'s relative defaults as they resolve on the whole request (docs/methods.md); the parts scale these
+    base = make_config(inner, {}).resolve(dataclasses.replace(task, resolved={}))
+    sizes, resolved = [], {}
     for name, part, beta, e_scale, lr_scale in zip(PARTS, parts, cfg.part_beta, cfg.part_epochs_scale,
                                                    cfg.part_lr_scale):
         sizes.append(int(part.numel()))
@@ -80,8 +82,11 @@ def rum(task: Task, cfg: RumConfig) -> None:
             continue
         request = Request(f"{task.request.spec} ({name} memorisation part)", "remove", task.request.seed, part,
                           task.request.retain, ids=part.tolist())
-        step = dataclasses.replace(task, request=request)  # the same model (changed in place) and notes
-        options = {"beta": beta, "epochs": int(round(e_scale * defaults.epochs)), "lr": lr_scale * defaults.lr}
+        # the same model (changed in place) and notes
+        step = dataclasses.replace(task, request=request, resolved={})
+        options = {"beta": beta, "epochs": int(round(e_scale * base["epochs"])), "lr": lr_scale * base["lr"]}
         inner.run(step, make_config(inner, options))
+        resolved[name] = step.resolved
     task.notes["rum_scores"] = used
     task.notes["rum_parts"] = dict(zip(PARTS, sizes))
+    task.resolved.update(neggrad_plus=base, parts=resolved)

@@ -154,6 +154,6 @@ def scar(task: Task, cfg: ScarConfig) -> None:
         return pull + cfg.distill_weight * kl, logits
 
     try:
-        task.fit(Phase(task.forget_source(cfg.batch_size), loss, "forget+surrogate"), cfg.train_config())
+        task.fit(Phase(task.forget_source(cfg.batch_size), loss, "forget+surrogate"), cfg.train_config(task))
     finally:
         probe.handle.remove()
