@@ -4,6 +4,7 @@ One local Ray instance (2 CPUs) serves the whole module; a RayBackend without an
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,17 +36,23 @@ def assert_same_states(a: list[dict], b: list[dict]) -> None:
             assert torch.equal(sa[key], sb[key]), key
 
 
-def test_results_come_in_job_order_whatever_order_tasks_finish(ray_instance):
+def test_results_come_in_job_order_whatever_order_tasks_finish(ray_instance, tmp_path):
     def slow(job):  # defined here so that Ray ships it by value to its workers
-        time.sleep(job[1])
-        return job[0] * 10
+        index, folder = job
+        if index == 0:  # the first job finishes only once the two others have (whatever the load on this machine)
+            deadline = time.monotonic() + 120
+            while len(list(Path(folder).glob("done-*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            (Path(folder) / f"done-{index}").touch()
+        return index * 10
 
-    jobs = [(0, 1.5), (1, 0.0), (2, 0.0)]
+    jobs = [(0, str(tmp_path)), (1, str(tmp_path)), (2, str(tmp_path))]
     finished = []
     results = RayBackend().map(slow, jobs, on_result=lambda i, r: finished.append(i))
     assert results == [0, 10, 20]
     assert sorted(finished) == [0, 1, 2] and finished[-1] == 0  # job 0 finished last, yet its result is first
-    assert InProcess().map(slow, [(3, 0.0), (4, 0.0)]) == [30, 40]
+    assert InProcess().map(lambda j: j * 10, [3, 4]) == [30, 40]
 
 
 def test_a_failing_task_raises_its_own_error(ray_instance):

@@ -211,6 +211,9 @@ class RayBackend(Backend):
         if not ray.is_initialized():
             try:
                 if self.address is None:  # "local": a new instance, never a cluster another run left on this machine
+                    # Ray runs its workers at nice 15 by default: on a machine busy with anything else they would
+                    # get a sliver of the CPU that the in-process path gets whole (RAY_worker_niceness overrides).
+                    os.environ.setdefault("RAY_worker_niceness", "0")
                     ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
                              configure_logging=False)
                 else:

@@ -57,6 +57,9 @@ class Job:
         return 2 if self.kind in ("original", "retrained") or self.method == "retrain" else 1
 
 
+_LOADED: dict[tuple, Dataset] = {}  # the data set this process loaded last
+
+
 @dataclass
 class Context:
     suite: Suite
@@ -72,8 +75,12 @@ class Context:
 
     @property
     def data(self) -> Dataset:
-        if self._data is None:
-            self._data = load_dataset(self.suite.dataset, self.data_dir)
+        if self._data is None:  # in a Ray worker: loaded once per worker process, not once per task
+            key = (self.suite.dataset, self.data_dir)
+            if key not in _LOADED:
+                _LOADED.clear()
+                _LOADED[key] = load_dataset(*key)
+            self._data = _LOADED[key]
         return self._data
 
     def log(self, message: str) -> None:
