@@ -79,7 +79,8 @@ def report(results: dict, command: str) -> str:
              "CPU was shared with other jobs (times are not comparable).", "",
              "Forget-set accuracy (%) on class:0 after unlearning at the old absolute defaults and at the relative "
              "ones; **yes** = dropped by at least half of Retrain's drop (tests/test_defaults.py). Retain accuracy "
-             "in parentheses.", ""]
+             "in parentheses. `unchanged`: the method's own options did not change (`rum` scales NegGrad+'s defaults "
+             "as they resolve, so its parts changed from 10/10/20 epochs to the resolved values shown).", ""]
     for key, res in results.items():
         b = res["before"]
         lines += [f"## {res['dataset']} ({res['model']}, |D_f| {res['n_forget']}, |D_r| {res['n_retain']})", "",
