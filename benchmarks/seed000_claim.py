@@ -1,5 +1,5 @@
-"""Seed 000's headline claim, tested fairly (Jia et al., NeurIPS 2023, "Model sparsity can simplify machine
-unlearning"): "77 % unlearning efficacy gain of fine-tuning when using sparsity-aware unlearning".
+"""The headline claim of the prune-first paper, tested fairly (Jia et al., NeurIPS 2023, "Model sparsity can
+simplify machine unlearning"): "77 % unlearning efficacy gain of fine-tuning when using sparsity-aware unlearning".
 
 The suite ``benchmarks/suites/seed000-claim.toml`` (class-wise forgetting; FT and ℓ1-sparse each at lr 0.01 — the
 paper's FT rate — and at 0.1, with pinned epochs and budget) is run once per original: the dense one and 95 %-sparse
@@ -160,7 +160,8 @@ def verdict(summary: dict) -> list[str]:
 def markdown(summary: dict, records: list[dict], commands: list[str]) -> str:
     specs = list(summary)
     lines = [
-        "# Seed 000's claim: ℓ1-sparse vs fine-tuning at matched learning rates (class-wise forgetting)",
+        "# The prune-first paper's claim (Jia et al., NeurIPS 2023): ℓ1-sparse vs fine-tuning at matched learning "
+        "rates (class-wise forgetting)",
         "",
         f"Suite `benchmarks/suites/seed000-claim.toml` ({records[0]['dataset']}, {records[0]['model']}, class:0). "
         + provenance(records[0], shared_cpu=True),
