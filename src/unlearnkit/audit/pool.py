@@ -28,10 +28,10 @@ from safetensors.torch import load_file, save_file
 
 from .._util import atomic_path, resolve_device
 from ..backends import Backend, InProcess, make_backend, torch_threads
-from ..bench.runner import ModelCache, config_hash
+from ..bench.runner import ModelCache, config_hash, worker_dataset
 from ..bench.suite import Suite, Variant
 from ..checkpoint import load_checkpoint
-from ..data import Dataset, load_dataset
+from ..data import Dataset
 from ..errors import UnlearnKitError
 from ..methods import METHODS, make_config, unlearn
 from ..requests import Request, request_from_record
@@ -57,7 +57,6 @@ class Job:
         return 2 if self.kind in ("original", "retrained") or self.method == "retrain" else 1
 
 
-_LOADED: dict[tuple, Dataset] = {}  # the data set this process loaded last
 
 
 @dataclass
@@ -75,12 +74,8 @@ class Context:
 
     @property
     def data(self) -> Dataset:
-        if self._data is None:  # in a Ray worker: loaded once per worker process, not once per task
-            key = (self.suite.dataset, self.data_dir)
-            if key not in _LOADED:
-                _LOADED.clear()
-                _LOADED[key] = load_dataset(*key)
-            self._data = _LOADED[key]
+        if self._data is None:
+            self._data = worker_dataset(self.suite.dataset, self.data_dir)
         return self._data
 
     def log(self, message: str) -> None:

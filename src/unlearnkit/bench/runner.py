@@ -183,6 +183,16 @@ def _slug(text: str) -> str:
 _LOADED: dict[tuple, Dataset] = {}  # the data set a worker process loaded last
 
 
+def worker_dataset(name: str, data_dir: str | None) -> Dataset:
+    """The data set ``name``, loaded once per (Ray worker) process rather than once per task: the last one loaded is
+    kept, so a worker that moves on to another data set does not hold two."""
+    key = (name, data_dir)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_dataset(*key)
+    return _LOADED[key]
+
+
 @dataclass
 class _Work:
     """What every unit of work of one suite run needs; shipped to Ray tasks (without the loaded data set)."""
@@ -199,12 +209,8 @@ class _Work:
 
     @property
     def data(self) -> Dataset:
-        if self._data is None:  # in a Ray worker: loaded once per worker process, not once per task
-            key = (self.suite.dataset, self.data_dir)
-            if key not in _LOADED:
-                _LOADED.clear()
-                _LOADED[key] = load_dataset(*key)
-            self._data = _LOADED[key]
+        if self._data is None:
+            self._data = worker_dataset(self.suite.dataset, self.data_dir)
         return self._data
 
     @property
