@@ -120,6 +120,13 @@ def test_unlearn_then_evaluate_against_a_reference(capsys, tmp_path):
     assert "relearn_steps" in report and "relearn_samples" in report
     code, _, err = run(capsys, "evaluate", "--checkpoint", str(unlearned), "--bank", bank[1])
     assert code == 2 and "at least two" in err
+    # flags that measure forgetting are refused, not ignored, on a checkpoint without a request; a named
+    # --original must exist
+    for flags in (bank, ["--reference", str(retrained)], ["--relearn"]):
+        code, out, err = run(capsys, "evaluate", "--checkpoint", str(original), *flags)
+        assert code == 2 and "give --request" in err and err.count("\n") == 1, (flags, err)
+    code, _, err = run(capsys, "evaluate", "--checkpoint", str(unlearned), "--original", str(tmp_path / "gone"))
+    assert code == 2 and "does not exist" in err
 
 
 @pytest.mark.parametrize("extra, message", [

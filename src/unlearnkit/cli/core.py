@@ -214,11 +214,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     data = checkpoint.dataset(args.data_dir)
     request = checkpoint.resolve_request(data, args.request, checkpoint.manifest.get("seed", 0))
     if request is None:
+        needs_request = [flag for flag, value in (("--reference", args.reference), ("--original", args.original),
+                                                  ("--spdgan", args.spdgan), ("--bank", args.bank),
+                                                  ("--relearn", args.relearn)) if value]
+        if needs_request:
+            raise UnlearnKitError(
+                f"{needs_request[0]} measures forgetting of a request: give --request (the checkpoint records none)")
         report = accuracy_report(checkpoint.model, data, device=args.device)
     else:
         reference = load_checkpoint(args.reference) if args.reference else None
-        original_path = args.original or checkpoint.parent_path()
-        original = load_checkpoint(original_path) if original_path and Path(original_path).exists() else None
+        # a --original the user names must load (one line if it does not); the recorded parent may have been removed
+        parent = checkpoint.parent_path()
+        original = (load_checkpoint(args.original) if args.original
+                    else load_checkpoint(parent) if parent and Path(parent).exists() else None)
         cost = checkpoint.manifest.get("cost")
         retrain_s = (reference.manifest.get("cost") or {}).get("seconds") if reference else None
         spdgan = None
