@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import last_layer
-from ..training import Phase, count_passes
+from ..training import Phase, count_passes, predict_logits
 from .base import BIG, SGDOptions, Task, option, register
 from .scrub import distill_kl
 
@@ -81,15 +81,17 @@ def surrogate_images(task: Task, count: int) -> torch.Tensor:
     return (mean + std * images).clamp(0, 1)
 
 
-@torch.no_grad()
-def _features(model: nn.Module, probe: Features, x: torch.Tensor, device, batch_size: int = 512):
-    feats, preds = [], []
-    for start in range(0, x.shape[0], batch_size):
-        f, logits = probe(model, x[start:start + batch_size].to(device))
-        feats.append(f.double().cpu())
-        preds.append(logits.argmax(1).cpu())
-    count_passes(forward=x.shape[0])
-    return torch.cat(feats), torch.cat(preds)
+def _features(model: nn.Module, x: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(classifier-input features in float64, predicted classes) of ``model`` on ``x``, through the one batched
+    inference (:func:`~unlearnkit.training.predict_logits`, which counts the passes) with a hook on the classifier."""
+    feats: list[torch.Tensor] = []
+    handle = last_layer(model).register_forward_pre_hook(lambda _, inputs: feats.append(
+        inputs[0].detach().flatten(1).double().cpu()))
+    try:
+        logits = predict_logits(model, x, device=device)
+    finally:
+        handle.remove()
+    return torch.cat(feats), logits.argmax(1)
 
 
 def class_targets(task: Task, surrogate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,13 +99,8 @@ def class_targets(task: Task, surrogate: torch.Tensor) -> tuple[torch.Tensor, to
     Mahalanobis distance under the original's features (see the module doc)."""
     from sklearn.covariance import LedoitWolf  # seconds to import; only SCAR needs it
 
-    probe = Features(task.original)
-    try:
-        forget_x = task.x[task.request.forget]
-        f_forget, _ = _features(task.original, probe, forget_x, task.device)
-        f_sur, pred_sur = _features(task.original, probe, surrogate, task.device)
-    finally:
-        probe.handle.remove()
+    f_forget, _ = _features(task.original, task.x[task.request.forget], task.device)
+    f_sur, pred_sur = _features(task.original, surrogate, task.device)
     y_forget = task.y[task.request.forget]
     feats = torch.cat([f_forget, f_sur])
     labels = torch.cat([y_forget, pred_sur])
