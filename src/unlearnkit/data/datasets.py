@@ -97,13 +97,14 @@ class Dataset:
             "std": list(self.std),
         }
 
+    def _identity(self) -> dict:
+        """What every data set's description starts with (images and text alike)."""
+        return {"name": self.name, "fingerprint": self.fingerprint, "n_train": self.n_train,
+                "n_test": int(self.x_test.shape[0]), "num_classes": self.num_classes}
+
     def describe(self) -> dict:
         return {
-            "name": self.name,
-            "fingerprint": self.fingerprint,
-            "n_train": self.n_train,
-            "n_test": int(self.x_test.shape[0]),
-            "num_classes": self.num_classes,
+            **self._identity(),
             "shape": [self.channels, int(self.x_train.shape[2]), int(self.x_train.shape[3])],
             "source": self.source,
             "class_names": list(self.class_names),

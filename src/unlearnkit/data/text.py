@@ -94,11 +94,7 @@ class TextDataset(Dataset):
 
     def describe(self) -> dict:
         return {
-            "name": self.name,
-            "fingerprint": self.fingerprint,
-            "n_train": self.n_train,
-            "n_test": int(self.x_test.shape[0]),
-            "num_classes": self.num_classes,
+            **self._identity(),
             "modality": "text",
             "vocab_size": len(self.vocab),
             "seq_len": self.seq_len,
