@@ -33,28 +33,13 @@ def cli(*argv, check: bool = True, timeout: float = 300) -> subprocess.Completed
     return result
 
 
+# The tiny SISA model the CLI, service and kill tests share: digits, MLP, 2 shards x 3 slices, 3 epochs, one process.
+TINY_SISA_TRAIN = ["sisa", "train", "--dataset", "digits", "--model", "mlp", "--shards", "2", "--slices", "3",
+                   "--epochs", "3", "--workers", "1", "--shard-threads", "1"]
+
+
 def train_tiny(out: Path, calibrate: bool = False) -> Path:
-    cli(
-        "sisa",
-        "train",
-        "--dataset",
-        "digits",
-        "--model",
-        "mlp",
-        "--shards",
-        "2",
-        "--slices",
-        "3",
-        "--epochs",
-        "3",
-        "--workers",
-        "1",
-        "--shard-threads",
-        "1",
-        *([] if calibrate else ["--no-calibrate"]),
-        "--out",
-        out,
-    )
+    cli(*TINY_SISA_TRAIN, *([] if calibrate else ["--no-calibrate"]), "--out", out)
     return out
 
 

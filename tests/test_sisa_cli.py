@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from service_helpers import TINY_SISA_TRAIN
 from unlearnkit.cli import main
 from unlearnkit.hybrid import Ledger
 from unlearnkit.sisa import SisaModel
@@ -19,30 +20,7 @@ def run(capsys, *argv):
 @pytest.fixture(scope="module")
 def trained_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "model"
-    code = main(
-        [
-            "--threads",
-            "1",
-            "sisa",
-            "train",
-            "--dataset",
-            "digits",
-            "--model",
-            "mlp",
-            "--shards",
-            "2",
-            "--slices",
-            "3",
-            "--epochs",
-            "3",
-            "--workers",
-            "1",
-            "--shard-threads",
-            "1",
-            "--out",
-            str(path),
-        ]
-    )
+    code = main(["--threads", "1", *TINY_SISA_TRAIN, "--out", str(path)])
     assert code == 0
     return path
 
