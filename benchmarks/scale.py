@@ -4,6 +4,7 @@ benchmarks/results/scale/ with the machine, versions, load average and command o
     PYTHONPATH=src python benchmarks/scale.py overhead   # Ray's start-up cost and per-task overhead (empty, 1 s tasks)
     PYTHONPATH=src python benchmarks/scale.py speedup    # SISA on Fashion-MNIST (5 shards) and a digits audit, 1 vs 2
                                                          # Ray workers side by side (use the quiet window)
+    PYTHONPATH=src python benchmarks/scale.py ceiling    # the same trainings in 1 vs 2 plain processes (no Ray)
     PYTHONPATH=src python benchmarks/scale.py fault      # two-node cluster, worker node killed mid-job vs a clean run
     PYTHONPATH=src python benchmarks/scale.py audit-compare --n64 DIR   # an N = 64 audit vs the committed N = 16 one
 
@@ -113,12 +114,12 @@ def overhead(args) -> None:
 
 
 # -- (a) speed-up -------------------------------------------------------------------------------------------
-def _sisa(out: Path, backend, dataset: str) -> float:
+def _sisa(out: Path, backend, dataset: str, shards: int) -> float:
     from unlearnkit.sisa import train_sisa
     from unlearnkit.training import TrainConfig
 
     t = time.perf_counter()
-    train_sisa(dataset, "small-cnn", out=out, shards=5, slices=2, config=TrainConfig(epochs=2, batch_size=128,
+    train_sisa(dataset, "small-cnn", out=out, shards=shards, slices=2, config=TrainConfig(epochs=2, batch_size=128,
                lr=0.05), seed=0, threads=1, backend=backend)
     return time.perf_counter() - t
 
@@ -135,40 +136,131 @@ def _audit(out: Path, backend, models: int) -> float:
     return time.perf_counter() - t
 
 
+def _time_maps(backend) -> list[float]:
+    """Record the wall time of every ``backend.map`` call (the part of a job that runs as tasks)."""
+    spent: list[float] = []
+    inner = backend.map
+
+    def timed(fn, jobs, **kwargs):
+        t = time.perf_counter()
+        try:
+            return inner(fn, jobs, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - t)
+
+    backend.map = timed
+    return spent
+
+
 def speedup(args) -> None:
     result = header("speedup")
     work = Path(tempfile.mkdtemp(prefix="scale-speedup-"))
     rows = []
     try:
-        for workers in (1, 2):
+        # 1, 2, 2, 1, ...: an ABBA order, so that the first run's cold caches and a drift in the machine's load do
+        # not fall on one side only; each side's figures are means over its runs
+        order = [w for r in range(args.repeats) for w in ((1, 2) if r % 2 == 0 else (2, 1))]
+        for run, workers in enumerate(order):
             t = time.perf_counter()
             with RayBackend(num_cpus=workers, progress_bar=False) as backend:
                 backend.map(_empty, list(range(workers)))  # start-up, measured apart
                 start = time.perf_counter() - t
-                sisa = _sisa(work / f"sisa{workers}", backend, args.dataset)
-                audit = _audit(work / f"audit{workers}", backend, args.models)
+                in_tasks = _time_maps(backend)
+                sisa = _sisa(work / f"sisa{run}", backend, args.dataset, args.shards)
+                sisa_tasks = sum(in_tasks)
+                in_tasks.clear()
+                audit = _audit(work / f"audit{run}", backend, args.models)
+                audit_tasks = sum(in_tasks)
             rows.append({"workers": workers, "start_s": round(start, 2), "sisa_s": round(sisa, 2),
-                         "audit_s": round(audit, 2), "load": load()})
+                         "audit_s": round(audit, 2), "sisa_tasks_s": round(sisa_tasks, 2),
+                         "audit_tasks_s": round(audit_tasks, 2), "load": load()})
             print(rows[-1], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    one, two = rows
-    ratio = {k: round(one[k] / two[k], 3) for k in ("sisa_s", "audit_s")}
+    keys = ("start_s", "sisa_s", "audit_s", "sisa_tasks_s", "audit_tasks_s")
+    one, two = ({k: float(np.mean([r[k] for r in rows if r["workers"] == w])) for k in keys} for w in (1, 2))
+    ratio = {k: round(one[k] / two[k], 3) for k in ("sisa_s", "audit_s", "sisa_tasks_s", "audit_tasks_s")}
     ratio["both"] = round((one["sisa_s"] + one["audit_s"]) / (two["sisa_s"] + two["audit_s"]), 3)
     ratio["both_with_start"] = round((one["sisa_s"] + one["audit_s"] + one["start_s"])
                                      / (two["sisa_s"] + two["audit_s"] + two["start_s"]), 3)
-    result.update({"dataset": args.dataset, "audit_models": args.models, "rows": rows, "speedup": ratio,
-                   "sisa": "small-cnn, 5 shards x 2 slices, 2 epochs per stage, batch 128, 1 torch thread per task",
+    result.update({"dataset": args.dataset, "audit_models": args.models, "repeats": args.repeats, "rows": rows,
+                   "speedup": ratio,
+                   "sisa": f"small-cnn, {args.shards} shards x 2 slices, 2 epochs per stage, batch 128, 1 torch thread "
+                           "per task",
                    "audit": f"digits-audit suite, random:0.1, N = {args.models}, finetune/random_label/salun + retrain "
                             "and original rows, retain sample 200"})
-    save("speedup", result, [
+    save("speedup" + (f"-{args.tag}" if args.tag else ""), result, [
         "# 1 vs 2 Ray workers, side by side", "",
-        f"SISA: {result['sisa']} on `{args.dataset}`. Audit: {result['audit']}. Each with a fresh model cache.", "",
-        "| workers | Ray start-up (s) | SISA train (s) | digits audit (s) | load after |",
-        "| --- | --- | --- | --- | --- |",
-        *[f"| {r['workers']} | {r['start_s']} | {r['sisa_s']} | {r['audit_s']} | {r['load']} |" for r in rows], "",
-        f"Speed-up 2 vs 1 worker: SISA {ratio['sisa_s']}x (5 equal shards on 2 workers: at most 5/3 = 1.67x), "
-        f"audit {ratio['audit_s']}x, both jobs {ratio['both']}x ({ratio['both_with_start']}x with Ray's start-up)."])
+        f"SISA: {result['sisa']} on `{args.dataset}`. Audit: {result['audit']}. Each run with a fresh model cache "
+        f"and a fresh local Ray instance; {args.repeats} run(s) per side in the order {order} (ratios of the means).",
+        "",
+        "| workers | Ray start-up (s) | SISA train (s) | of which in Ray tasks (s) | digits audit (s) "
+        "| of which in Ray tasks (s) | load after |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *[f"| {r['workers']} | {r['start_s']} | {r['sisa_s']} | {r['sisa_tasks_s']} | {r['audit_s']} | "
+          f"{r['audit_tasks_s']} | {r['load']} |" for r in rows], "",
+        f"Speed-up 2 vs 1 worker: SISA {ratio['sisa_s']}x ({args.shards} equal shards on 2 workers: at most "
+        f"{args.shards}/{-(-args.shards // 2)} = {args.shards / -(-args.shards // 2):.2f}x), "
+        f"audit {ratio['audit_s']}x, both jobs {ratio['both']}x ({ratio['both_with_start']}x with Ray's start-up). "
+        f"The distributed part alone (time inside `backend.map`): SISA {ratio['sisa_tasks_s']}x, audit "
+        f"{ratio['audit_tasks_s']}x; the rest (loading data, the driver's evaluation, writing versions and records) "
+        "runs in the driver either way. `ceiling.md` gives what two plain processes gain on the same machine."])
+
+
+# -- (a') the machine's own ceiling for two processes ------------------------------------------------------------
+def _plain_training(seed: int) -> float:
+    """One CPU-bound training with no Ray and no unlearnkit I/O: small-cnn, 2 epochs over 6,000 Fashion-MNIST-shaped
+    samples, 1 torch thread. Returns its seconds."""
+    from unlearnkit.models import build_model
+    from unlearnkit.training import TrainConfig, train_classifier
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(6000, 1, 28, 28, generator=g), torch.randint(0, 10, (6000,), generator=g)
+    model = build_model("small-cnn", in_channels=1, image_size=28, num_classes=10)
+    t = time.perf_counter()
+    train_classifier(model, x, y, torch.arange(6000), TrainConfig(epochs=2, batch_size=128, lr=0.05), seed=seed,
+                     progress=False)
+    return time.perf_counter() - t
+
+
+def _warm(_):
+    from unlearnkit.training import train_classifier  # noqa: F401  the imports a task needs
+
+    time.sleep(0.5)  # keeps the first worker busy so that the second one starts too
+
+
+def ceiling(args) -> None:
+    """The same four trainings one after another in one process, then as two plain processes at once (no Ray): the
+    speed-up this machine itself allows two workers, against which Ray's 2-worker speed-up is read."""
+    import multiprocessing as mp
+
+    result = header("ceiling")
+    t = time.perf_counter()
+    alone = [_plain_training(s) for s in range(args.tasks)]
+    sequential = time.perf_counter() - t
+    t = time.perf_counter()
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_warm, range(2), chunksize=1)  # process start-up and imports, measured apart as Ray's start-up is
+        t = time.perf_counter()
+        paired = pool.map(_plain_training, range(args.tasks), chunksize=1)
+        parallel = time.perf_counter() - t
+    rows = {"tasks": args.tasks, "sequential_s": round(sequential, 2), "two_processes_s": round(parallel, 2),
+            "task_alone_s": [round(v, 2) for v in alone], "task_paired_s": [round(v, 2) for v in paired],
+            "speedup": round(sequential / parallel, 3),
+            "per_task_slowdown_when_paired": round(float(np.mean(paired) / np.mean(alone)), 3)}
+    result["results"] = rows
+    save("ceiling", result, [
+        "# What two processes gain on this machine without Ray", "",
+        f"{args.tasks} identical trainings (small-cnn, 2 epochs over 6,000 Fashion-MNIST-shaped samples, 1 torch "
+        "thread each): one after another in one process, then on a pool of two plain processes (started and warmed "
+        "before the clock starts).", "",
+        "| run | wall (s) | mean time of one training (s) |", "| --- | --- | --- |",
+        f"| one process | {rows['sequential_s']} | {float(np.mean(alone)):.2f} |",
+        f"| two processes | {rows['two_processes_s']} | {float(np.mean(paired)):.2f} |", "",
+        f"Speed-up {rows['speedup']}x; one training runs {rows['per_task_slowdown_when_paired']}x slower beside "
+        "another than alone (two cores sharing caches, memory bandwidth and the host's other tenants). This is "
+        "the ceiling for Ray's 2-worker speed-up in `speedup*.md` on the same machine."])
 
 
 # -- (d) two-node fault -----------------------------------------------------------------------------------------
@@ -332,12 +424,19 @@ def main() -> None:
     s = sub.add_parser("speedup")
     s.add_argument("--dataset", default="fashion-mnist[10000,2000]")
     s.add_argument("--models", type=int, default=8)
+    s.add_argument("--shards", type=int, default=5, help="SISA shards (5 equal shards on 2 workers cap at 5/3)")
+    s.add_argument("--repeats", type=int, default=2, help="runs per side, in ABBA order (default 2)")
+    s.add_argument("--tag", default="", help="suffix of the result files (speedup-TAG)")
+    c = sub.add_parser("ceiling")
+    c.add_argument("--tasks", type=int, default=4)
     sub.add_parser("fault")
     a = sub.add_parser("audit-compare")
     a.add_argument("--n64", required=True, help="results folder of the N = 64 audit")
     args = p.parse_args()
     torch.set_num_threads(1)
-    {"overhead": overhead, "speedup": speedup, "fault": fault, "audit-compare": audit_compare}[args.part](args)
+    parts = {"overhead": overhead, "speedup": speedup, "ceiling": ceiling, "fault": fault,
+             "audit-compare": audit_compare}
+    parts[args.part](args)
 
 
 if __name__ == "__main__":
