@@ -361,7 +361,7 @@ def audit_compare(args) -> None:
     from unlearnkit.audit import stats
 
     result = header("audit-compare")
-    small = json.loads((ROOT / "results" / "audit" / "digits-audit" / "results.json").read_text())
+    small = json.loads((Path(args.n16) / "results.json").read_text())
     large = json.loads((Path(args.n64) / "results.json").read_text())
     rows = []
     for spec, request in large["requests"].items():
@@ -390,12 +390,13 @@ def audit_compare(args) -> None:
                          "spearman_forget_quality": round(float(rho_f[0]), 3)}
     width = {r["request"] + r["method"]: (r["n16"]["ulira_ci"][1] - r["n16"]["ulira_ci"][0],
                                           r["n64"]["ulira_ci"][1] - r["n64"]["ulira_ci"][0]) for r in rows}
-    result.update({"n16": str(ROOT / "results" / "audit" / "digits-audit"), "n64": args.n64,
+    result.update({"n16": args.n16, "n16_command": small.get("command"), "n64": args.n64,
                    "n64_command": large.get("command"), "n64_wall_s": large.get("wall_s"),
                    "n64_backend": large.get("backend"), "rows": rows, "ranking": ranking,
                    "ci_width_ratio_median": round(float(np.median([b / a for a, b in width.values() if a])), 3)})
-    lines = ["# The digits audit at N = 64 models per side (Ray backend) against the committed N = 16", "",
-             f"N = 64 run: `{large.get('command')}` ({large.get('wall_s')} s, backend {large.get('backend')}). "
+    lines = [f"# The digits audit at N = 64 models per side (Ray backend) against N = 16 (`{args.n16}`)", "",
+             f"N = 16 run: `{small.get('command')}`. N = 64 run: `{large.get('command')}` ({large.get('wall_s')} s, "
+             f"backend {large.get('backend')}). "
              "U-LiRA accuracy (%) and the challenge's forget quality F, each with a 95 % bootstrap interval over the "
              "forget examples (2,000 resamples, seed 0).", "",
              "| request | method | U-LiRA N=16 | U-LiRA N=64 | F N=16 | F N=64 |",
@@ -414,7 +415,7 @@ def audit_compare(args) -> None:
         f"{spec}: U-LiRA distance from 50 % ρ = {v['spearman_ulira_distance_from_50']}, F ρ = "
         f"{v['spearman_forget_quality']} ({v['methods']} rows)" for spec, v in ranking.items()) + ". Median width "
         f"of the U-LiRA interval at N = 64 over its width at N = 16: {result['ci_width_ratio_median']}."]
-    save(f"compare-{Path(args.n64).name}-vs-n16", result, lines)
+    save(args.tag or f"compare-{Path(args.n64).name}-vs-n16", result, lines)
 
 
 def main() -> None:
@@ -432,6 +433,9 @@ def main() -> None:
     sub.add_parser("fault")
     a = sub.add_parser("audit-compare")
     a.add_argument("--n64", required=True, help="results folder of the N = 64 audit")
+    a.add_argument("--n16", default=str(ROOT / "results" / "audit" / "digits-audit"),
+                   help="results folder of the N = 16 audit (default: the committed one)")
+    a.add_argument("--tag", default="", help="name of the result files (default: compare-N64FOLDER-vs-n16)")
     args = p.parse_args()
     torch.set_num_threads(1)
     parts = {"overhead": overhead, "speedup": speedup, "ceiling": ceiling, "fault": fault,

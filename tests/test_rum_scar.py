@@ -77,3 +77,19 @@ def test_scar_forgets_a_class_without_the_retain_set(original, digits):
     assert m["UA"] > 50  # forget accuracy from ~100 % to below half (Retrain: 0 %)
     assert m["RA"] > 85 and m["TA"] > 80  # distillation on surrogate images holds the other classes up
     assert METHODS["scar"].touches == ("forget",)
+
+
+def test_scar_guard_stops_a_sample_removal_at_a_retrained_models_forget_accuracy(original, digits):
+    """The pull sends every forget sample to another class; for a sample removal the guard stops it once the forget
+    accuracy falls to the original's test accuracy (what a retrained model scores), and only then."""
+    request = uk.build_request("random:0.2", digits, seed=0)
+    test_acc = uk.accuracy_report(original, digits)["test_acc"]
+    kwargs = dict(device="cpu", recipe=RECIPE, original_test_acc=test_acc, epochs=40, lr=3e-3)
+    guarded = uk.unlearn(original, request, digits, method="scar", **kwargs)
+    unguarded = uk.unlearn(original, request, digits, method="scar", target_forget_acc=None, **kwargs)
+    assert "reached the floor" in guarded.notes["stopped_early"]
+    assert "stopped_early" not in unguarded.notes
+    assert guarded.cost.backward < unguarded.cost.backward
+    g, u = (uk.evaluate(r.model, request, digits).metrics for r in (guarded, unguarded))
+    assert 100 - g["UA"] <= test_acc + 3  # stopped near the floor (probe of 512 forget samples, checks every 5 steps)
+    assert u["UA"] > g["UA"] + 10  # unguarded, the pull goes on past what a retrained model scores

@@ -27,7 +27,19 @@ from ..masks import enforce_prune_masks
 from ..options import BIG, build, declare, option, options_of  # noqa: F401  (BIG, option: for method modules)
 from ..recipes import default_recipe
 from ..requests import EFFECTS, Request, build_request
-from ..training import IGNORE, Accel, Cost, FitReport, Phase, TrainConfig, accuracy, fit, metered, predict_logits
+from ..training import (
+    IGNORE,
+    Accel,
+    Cost,
+    FitReport,
+    Phase,
+    StopTraining,
+    TrainConfig,
+    accuracy,
+    fit,
+    metered,
+    predict_logits,
+)
 
 
 @dataclass
@@ -353,6 +365,36 @@ def forget_floor(task: "Task", target: float | None = -1.0) -> float | None:
     if task.request.classes:
         return 0.0
     return task.original_test_acc
+
+
+@dataclass
+class Guarded:
+    """The forget-accuracy guard of methods whose objective alone would not stop (``docs/methods.md``): every
+    ``check_every`` steps the accuracy on a fixed probe of D_f is measured, and the run stops once it falls to
+    ``target_forget_acc`` (auto: :func:`forget_floor`, what a retrained model would score)."""
+
+    target_forget_acc: float | None = option(
+        -1.0, "stop once forget accuracy (%) falls to this; -1: auto (see module doc); None: never", ge=-1, le=100
+    )
+    check_every: int | None = option(5, "steps between guard checks", ge=1, le=BIG)
+    probe_size: int = option(512, "forget samples the guard measures", ge=1, le=BIG)
+
+
+def forget_guard(task: "Task", floor: float | None, probe_size: int, every: int) -> Callable[[nn.Module, Any], None]:
+    """The guard's check, called at the top of a method's loss: at every ``every``-th step after the first it measures
+    the forget accuracy on the probe (in eval mode) and raises :class:`StopTraining` once it is at or below ``floor``
+    (None: never)."""
+
+    def check(model: nn.Module, ctx: Any) -> None:
+        if floor is None or ctx.step == 0 or ctx.step % every:
+            return
+        model.eval()
+        acc = task.forget_accuracy(model, limit=probe_size) if task.request.forget.numel() else 0.0
+        model.train()
+        if acc <= floor:
+            raise StopTraining(f"forget accuracy {acc:.1f} % reached the floor {floor:.1f} % at step {ctx.step}")
+
+    return check
 
 
 @dataclass

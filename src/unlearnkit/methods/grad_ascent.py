@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..training import Phase, StopTraining, mean_cross_entropy
-from .base import BIG, SGDOptions, Task, forget_floor, option, register
+from ..training import Phase, mean_cross_entropy
+from .base import BIG, Guarded, SGDOptions, Task, forget_floor, forget_guard, option, register
 
 
 @dataclass
-class GradAscentConfig(SGDOptions):
+class GradAscentConfig(Guarded, SGDOptions):
     epochs: int | None = option(None, "passes over the forget set at most (null: as many as `budget` allows; the "
                                       "guard usually stops the run first)", ge=0, le=10_000)
     budget: float = option(0.05, "epochs=null: the most work, as a fraction of Retrain's sample passes", gt=0,
@@ -35,20 +35,15 @@ class GradAscentConfig(SGDOptions):
         None, "with a guard: each further epoch multiplies the ascent step by this (1: constant; null: 2 when lr is "
               "null, 1 when lr is given)", ge=1, le=1000)
     weight_decay: float = option(0.0, "weight decay (none: it would only shrink weights during ascent)", ge=0, le=1)
-    target_forget_acc: float | None = option(
-        -1.0, "stop once forget accuracy (%) falls to this; -1: auto (see module doc); None: never", ge=-1, le=100
-    )
     check_every: int | None = option(
         None, "steps between guard checks (null: 5, or 1 when the step grows and an epoch has fewer than 10 steps)",
         ge=1, le=BIG)
-    probe_size: int = option(512, "forget samples the guard measures", ge=1, le=BIG)
 
 
 @register("grad_ascent", GradAscentConfig, touches=("forget",), effects=("remove", "relabel", "edit"),
           summary="gradient ascent on the forget set, stopped by a forget-accuracy guard (GA)")
 def grad_ascent(task: Task, cfg: GradAscentConfig) -> None:
     floor = forget_floor(task, cfg.target_forget_acc)
-    probe = task.request.forget[: cfg.probe_size]
     config = cfg.train_config(task)
     growth = cfg.lr_growth if cfg.lr_growth is not None else (2.0 if cfg.lr is None else 1.0)
     growth = growth if floor is not None else 1.0  # unguarded ascent is never amplified
@@ -56,14 +51,10 @@ def grad_ascent(task: Task, cfg: GradAscentConfig) -> None:
     if check_every is None:  # a growing step may overshoot the floor within 5 short epochs: check every step then
         check_every = 1 if growth > 1 and math.ceil(task.n_forget / cfg.batch_size) < 10 else 5
     task.resolved.update(check_every=check_every, lr_growth=growth)
+    guard = forget_guard(task, floor, cfg.probe_size, check_every)
 
     def ascent(model, batch, ctx):
-        if floor is not None and ctx.step % check_every == 0 and ctx.step > 0:
-            model.eval()
-            acc = task.forget_accuracy(model, limit=cfg.probe_size) if probe.numel() else 0.0
-            model.train()
-            if acc <= floor:
-                raise StopTraining(f"forget accuracy {acc:.1f} % reached the floor {floor:.1f} % at step {ctx.step}")
+        guard(model, ctx)
         logits = model(batch.x)
         scale = growth ** ctx.epoch
         if scale != 1.0:
