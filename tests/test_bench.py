@@ -203,3 +203,25 @@ def test_klom_bank_gives_every_record_klom(tmp_path):
     assert len(list((cache / "retrained").iterdir())) == 3
     # the original, never unlearned, is further from the bank on D_f than the retrained reference is
     assert records["original"]["KLoM_forget_median"] > records["retrain"]["KLoM_forget_median"]
+
+
+def test_a_record_is_stale_when_a_method_it_runs_has_other_defaults(tmp_path):
+    """RUM runs NegGrad+ at NegGrad+'s defaults: those belong to RUM's record, so a NegGrad+ default changed since
+    (e.g. its ascent cap) makes RUM's records stale although RUM's own options did not change."""
+    from unlearnkit.bench.runner import _record_is_current, _resolved_options
+    from unlearnkit.methods import METHODS, make_config, recorded_config
+
+    suite = suite_from_dict({**SUITE, "methods": ["rum"], "sweep": {}})
+    options = _resolved_options(suite, suite.variants[0])
+    inner = options["uses:neggrad_plus"]
+    assert inner == json.loads(json.dumps(recorded_config(METHODS["neggrad_plus"],
+                                                          make_config(METHODS["neggrad_plus"], {}))))
+    assert inner["ascent_cap"] == 2.0
+    path = tmp_path / "seed0.json"
+    path.write_text(json.dumps({"options": options}))
+    messages = []
+    assert _record_is_current(path, options, messages.append)
+    before_cap = {**options, "uses:neggrad_plus": {k: v for k, v in inner.items() if k != "ascent_cap"}}
+    path.write_text(json.dumps({"options": before_cap}))  # a record made before NegGrad+ had its cap
+    assert not _record_is_current(path, options, messages.append)
+    assert messages == [f"stale record {path} (options differ from the current config): running it again"]

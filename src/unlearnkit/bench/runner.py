@@ -29,7 +29,7 @@ from ..checkpoint import load_checkpoint, save_unlearned
 from ..data import Dataset, load_dataset
 from ..errors import UnlearnKitError
 from ..evaluation import evaluate, klom_bank, model_outputs, zero_gaps
-from ..methods import METHODS, make_config, unlearn
+from ..methods import METHODS, make_config, recorded_config, unlearn
 from ..recipes import default_model
 from ..requests import Request, build_request
 from ..training import weights_runtime
@@ -424,8 +424,8 @@ def _summary(record: dict) -> str:
 
 def _resolved_options(suite: Suite, variant: Variant) -> dict:
     """The variant's full config as a record stores it (defaults filled in), JSON-normalised."""
-    config = make_config(METHODS[variant.method], suite.method_options(variant))
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    info = METHODS[variant.method]
+    return json.loads(json.dumps(recorded_config(info, make_config(info, suite.method_options(variant)))))
 
 
 def _record_is_current(path: Path, options: dict, log: Callable[[str], None]) -> bool:

@@ -51,6 +51,7 @@ class MethodInfo:
     effects: tuple[str, ...]  # the request effects it supports: remove, relabel, edit (requests.EFFECTS)
     summary: str
     exact: bool = False
+    uses: tuple[str, ...] = ()  # methods it runs at their own defaults: their options belong to its record
 
     def describe(self) -> dict:
         return {
@@ -70,13 +71,22 @@ METHODS: dict[str, MethodInfo] = {}
 
 
 def register(name: str, config: type, *, touches: tuple[str, ...], summary: str,
-             effects: tuple[str, ...] = EFFECTS, exact: bool = False):
+             effects: tuple[str, ...] = EFFECTS, exact: bool = False, uses: tuple[str, ...] = ()):
     def decorate(run):
         declare("method", name, config)  # refuses a field without a supported type or with a default out of range
-        METHODS[name] = MethodInfo(name, run, config, touches, tuple(effects), summary, exact)
+        METHODS[name] = MethodInfo(name, run, config, touches, tuple(effects), summary, exact, tuple(uses))
         return run
 
     return decorate
+
+
+def recorded_config(info: MethodInfo, config: Any) -> dict:
+    """The config a result and a bench record store: the method's options and, under ``uses:NAME``, those of every
+    method it runs at their defaults, so that a changed default there makes its records stale too."""
+    recorded = dataclasses.asdict(config)
+    for name in info.uses:
+        recorded[f"uses:{name}"] = recorded_config(METHODS[name], make_config(METHODS[name], {}))
+    return recorded
 
 
 def make_config(info: MethodInfo, overrides: dict[str, Any]) -> Any:
@@ -292,7 +302,7 @@ def unlearn(
         result = task.model if result is None else result
         enforce_prune_masks(result)
     result.eval()
-    return Unlearned(result, method, dataclasses.asdict(config), cost, task.notes, task.resolved)
+    return Unlearned(result, method, recorded_config(info, config), cost, task.notes, task.resolved)
 
 
 # The learning rate a relative default is a multiple of when the original was trained with Adam (an SGD rate

@@ -67,7 +67,7 @@ def refine(task: Task, source: str) -> tuple[list[torch.Tensor], str]:
     return [torch.sort(part).values for part in torch.tensor_split(order, 3)], used
 
 
-@register("rum", RumConfig, touches=("forget", "retain"), effects=("remove",),
+@register("rum", RumConfig, touches=("forget", "retain"), effects=("remove",), uses=("neggrad_plus",),
           summary="refine D_f into low/medium/high memorisation thirds, NegGrad+ on each in turn (RUM)")
 def rum(task: Task, cfg: RumConfig) -> None:
     parts, used = refine(task, cfg.scores)
