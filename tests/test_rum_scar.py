@@ -93,3 +93,10 @@ def test_scar_guard_stops_a_sample_removal_at_a_retrained_models_forget_accuracy
     g, u = (uk.evaluate(r.model, request, digits).metrics for r in (guarded, unguarded))
     assert 100 - g["UA"] <= test_acc + 3  # stopped near the floor (probe of 512 forget samples, checks every 5 steps)
     assert u["UA"] > g["UA"] + 10  # unguarded, the pull goes on past what a retrained model scores
+
+
+def test_scar_refuses_a_guard_without_a_check_interval(original, digits):
+    """check_every is an interval for SCAR (GA alone gives null a meaning): null is refused in one line, before any
+    sample pass, instead of failing inside the loss."""
+    with pytest.raises(uk.UnlearnKitError, match="check_every"):
+        uk.unlearn(original, "random:0.1", digits, method="scar", device="cpu", recipe=RECIPE, check_every=None)

@@ -1,15 +1,15 @@
 """Unlearning methods: one module each, all registered in :data:`METHODS` and run by :func:`unlearn`."""
 
 from .base import (
-                   METHODS,
-                   MethodInfo,
-                   Task,
-                   Unlearned,
-                   forget_retain_accuracy,
-                   make_config,
-                   recorded_config,
-                   register,
-                   unlearn,
+    METHODS,
+    MethodInfo,
+    Task,
+    Unlearned,
+    forget_retain_accuracy,
+    make_config,
+    recorded_config,
+    register,
+    unlearn,
 )
 
 # Importing a method module registers it; this order is the registry's (`unlearnkit info`, the docs' tables).

@@ -386,7 +386,7 @@ class Guarded:
     target_forget_acc: float | None = option(
         -1.0, "stop once forget accuracy (%) falls to this; -1: auto (see module doc); None: never", ge=-1, le=100
     )
-    check_every: int | None = option(5, "steps between guard checks", ge=1, le=BIG)
+    check_every: int = option(5, "steps between guard checks", ge=1, le=BIG)
     probe_size: int = option(512, "forget samples the guard measures", ge=1, le=BIG)
 
 
