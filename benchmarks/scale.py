@@ -361,6 +361,10 @@ def audit_compare(args) -> None:
     from unlearnkit.audit import stats
 
     result = header("audit-compare")
+    for folder in (args.n16, args.n64):
+        if not (Path(folder) / "results.json").is_file():
+            print(f"scale.py audit-compare: {folder} holds no results.json of an audit", file=sys.stderr)
+            sys.exit(2)
     small = json.loads((Path(args.n16) / "results.json").read_text())
     large = json.loads((Path(args.n64) / "results.json").read_text())
     rows = []
