@@ -39,19 +39,11 @@ SHORTFALLS = {
                     "never pushes down a class the MLP separates with ~0 loss — it stays 100 at 4 full D_r epochs "
                     "(13 %) and goes straight from 100 to 0 with the model (retain 11 %) between lr 0.8 and 1.6",
         "l1_sparse": "100 -> 100 (retain 100): as finetune; it forgets only at alpha 0.01 (50x), retain 92 %",
-        "topk_perturb": "100 -> 94 (retain 100): noise on the top 1 % of entries, then a repair on D_r",
-        "randomk_perturb": "100 -> 100 (retain 100): noise on a random 5 % of entries leaves the class intact "
-                           "(on full Fashion-MNIST, too, it reaches only 95 -> 53 against Retrain's 0)",
         "saps": "100 -> 100 (retain 100): for a removal SAPS's masked SGD trains on D_r only (a masked finetune)",
-        "influence": "100 -> 98 (retain 100): the one-shot step alpha 0.02 is too small for this model",
-        "warnecke_first": "100 -> 100 (retain 100): a feature/label method; for a removal G = (n_f/n) mean grad on "
-                          "D_f, ~0 where the model fits D_f",
-        "warnecke_second": "100 -> 100 (retain 100): the damped Newton step of the same ~0 G",
         "rum": "100 -> 97 (retain 100): NegGrad+ on each third of the class in turn (beta 0.99, 0.97, 0.97; 21, 21, "
                "42 epochs; the last at 0.1x the rate), where NegGrad+ on the whole class reaches 49",
     },
     "fmnist": {
-        "randomk_perturb": "82 -> 81 (retain 83): noise on a random 5 % of entries, as on digits",
         "saps": "82 -> 72 (retain 83): masked finetune on D_r, as on digits",
         "scar": "82 -> 50 (retain 67): 20 epochs at lr 1e-3, absolute defaults chosen on digits (where it forgets: "
                 "100 -> 0, retain 93)",

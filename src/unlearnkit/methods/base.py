@@ -447,6 +447,56 @@ def calibrated_fit(task: "Task", cfg: Any, phases: list[Phase] | Phase, **kwargs
     task.resolved.update(calibration_epochs=extra, calibration_lr=_round(lr) if extra else None)
 
 
+@dataclass
+class ScaleCalibrated:
+    """The calibration of methods whose strength is one scale — a one-shot step's size, a perturbation's noise level
+    (``docs/methods.md``): for a removal, while the forget accuracy on a probe has not moved half of the way from the
+    original's to :func:`forget_floor`, the scale doubles, up to ``max_scale`` times the configured one. A one-shot
+    step pays one forward pass over the probe per doubling; a method that repairs after its perturbation pays the
+    repair again, within its budget. Corrections (relabel, edit) are not calibrated: what a retrained model scores on
+    their labels as trained is not known."""
+
+    calibrate: bool = option(True, "removals: while forget accuracy has not moved half-way to a retrained model's, "
+                                   "double the step (or noise), up to max_scale times the configured one")
+    max_scale: float = option(1024.0, "calibrate: the largest multiple of the configured step (or noise)", ge=1,
+                              le=BIG)
+    probe_size: int = option(512, "forget samples the calibration measures", ge=1, le=BIG)
+
+
+def calibrate_scale(task: "Task", cfg: Any, attempt: Callable[[float], None], max_scale: float | None = None) -> None:
+    """``attempt(1)``, then the doubling of :class:`ScaleCalibrated`: ``attempt(s)`` must leave the model as the
+    method's result at ``s`` × its configured strength. ``max_scale`` (when given) lowers ``cfg.max_scale``, e.g. to
+    what a repair budget allows. The scale used is recorded in ``task.resolved`` (``calibration_scale``)."""
+    attempt(1.0)
+    floor = forget_floor(task)
+    if not cfg.calibrate or task.request.effect != "remove" or floor is None or not task.n_forget:
+        return
+    start = task.forget_accuracy(task.original, limit=cfg.probe_size)
+    goal = start - (start - floor) / 2
+    limit = cfg.max_scale if max_scale is None else min(cfg.max_scale, max_scale)
+    scale = 1.0
+    while 2 * scale <= limit and task.forget_accuracy(task.model, limit=cfg.probe_size) > goal:
+        scale *= 2
+        attempt(scale)
+    task.resolved.update(calibration_scale=scale)
+
+
+def calibrated_step(task: "Task", cfg: ScaleCalibrated, step: dict[str, torch.Tensor], factor: float) -> None:
+    """θ += factor · step, a one-shot update, scaled by :func:`calibrate_scale` (each doubling adds what the last scale
+    added); the whole update's norm goes in the notes (``step_norm``)."""
+    applied = [0.0]
+
+    def attempt(scale: float) -> None:
+        with torch.no_grad():
+            for name, param in task.model.named_parameters():
+                param.add_(step[name].to(param.dtype), alpha=factor * (scale - applied[0]))
+        applied[0] = scale
+
+    calibrate_scale(task, cfg, attempt)
+    norm = float(torch.sqrt(sum(s.double().pow(2).sum() for s in step.values())))
+    task.notes["step_norm"] = abs(factor) * applied[0] * norm
+
+
 def _round(value: float) -> float:
     return float(f"{value:.12g}")
 

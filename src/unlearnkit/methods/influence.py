@@ -6,21 +6,21 @@ one Newton-type step that removes the forget set's first-order influence,
 with ḡ the mean loss gradients on D_f and on (a sample of) D_r, and H the retain loss's curvature
 approximated by WoodFisher (λI + empirical Fisher of N retain samples, inverted exactly by Woodbury),
 the damped diagonal Fisher, or LiSSA on Hessian-vector products. At a stationary point of the full loss
-w_f·ḡ_f = −w_r·ḡ_r, so the direction is twice the Newton step of the retain loss; α absorbs such constants."""
+w_f·ḡ_f = −w_r·ḡ_r, so the direction is twice the Newton step of the retain loss; α absorbs such constants.
+For a removal α is calibrated (:class:`~unlearnkit.methods.base.ScaleCalibrated`: doubled until the forget accuracy
+on a probe has moved half-way to a retrained model's)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from .. import curvature
-from .base import BIG, Task, option, register
+from .base import BIG, ScaleCalibrated, Task, calibrated_step, option, register
 
 
 @dataclass
-class InfluenceConfig:
+class InfluenceConfig(ScaleCalibrated):
     hessian: Literal["woodfisher", "diagonal", "lissa"] = option("woodfisher", "inverse-curvature approximation")
     alpha: float = option(0.02, "step scale α", ge=0, le=BIG)
     damping: float = option(1e-3, "λ added to the curvature", ge=0, le=BIG)
@@ -51,7 +51,4 @@ def influence(task: Task, cfg: InfluenceConfig) -> None:
     else:
         step = curvature.lissa(model, curvature_data, direction, damping=cfg.damping, scale=cfg.lissa_scale,
                                depth=cfg.lissa_depth, batch_size=64, generator=task.generator)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.add_(cfg.alpha * step[name])
-    task.notes["step_norm"] = float(torch.sqrt(sum((cfg.alpha * s).pow(2).sum() for s in step.values())))
+    calibrated_step(task, cfg, step, cfg.alpha)

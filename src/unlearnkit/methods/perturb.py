@@ -43,14 +43,15 @@ from ..data import Source
 from ..errors import UnlearnKitError
 from ..masks import prune_masks
 from ..training import Phase, count_passes
-from .base import BIG, SGDOptions, Task, option, register
+from .base import BIG, ScaleCalibrated, SGDOptions, Task, calibrate_scale, option, register, retrain_work
 
 Importance = Literal["output", "loss", "fisher"]
 
 
 @dataclass
-class PerturbOptions(SGDOptions):
-    """Noise and repair options shared by the three perturbation methods (SGD fields configure the repair)."""
+class PerturbOptions(ScaleCalibrated, SGDOptions):
+    """Noise and repair options shared by the three perturbation methods (SGD fields configure the repair; the
+    calibration doubles σ)."""
 
     sigma: float = option(1.0, "noise scale σ (multiplies the scale chosen by `scale`)", ge=0, le=1000)
     scale: Literal["parameter", "layer", "absolute"] = option(
@@ -67,6 +68,8 @@ class PerturbOptions(SGDOptions):
         1.0, "repair: retain samples per pass, as a multiple of |D_f| (None: all of D_r)", gt=0, le=BIG
     )
     repair_scope: Literal["all", "selected"] = option("all", "repair every parameter, or only the perturbed entries")
+    max_budget: float = option(0.1, "calibrate: the most repair work in all, as a fraction of Retrain's sample passes",
+                               gt=0, le=100)
 
     def epoch_samples(self, task: Task) -> int:
         return task.retain_pass(self.retain_per_forget)
@@ -192,15 +195,28 @@ def add_noise(model: nn.Module, mask: dict[str, torch.Tensor], sigma: float, sca
 
 
 def perturb_and_repair(task: Task, cfg: PerturbOptions, mask: dict[str, torch.Tensor]) -> None:
+    """Noise on the selected entries, then the repair; calibrated (:func:`calibrate_scale`): a try at a larger σ starts
+    again from the original weights with the same draws, and each try pays its repair, within ``max_budget``."""
     picked, total = selection.count(mask)
     task.notes["selected_entries"] = picked
     task.notes["selected_fraction"] = round(picked / total, 6) if total else 0.0
-    task.notes.update(add_noise(task.model, mask, cfg.sigma, cfg.scale, task.generator))
     config = cfg.train_config(task)
-    if config.epochs > 0:
-        source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))
-        trainable = mask if cfg.repair_scope == "selected" else None
-        task.fit(Phase(source, name="repair"), config, trainable=trainable)
+    trainable = mask if cfg.repair_scope == "selected" else None
+    weights = {k: v.clone() for k, v in task.model.state_dict().items()}
+    draws = task.generator.get_state()
+
+    def attempt(scale: float) -> None:
+        if scale > 1:
+            task.model.load_state_dict(weights)
+            task.generator.set_state(draws)
+        task.notes.update(add_noise(task.model, mask, cfg.sigma * scale, cfg.scale, task.generator))
+        if config.epochs > 0:
+            source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))
+            task.fit(Phase(source, name="repair"), config, trainable=trainable)
+
+    repair = config.epochs * cfg.epoch_samples(task)
+    tries = math.floor(cfg.max_budget * retrain_work(task) / repair) if repair else 64
+    calibrate_scale(task, cfg, attempt, max_scale=2.0 ** max(0, tries - 1))
 
 
 def topk_mask(task: Task, cfg: TopKConfig) -> dict[str, torch.Tensor]:

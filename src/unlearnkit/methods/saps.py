@@ -34,12 +34,12 @@ import torch
 from .. import curvature, selection
 from ..data import Source
 from ..training import Phase
-from .base import BIG, SGDOptions, Task, option, register
-from .warnecke import apply_step, correction_gradient, curvature_data, newton_step
+from .base import BIG, ScaleCalibrated, SGDOptions, Task, calibrated_step, option, register
+from .warnecke import correction_gradient, curvature_data, newton_step
 
 
 @dataclass
-class SapsConfig(SGDOptions):
+class SapsConfig(ScaleCalibrated, SGDOptions):
     fraction: float = option(0.1, "ρ: fraction of parameter entries updated", gt=0, le=1)
     criterion: Literal["largest", "smallest", "newton_gain", "gradient", "random", "last_layer"] = option(
         "largest", "how entries are selected from diag(H) and G")
@@ -134,9 +134,9 @@ def saps(task: Task, cfg: SapsConfig) -> None:
         return
     masked_g = curvature.apply_mask(g, mask)
     if cfg.update == "first":
-        apply_step(task, masked_g, -cfg.tau)
+        calibrated_step(task, cfg, masked_g, -cfg.tau)
     elif cfg.update == "diagonal":
-        apply_step(task, {n: masked_g[n] / (diag[n].abs() + cfg.damping) for n in masked_g}, -1.0)
+        calibrated_step(task, cfg, {n: masked_g[n] / (diag[n].abs() + cfg.damping) for n in masked_g}, -1.0)
     else:
-        apply_step(task, newton_step(task, masked_g, damping=cfg.damping, mask=mask, samples=cfg.curvature_samples,
-                             max_iter=cfg.max_iter), -1.0)
+        calibrated_step(task, cfg, newton_step(task, masked_g, damping=cfg.damping, mask=mask,
+                                               samples=cfg.curvature_samples, max_iter=cfg.max_iter), -1.0)

@@ -18,6 +18,10 @@ objective's gradient, so
 Both take ``scope`` (all parameters or the last layer). Warnecke et al. state the update with sums rather than
 means, so their τ is ours divided by n.
 
+For a removal the step is calibrated (:class:`~unlearnkit.methods.base.ScaleCalibrated`): where the model fits D_f,
+G is nearly zero and the configured step changes nothing (on digits, class 0 stays at 100 % forget accuracy at
+τ = 1), so the step doubles until the forget accuracy on a probe has moved half-way to a retrained model's.
+
 :mod:`unlearnkit.methods.saps` applies these updates to a selected subset of the entries.
 """
 
@@ -30,19 +34,19 @@ import torch
 
 from .. import curvature, selection
 from ..data import Source
-from .base import BIG, Task, option, register
+from .base import BIG, ScaleCalibrated, Task, calibrated_step, option, register
 
 Scope = Literal["all", "last_layer"]
 
 
 @dataclass
-class WarneckeFirstConfig:
+class WarneckeFirstConfig(ScaleCalibrated):
     tau: float = option(1.0, "step size τ on the mean-normalised G", ge=0, le=BIG)
     scope: Scope = option("all", "parameters updated: all, or the last layer only")
 
 
 @dataclass
-class WarneckeSecondConfig:
+class WarneckeSecondConfig(ScaleCalibrated):
     damping: float = option(
         1e-2, "λ added to the Hessian (the L2 regulariser's strength for a convex model)", ge=0, le=BIG
     )
@@ -79,13 +83,6 @@ def _scope_mask(task: Task, scope: str):
     return selection.last_layer(task.model) if scope == "last_layer" else None
 
 
-def apply_step(task: Task, step: dict[str, torch.Tensor], factor: float) -> None:
-    with torch.no_grad():
-        for name, param in task.model.named_parameters():
-            param.add_(step[name].to(param.dtype), alpha=factor)
-    task.notes["step_norm"] = abs(factor) * float(torch.sqrt(sum(s.double().pow(2).sum() for s in step.values())))
-
-
 def newton_step(task: Task, g, *, damping: float, mask, samples: int | None, solver: str = "cg", max_iter: int = 50,
             tol: float = 1e-4, lissa_depth: int = 200, lissa_scale: float = 50.0):
     data = curvature_data(task, samples)
@@ -102,7 +99,7 @@ def newton_step(task: Task, g, *, damping: float, mask, samples: int | None, sol
           summary="first-order feature/label unlearning θ − τG (Warnecke et al.)")
 def warnecke_first(task: Task, cfg: WarneckeFirstConfig) -> None:
     mask = _scope_mask(task, cfg.scope)
-    apply_step(task, correction_gradient(task, mask), -cfg.tau)
+    calibrated_step(task, cfg, correction_gradient(task, mask), -cfg.tau)
 
 
 @register("warnecke_second", WarneckeSecondConfig, touches=("forget", "corrected", "all"),
@@ -112,4 +109,4 @@ def warnecke_second(task: Task, cfg: WarneckeSecondConfig) -> None:
     g = correction_gradient(task, mask)
     step = newton_step(task, g, damping=cfg.damping, mask=mask, samples=cfg.curvature_samples, solver=cfg.solver,
                    max_iter=cfg.max_iter, tol=cfg.tol, lissa_depth=cfg.lissa_depth, lissa_scale=cfg.lissa_scale)
-    apply_step(task, step, -cfg.scale)
+    calibrated_step(task, cfg, step, -cfg.scale)
