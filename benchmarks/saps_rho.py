@@ -65,7 +65,7 @@ def reference_kind(record: dict) -> str | None:
     (other variants of the first-round suite, e.g. the diagonal-Newton step)."""
     opts = record.get("options") or {}
     if record["method"] == "saps":
-        if opts.get("update") != "sgd":
+        if opts.get("update") not in ("sgd", "auto"):  # auto is sgd for the corrections run here
             return None
         if opts.get("retain_per_forget", 1.0) != 1.0 or opts.get("mixed") is False:
             return record["variant"] if record["variant"] in dict(REFERENCES) else None

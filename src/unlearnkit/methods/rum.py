@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from ..requests import MEMORIZATION_SCORES, Request
+from ..requests import MEMORIZATION_SCORES
 from ..training import predict_logits
 from .base import METHODS, Task, make_config, option, register
 
@@ -80,8 +80,8 @@ def rum(task: Task, cfg: RumConfig) -> None:
         sizes.append(int(part.numel()))
         if not part.numel():
             continue
-        request = Request(f"{task.request.spec} ({name} memorisation part)", "remove", task.request.seed, part,
-                          task.request.retain, ids=part.tolist())
+        request = dataclasses.replace(task.request, spec=f"{task.request.spec} ({name} memorisation part)",
+                                      forget=part, ids=part.tolist())  # a class part is still of that class
         # the same model (changed in place) and notes
         step = dataclasses.replace(task, request=request, resolved={})
         options = {"beta": beta, "epochs": int(round(e_scale * base["epochs"])), "lr": lr_scale * base["lr"]}
