@@ -157,13 +157,13 @@ def verdict(summary: dict) -> list[str]:
     return lines
 
 
-def markdown(summary: dict, records: list[dict], commands: list[str]) -> str:
+def markdown(summary: dict, records: list[dict], commands: list[str], suite: Path = SUITE) -> str:
     specs = list(summary)
     lines = [
         "# The prune-first paper's claim (Jia et al., NeurIPS 2023): ℓ1-sparse vs fine-tuning at matched learning "
         "rates (class-wise forgetting)",
         "",
-        f"Suite `benchmarks/suites/seed000-claim.toml` ({records[0]['dataset']}, {records[0]['model']}, class:0). "
+        f"Suite `benchmarks/suites/{suite.name}` ({records[0]['dataset']}, {records[0]['model']}, class:0). "
         + provenance(records[0], shared_cpu=True),
         "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".",
         "",
@@ -248,6 +248,7 @@ def plot(summary: dict, out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--suite", default=str(SUITE), help="the suite file (default: the 10k/5k subset study)")
     parser.add_argument("--specs", default=",".join(SPECS), help="comma list of prune specs ('none': dense)")
     parser.add_argument("--seeds", default=None, help="comma list (default: the suite's)")
     parser.add_argument("--methods", default=None, help="the suite's variants to run, separated by ';' (default: all)")
@@ -258,7 +259,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    base = load_suite(SUITE)
+    suite_path = Path(args.suite)
+    base = load_suite(suite_path)
     command = "python benchmarks/seed000_claim.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not args.report_only:
         seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
@@ -283,7 +285,7 @@ def main() -> None:
     summary = summarise(by_spec)
     records = [r for rs in by_spec.values() for r in rs]
     write_json_atomic(out / "summary.json", summary)
-    write_text_atomic(out / "report.md", markdown(summary, records, commands))
+    write_text_atomic(out / "report.md", markdown(summary, records, commands, suite_path))
     plot(summary, out)
     print(f"wrote {out / 'report.md'}", file=sys.stderr)
 
