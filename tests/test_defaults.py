@@ -44,8 +44,8 @@ SHORTFALLS = {
                      "work, and per extra epoch it goes from 100 to 0 with the model (retain 18 %)",
         "rum": "100 -> 97 (retain 100): NegGrad+ on each third of the class in turn (beta 0.99, 0.97, 0.97; 21, 21, "
                "42 epochs; the last at 0.1x the rate), where NegGrad+ on the whole class reaches 49; NegGrad+'s "
-               "calibration on the whole class after the parts reaches 0 % only at lr 1.6, retain 18 %, and on each part "
-               "(a part of a class is that class) at lr 3.2 in the first, retain 61 %",
+               "calibration on the whole class after the parts reaches 0 % only at lr 1.6, retain 18 %, and on "
+               "each part (a part of a class is that class) at lr 3.2 in the first, retain 61 %",
     },
     "fmnist": {},
 }
