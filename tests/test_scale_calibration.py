@@ -73,3 +73,13 @@ def test_corrections_and_explicit_opt_outs_are_not_calibrated(trained, request_,
     assert "calibration_scale" not in result.resolved
     off, _ = _run(trained, request_, digits, "warnecke_second", calibrate=False)
     assert "calibration_scale" not in off.resolved
+
+
+def test_saps_takes_the_calibrated_step_for_removals_and_masked_sgd_for_corrections(trained, request_, digits):
+    removal, acc = _run(trained, request_, digits, "saps")
+    assert removal.resolved["update"] == "first" and removal.resolved["calibration_scale"] > 1
+    assert acc["forget_acc"] <= 50  # masked SGD on D_r alone left the class at 100 %
+    relabel = uk.build_request("relabel:0.1", digits, seed=0)
+    correction = unlearn(trained.model, relabel, digits, "saps", device="cpu", seed=0, epochs=1,
+                         original_test_acc=trained.metrics["test_acc"])
+    assert correction.resolved["update"] == "sgd" and "calibration_scale" not in correction.resolved
