@@ -132,6 +132,12 @@ class Cost:
         return m
 
 
+def sample_passes(cost: dict | None) -> int:
+    """Forward plus backward sample passes of a recorded cost (:meth:`Cost.to_dict`): the load-independent work
+    figure benchmarks and audits compare with Retrain's."""
+    return 0 if not cost else int(cost.get("forward_samples", 0)) + int(cost.get("backward_samples", 0))
+
+
 _METERS: contextvars.ContextVar[tuple[Cost, ...]] = contextvars.ContextVar("unlearnkit_meters", default=())
 
 

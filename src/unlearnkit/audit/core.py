@@ -45,7 +45,7 @@ from ..requests import (
     register_memorization_scores,
     selects_by_memorization,
 )
-from ..training import Cost
+from ..training import Cost, sample_passes
 from . import stats
 from .memorization import memorization_scores, scores_record, split_requests
 from .pool import (
@@ -131,10 +131,6 @@ def _retain_sample(request: Request, size: int | None, seed: int) -> torch.Tenso
     return torch.sort(retain[torch.randperm(retain.numel(), generator=gen)[:size]]).values
 
 
-def _passes(cost: dict) -> int:
-    return int(cost.get("forward_samples", 0)) + int(cost.get("backward_samples", 0))
-
-
 def relearn_summary(records: list[dict]) -> dict | None:
     """The relearning attack over the attacked models of one method: how many recovered the original's held-out
     forget accuracy, the median steps and samples to recovery (over all attacked models: one that did not recover
@@ -216,7 +212,7 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
                   for k, l in enumerate(originals)]
     ref_ra = float(np.mean([e["RA"] for e in ref_evals]))
     ref_ta = float(np.mean([e["TA"] for e in ref_evals]))
-    ref_passes = float(np.mean([_passes(r["cost"]) for r in references]))
+    ref_passes = float(np.mean([sample_passes(r["cost"]) for r in references]))
     ref_seconds = float(np.mean([r["cost"]["seconds"] for r in references]))
     audit = RequestAudit(
         spec=request.spec, request={k: v for k, v in request.describe().items() if k != "ids"},
@@ -296,8 +292,8 @@ def analyse(request: Request, data: Dataset, originals: list[Logits], references
             "population": {key: _mean_std([e[key] for e in evals]) for key in ("UA", "RA", "TA", "MIA", "avg_gap")},
             "cost": {
                 "seconds": _mean_std([c["seconds"] for c in costs]),
-                "passes": float(np.mean([_passes(c) for c in costs])),
-                "work_pct": round(100.0 * float(np.mean([_passes(c) for c in costs])) / ref_passes, 3)
+                "passes": float(np.mean([sample_passes(c) for c in costs])),
+                "work_pct": round(100.0 * float(np.mean([sample_passes(c) for c in costs])) / ref_passes, 3)
                 if ref_passes
                 else None,
                 "time_pct": round(100.0 * float(np.mean([c["seconds"] for c in costs])) / ref_seconds, 3)

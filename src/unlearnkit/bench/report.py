@@ -21,6 +21,7 @@ from typing import Any
 
 from .._util import save_figure, write_text_atomic
 from ..evaluation import LOWER, metric_score
+from ..training import sample_passes
 from .runner import load_records
 
 COLUMNS = [("UA", "UA"), ("RA", "RA"), ("TA", "TA"), ("MIA", "MIA-Eff."), ("avg_gap", "Avg. Gap"),
@@ -75,10 +76,6 @@ def provenance(record: dict, shared_cpu: bool = False) -> str:
     )
 
 
-def _passes(cost: dict | None) -> int:
-    return 0 if not cost else int(cost.get("forward_samples", 0)) + int(cost.get("backward_samples", 0))
-
-
 def summarise(records: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
     """{request: {variant: {metric: (mean, std), 'n': seeds, 'method': name}}}.
 
@@ -86,11 +83,12 @@ def summarise(records: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
     seed): unlike wall-clock time it does not change with the machine's load.
     """
     grouped: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    retrain_work = {(r["request"], r["seed"]): _passes(r.get("cost")) for r in records if r["variant"] == "retrain"}
+    retrain_work = {(r["request"], r["seed"]): sample_passes(r.get("cost"))
+                    for r in records if r["variant"] == "retrain"}
     for r in records:
         base = retrain_work.get((r["request"], r["seed"]))
         if base and r["variant"] != "original":
-            r = {**r, "work_pct": 100.0 * _passes(r.get("cost")) / base}
+            r = {**r, "work_pct": 100.0 * sample_passes(r.get("cost")) / base}
         grouped[r["request"]][r["variant"]].append(r)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for request, variants in grouped.items():
