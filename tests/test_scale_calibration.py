@@ -7,11 +7,12 @@ import torch
 
 import unlearnkit as uk
 from unlearnkit.methods import forget_retain_accuracy, unlearn
+from unlearnkit.recipes import default_recipe
 
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    return uk.train(digits, "mlp", config=uk.TrainConfig(epochs=30, batch_size=64, lr=0.05), seed=0, device="cpu")
+    return uk.train(digits, "mlp", config=default_recipe("digits"), seed=0, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -423,6 +423,13 @@ class Calibrated:
     probe_size: int = option(512, "forget samples the calibration (and any guard) measures", ge=1, le=BIG)
 
 
+def halfway_goal(task: "Task", floor: float, probe_size: int) -> float:
+    """The forget accuracy (%) both calibrations aim at: half-way from the original's, on the first ``probe_size``
+    forget samples, to ``floor`` (:func:`forget_floor`)."""
+    start = task.forget_accuracy(task.original, limit=probe_size)
+    return start - (start - floor) / 2
+
+
 def calibrated_fit(task: "Task", cfg: Any, phases: list[Phase] | Phase, **kwargs) -> None:
     """``task.fit`` with ``cfg``'s resolved recipe, then the calibration of :class:`Calibrated` (recorded in
     ``task.resolved``: the extra epochs and the last learning rate)."""
@@ -432,8 +439,7 @@ def calibrated_fit(task: "Task", cfg: Any, phases: list[Phase] | Phase, **kwargs
     calibrate = cfg.calibrate if cfg.calibrate is not None else (cfg.epochs is None and cfg.lr is None)
     if not calibrate or report.stopped_early or floor is None or config.epochs == 0:
         return
-    start = task.forget_accuracy(task.original, limit=cfg.probe_size)
-    goal = start - (start - floor) / 2
+    goal = halfway_goal(task, floor, cfg.probe_size)
     per_epoch = max(1, cfg.epoch_samples(task))
     spent, cap = config.epochs * per_epoch, cfg.max_budget * retrain_work(task)
     extra, lr = 0, config.lr
@@ -471,8 +477,7 @@ def calibrate_scale(task: "Task", cfg: Any, attempt: Callable[[float], None], ma
     floor = forget_floor(task)
     if not cfg.calibrate or task.request.effect != "remove" or floor is None or not task.n_forget:
         return
-    start = task.forget_accuracy(task.original, limit=cfg.probe_size)
-    goal = start - (start - floor) / 2
+    goal = halfway_goal(task, floor, cfg.probe_size)
     limit = cfg.max_scale if max_scale is None else min(cfg.max_scale, max_scale)
     scale = 1.0
     while 2 * scale <= limit and task.forget_accuracy(task.model, limit=cfg.probe_size) > goal:
