@@ -186,6 +186,9 @@ def main() -> None:
     parser.add_argument("--attempts", action="store_true", help="run what was tried for the remaining shortfalls "
                         "instead (attempts.json, attempts.md)")
     args = parser.parse_args()
+    unknown = set(args.data.split(",")) - set(DATA)
+    if unknown:
+        parser.error(f"--data: unknown {', '.join(sorted(unknown))}; choose from {', '.join(DATA)}")
     torch.set_num_threads(1)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.attempts:

@@ -264,6 +264,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     suite_path = Path(args.suite)
+    if not suite_path.is_file():
+        parser.error(f"--suite {args.suite}: no such suite file")
     base = load_suite(suite_path)
     command = "python benchmarks/seed000_claim.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not args.report_only:
