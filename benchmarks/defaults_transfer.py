@@ -129,6 +129,8 @@ ATTEMPTS = {
     "digits": [("finetune", {"lr": lr}) for lr in (0.4, 0.8, 1.6)]
     + [("finetune", {"epochs": 4, "retain_per_forget": None})]
     + [("l1_sparse", {"alpha": 2e-4 * m}) for m in (8, 16, 32, 64)]
+    # the work each needs at its default rate and alpha: epochs of |D_f| retain samples (the default is 12)
+    + [(method, {"epochs": e}) for method in ("finetune", "l1_sparse") for e in (50, 100, 150, 200)]
     + [("saps", {"update": u}) for u in ("first", "second", "diagonal")],
     "fmnist": [("saps", {"update": u}) for u in ("first", "second", "diagonal")],
 }
@@ -139,17 +141,20 @@ def attempts(key: str) -> dict:
     data, trained, request, kwargs = setup(key)
     rows = []
 
-    def record(method, options, model, **extra):
+    retrain_backward = trained.config.epochs * int(request.retain.numel())  # Retrain's sample passes
+
+    def record(method, options, model, cost=None, **extra):
         acc = forget_retain_accuracy(model, request, data, device="cpu")
+        work = None if cost is None else 100 * cost.backward / retrain_backward
         rows.append({"method": method, "options": options, "forget_acc": acc["forget_acc"],
-                     "retain_acc": acc["retain_acc"], **extra})
+                     "retain_acc": acc["retain_acc"], "work": work, **extra})
         print(f"{key} {method} {options} {extra} forget {acc['forget_acc']:.2f} retain {acc['retain_acc']:.2f}",
               file=sys.stderr, flush=True)
         return acc
 
     for method, options in ATTEMPTS.get(key, []):
         result = unlearn(trained.model, request, data, method, **kwargs, **options)
-        record(method, options, result.model, resolved=result.resolved)
+        record(method, options, result.model, cost=result.cost, resolved=result.resolved)
     for method, name, start in LADDERS.get(key, []):
         planned = unlearn(trained.model, request, data, method, **kwargs)
         model, value = planned.model, start
@@ -166,15 +171,17 @@ def attempts(key: str) -> dict:
 def attempts_report(results: dict, command: str) -> str:
     lines = ["# What was tried for the remaining shortfalls", "",
              f"Machine: {machine()}. Versions: {versions()}. Command: `{command}`. One seed (0), class:0; each "
-             "data set with its default recipe. Forget-set and retain-set accuracy (%) after unlearning. A ladder "
-             "continues from the previous row's model with one more epoch at the doubled option.", ""]
+             "data set with its default recipe. Forget-set and retain-set accuracy (%) after unlearning; work: "
+             "backward sample passes as % of Retrain's (the recipe's epochs × |D_r|). A ladder continues from the "
+             "previous row's model with one more epoch at the doubled option.", ""]
     for key, res in results.items():
-        lines += [f"## {res['dataset']}", "", "| method | options | ladder step | forget | retain |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"## {res['dataset']}", "", "| method | options | ladder step | forget | retain | work |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for r in res["rows"]:
             opts = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["options"].items())
+            work = "–" if r.get("work") is None else f"{r['work']:.1f}"
             lines.append(f"| {r['method']} | {opts or 'defaults'} | {r.get('step', '–')} | {r['forget_acc']:.2f} | "
-                         f"{r['retain_acc']:.2f} |")
+                         f"{r['retain_acc']:.2f} | {work} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -42,8 +42,6 @@ SHORTFALLS = {  # what was tried for each: benchmarks/results/defaults-transfer/
         "l1_sparse": "100 -> 100 (retain 100): as finetune; alpha x8, x16, x32 leave 100, 100, 98 %, alpha x64 "
                      "(0.0128) 0 % at retain 94 %: doubling alpha by restarts would take 7 runs, 31 % of Retrain's "
                      "work, and per extra epoch it goes from 100 to 0 with the model (retain 18 %)",
-        "rum": "100 -> 97 (retain 100): NegGrad+ on each third of the class in turn (beta 0.99, 0.97, 0.97; 21, 21, "
-               "42 epochs; the last at 0.1x the rate), where NegGrad+ on the whole class reaches 49",
     },
     "fmnist": {},
 }

@@ -9,8 +9,11 @@ about it"): forget sets that mix easy and hard (highly memorised) samples are un
    β = 0.99, 0.97, 0.97; 5, 5, 10 epochs; learning rates 0.01, 0.01, 0.001, where its stand-alone NegGrad+ runs
    5 epochs at 0.01. Here the epochs and rates are expressed relative to this library's NegGrad+ defaults (×1, ×1,
    ×2 its epochs; ×1, ×1, ×0.1 its rate) as they resolve on the whole request (NegGrad+'s defaults are themselves
-   relative to the original's recipe and Retrain's work, docs/methods.md), so they follow NegGrad+. Every other NegGrad+
-   option stays at its default.
+   relative to the original's recipe and Retrain's work, docs/methods.md), so they follow NegGrad+. A part's epoch is
+   as long as NegGrad+'s epoch on the whole request (its ``retain_per_forget`` × |D_f| / |part|): in the paper's code
+   an epoch of NegGrad+ is one pass over the retain loader with the forget loader cycled beside it, so it does not
+   shrink with the part, and RUM costs (1 + 1 + 2) × NegGrad+'s epochs. Every other NegGrad+ option stays at its
+   default.
 
 Memorisation scores: those registered for this data set in this process (the audit's, or loaded from the file a
 ``memorized:``/``memlevel:`` request names) when there are any; otherwise a proxy from the original alone,
@@ -55,6 +58,12 @@ def memorization_proxy(task: Task) -> torch.Tensor:
     return 1.0 - probs[torch.arange(ids.numel()), task.y[ids]]
 
 
+def per_epoch(retain_per_forget: float | None, n_forget: int, n_part: int) -> float | None:
+    """A part's ``retain_per_forget`` that keeps its epochs as long as NegGrad+'s on the whole request: an epoch of
+    the paper's NegGrad+ is one pass over the retain loader, whatever the forget set's size."""
+    return None if retain_per_forget is None else retain_per_forget * n_forget / n_part
+
+
 def refine(task: Task, source: str) -> tuple[list[torch.Tensor], str]:
     """D_f cut into thirds by memorisation score (low → high), and which scores were used."""
     forget = task.request.forget
@@ -73,7 +82,8 @@ def rum(task: Task, cfg: RumConfig) -> None:
     parts, used = refine(task, cfg.scores)
     inner = METHODS["neggrad_plus"]
     # NegGrad+'s relative defaults as they resolve on the whole request (docs/methods.md); the parts scale these
-    base = make_config(inner, {}).resolve(dataclasses.replace(task, resolved={}))
+    defaults = make_config(inner, {})
+    base = defaults.resolve(dataclasses.replace(task, resolved={}))
     sizes, resolved = [], {}
     for name, part, beta, e_scale, lr_scale in zip(PARTS, parts, cfg.part_beta, cfg.part_epochs_scale,
                                                    cfg.part_lr_scale):
@@ -84,7 +94,8 @@ def rum(task: Task, cfg: RumConfig) -> None:
                                       forget=part, ids=part.tolist())  # a class part is still of that class
         # the same model (changed in place) and notes
         step = dataclasses.replace(task, request=request, resolved={})
-        options = {"beta": beta, "epochs": int(round(e_scale * base["epochs"])), "lr": lr_scale * base["lr"]}
+        options = {"beta": beta, "epochs": int(round(e_scale * base["epochs"])), "lr": lr_scale * base["lr"],
+                   "retain_per_forget": per_epoch(defaults.retain_per_forget, task.n_forget, part.numel())}
         inner.run(step, make_config(inner, options))
         resolved[name] = step.resolved
     task.notes["rum_scores"] = used
