@@ -71,6 +71,26 @@ def test_rum_runs_neggrad_plus_on_each_third_at_scaled_settings(original, digits
     assert before["RA"] > 95
 
 
+def test_rum_parts_keep_the_class_and_the_whole_request_epoch(original, digits, clean_scores, monkeypatch):
+    """Each part is still a request for the class (so NegGrad+'s floor is a class's, 0 %), and a part's epoch reads
+    as many retain samples as NegGrad+'s epoch on the whole request (the paper's epoch: one retain-loader pass)."""
+    import dataclasses
+
+    inner, seen = METHODS["neggrad_plus"], []
+
+    def spy(task, cfg):
+        seen.append((task.request.classes, task.request.forget.numel(), task.retain_pass(cfg.retain_per_forget)))
+        return inner.run(task, cfg)
+
+    monkeypatch.setitem(METHODS, "neggrad_plus", dataclasses.replace(inner, run=spy))
+    request = uk.build_request("class:3", digits, seed=0)
+    n = request.forget.numel()
+    uk.unlearn(original, request, digits, method="rum", device="cpu", recipe=RECIPE)
+    assert [classes for classes, _, _ in seen] == [request.classes] * 3 and request.classes
+    assert sum(size for _, size, _ in seen) == n and all(size < n for _, size, _ in seen)
+    assert [per_epoch for _, _, per_epoch in seen] == [n] * 3  # retain_per_forget 1 x |D_f|, not x |part|
+
+
 def test_scar_forgets_a_class_without_the_retain_set(original, digits):
     request = uk.build_request("class:3", digits, seed=0)
     result = uk.unlearn(original, request, digits, method="scar", device="cpu", recipe=RECIPE)
