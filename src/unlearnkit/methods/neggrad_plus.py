@@ -26,6 +26,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
 from ..training import Phase, count_passes
@@ -61,8 +62,8 @@ def neggrad_plus(task: Task, cfg: NegGradPlusConfig) -> None:
         logits = model(batch.x)
         ascent = F.cross_entropy(model(other.x), other.y)
         count_passes(forward=other.x.shape[0], backward=other.x.shape[0])
-        if cap is not None and float(ascent.detach()) > cap:
-            ascent = ascent * 0.0  # far enough from the labels on this batch: no further ascent
+        if cap is not None:  # far enough from the labels on this batch: no further ascent (no host read per step)
+            ascent = torch.where(ascent.detach() > cap, ascent * 0.0, ascent)
         return cfg.beta * F.cross_entropy(logits, batch.y) - (1.0 - cfg.beta) * ascent, logits
 
     source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))

@@ -55,8 +55,8 @@ def scrub(task: Task, cfg: ScrubConfig) -> None:
             target = teacher(batch.x)
         logits = model(batch.x)
         kl = distill_kl(logits, target, cfg.temperature)
-        if cfg.kl_cap is not None and float(kl.detach()) > cfg.kl_cap:
-            return kl * 0.0, logits  # far enough from the teacher on this batch: no further ascent
+        if cfg.kl_cap is not None:  # far enough from the teacher on this batch: no further ascent (no host read)
+            return torch.where(kl.detach() > cfg.kl_cap, kl * 0.0, -kl), logits
         return -kl, logits
 
     def min_step(model, batch, ctx):
