@@ -3,11 +3,14 @@ thread), made by this checkout and by the code of an earlier commit, side by sid
 
 Runs: a digits MLP; the small CNN with crop augmentation; the small CNN with Adam and gradient clipping; SalUn,
 SCRUB, Retrain and ℓ1-sparse on random:0.1 of the MLP (explicit epochs and rates, so that the comparison does not
-depend on how defaults resolve); a char-LSTM on a fortunes subset. The earlier commit runs in a temporary git
+depend on how defaults resolve), and NegGrad+ and SCRUB with their loss caps hit on some steps; a char-LSTM on a
+fortunes subset. The earlier commit runs in a temporary git
 worktree (``git worktree add``) through this same script with ``--emit``.
 
 Usage:
     python benchmarks/weight_hashes.py --against ddb3c16      # the commit before the DDP/GPU-path rewrite
+    python benchmarks/weight_hashes.py --against 067f029 --out benchmarks/results/weight-hashes/caps
+                                       # before the loss caps stopped reading the loss per step
 Writes benchmarks/results/weight-hashes/{results.json,README.md}.
 """
 
@@ -23,8 +26,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-UNLEARN = {"salun": {"epochs": 1, "lr": 0.005}, "scrub": {"epochs": 1, "lr": 0.005},
-           "retrain": {"epochs": 3}, "l1_sparse": {"epochs": 4, "lr": 0.1}}
+UNLEARN = [("salun", {"epochs": 1, "lr": 0.005}), ("scrub", {"epochs": 1, "lr": 0.005}),
+           ("retrain", {"epochs": 3}), ("l1_sparse", {"epochs": 4, "lr": 0.1}),
+           # the loss caps, low enough that each run has steps above and below its cap
+           ("neggrad_plus", {"epochs": 2, "lr": 0.1, "beta": 0.5, "ascent_cap": 0.05}),
+           ("scrub", {"epochs": 2, "lr": 0.02, "kl_cap": 0.01})]
 
 
 def weights_hash(model) -> str:
@@ -52,7 +58,7 @@ def emit() -> dict:
                     config=TrainConfig(epochs=2, batch_size=64, lr=0.05, grad_clip=1.0, optimizer="adam"))
     out["digits small-cnn, Adam + clipping"] = weights_hash(adam.model)
     data = uk.load_dataset("digits")
-    for method, options in UNLEARN.items():
+    for method, options in UNLEARN:
         result = uk.unlearn(mlp.model, "random:0.1", data, method, model_name="mlp", model_args=mlp.model_args,
                             recipe=mlp.config, device="cpu", **options)
         out[f"unlearn {method} {options}"] = weights_hash(result.model)
