@@ -18,11 +18,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 import unlearnkit as uk
 from unlearnkit.methods import METHODS, forget_retain_accuracy, unlearn
+from unlearnkit.methods.base import retrain_work
 from unlearnkit.recipes import default_recipe
 from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic
 
@@ -131,6 +133,12 @@ ATTEMPTS = {
     + [("l1_sparse", {"alpha": 2e-4 * m}) for m in (8, 16, 32, 64)]
     # the work each needs at its default rate and alpha: epochs of |D_f| retain samples (the default is 12)
     + [(method, {"epochs": e}) for method in ("finetune", "l1_sparse") for e in (50, 100, 150, 200)]
+    # what that slow forgetting rests on: FT without weight decay, without momentum; 100x the weight decay
+    + [("finetune", {"epochs": 150, "weight_decay": 0.0}), ("finetune", {"epochs": 150, "momentum": 0.0}),
+       ("finetune", {"weight_decay": 0.05})]
+    # small batches over all of D_r: more steps per sample pass, and the rate at which the model breaks
+    + [("finetune", {"batch_size": 16, "retain_per_forget": None, "lr": lr}) for lr in (0.1, 0.15, 0.2, 0.3)]
+    + [("finetune", {"batch_size": 32, "retain_per_forget": None, "lr": 0.2, "epochs": 3})]
     + [("saps", {"update": u}) for u in ("first", "second", "diagonal")],
     "fmnist": [("saps", {"update": u}) for u in ("first", "second", "diagonal")],
 }
@@ -141,7 +149,7 @@ def attempts(key: str) -> dict:
     data, trained, request, kwargs = setup(key)
     rows = []
 
-    retrain_backward = trained.config.epochs * int(request.retain.numel())  # Retrain's sample passes
+    retrain_backward = retrain_work(SimpleNamespace(request=request, data=data, recipe=trained.config))
 
     def record(method, options, model, cost=None, **extra):
         acc = forget_retain_accuracy(model, request, data, device="cpu")
