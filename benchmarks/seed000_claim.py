@@ -37,6 +37,8 @@ import torch
 
 from unlearnkit.bench import load_records, load_suite, run_suite, with_prune
 from unlearnkit.bench.report import provenance
+from unlearnkit.bench.suite import select_variants
+from unlearnkit.errors import UnlearnKitError
 from unlearnkit.results import save_figure, write_json_atomic, write_text_atomic
 from unlearnkit.training import sample_passes
 
@@ -269,12 +271,24 @@ def main() -> None:
     base = load_suite(suite_path)
     command = "python benchmarks/seed000_claim.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not args.report_only:
-        seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
+        # every argument checked before the first (long) run
+        try:
+            seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            parser.error(f"--seeds {args.seeds!r}: a comma list of integers")
+        suites = {}
         for spec in args.specs.split(","):
+            try:
+                suites[spec] = base if spec == "none" else with_prune(base, spec)
+            except UnlearnKitError as err:
+                parser.error(f"--specs {spec}: {err}")
+        try:
+            methods = None if args.methods is None else select_variants(base, args.methods.split(";"))
+        except UnlearnKitError as err:
+            parser.error(str(err))
+        for spec, suite in suites.items():
             started = time.perf_counter()
-            suite = base if spec == "none" else with_prune(base, spec)
-            run_suite(suite, out / folder(spec), cache_dir=args.cache, seeds=seeds, command=command,
-                      methods=None if args.methods is None else args.methods.split(";"))
+            run_suite(suite, out / folder(spec), cache_dir=args.cache, seeds=seeds, command=command, methods=methods)
             print(f"{spec}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     by_spec = {}
     commands: list[str] = []

@@ -97,6 +97,10 @@ def main() -> int:
         return 0
     if not args.against:
         parser.error("--against REV is needed")
+    known = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{args.against}^{{commit}}"],
+                           capture_output=True)
+    if known.returncode != 0:
+        parser.error(f"--against {args.against}: not a commit of this repository")
     from unlearnkit.results import machine, versions, write_json_atomic, write_text_atomic
 
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -209,6 +209,18 @@ def suite_from_dict(raw: dict, path: str | None = None) -> Suite:
     return suite
 
 
+def select_variants(suite: Suite, names: list[str]) -> list[str]:
+    """``names`` as :func:`run_suite`'s ``methods`` filter: each a method name or a variant (``NAME[k=v,...]``,
+    matched by its normalised label); a name the suite does not have is refused, listing the suite's variants."""
+    selected = [name if "[" not in name else parse_variant(name).label for name in names]
+    known = {v.method for v in suite.variants} | {v.label for v in suite.variants}
+    unknown = [name for name in selected if name not in known]
+    if unknown:
+        raise UnlearnKitError(f"--methods: {', '.join(unknown)} not in suite {suite.name!r} "
+                              f"(its variants: {', '.join(v.label for v in suite.variants)})")
+    return selected
+
+
 def with_prune(suite: Suite, spec: str | None, *, finetune_epochs: int | None = None,
                finetune_lr: float | None = None) -> Suite:
     """A copy of ``suite`` whose originals are pruned by ``spec`` (``None``: dense), e.g. for ``bench --prune``

@@ -91,15 +91,9 @@ def _bench(args: argparse.Namespace) -> int:
     check_cache(args.cache, inputs + [out])
     methods = None
     if args.methods:
-        from ..bench.suite import parse_variant
+        from ..bench.suite import select_variants
 
-        # Commas inside NAME[k=v,...] belong to the variant; a variant is matched by its normalised label.
-        methods = [m if "[" not in m else parse_variant(m).label for m in split_top_level(args.methods)]
-        known = {v.method for v in suite.variants} | {v.label for v in suite.variants}
-        unknown = [m for m in methods if m not in known]
-        if unknown:
-            raise UnlearnKitError(f"--methods: {', '.join(unknown)} not in suite {suite.name!r} "
-                                  f"(its variants: {', '.join(v.label for v in suite.variants)})")
+        methods = select_variants(suite, split_top_level(args.methods))  # commas inside NAME[k=v,...] stay
     with backend:
         run_suite(
             suite,
