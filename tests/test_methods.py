@@ -152,4 +152,5 @@ def test_scrub_kl_cap_prevents_collapse(setup, digits):
     # forgets at least half of the class, as the defaults test asks (tests/test_defaults.py). Where it lands is
     # chaotic: over originals and unlearning seeds 0-2 the capped run left 0-68.5 % (8 of 9 below 40 %) with retain
     # 97.4-99.4 %, and this seed gave 27.4 % on an Intel CPU where an AMD one gave below 20 %
+    # (python benchmarks/scrub_cap_spread.py, benchmarks/results/scrub-cap)
     assert capped[0] < 50 and capped[1] > 95
