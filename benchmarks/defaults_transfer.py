@@ -54,6 +54,7 @@ OLD = {
 
 
 def recipe(key: str) -> uk.TrainConfig:
+    """The data set's default recipe, with the epochs of ``RECIPE_EPOCHS`` where it names the key."""
     name = DATA[key][0]
     return default_recipe(name).replace(epochs=RECIPE_EPOCHS.get(key, default_recipe(name).epochs))
 
@@ -163,33 +164,37 @@ WINDOW = {
 }
 
 
+def measure(case: tuple, key: str, method: str, options: dict, model, cost=None, **extra) -> dict:
+    """One row of ``--attempts``: forget-set and retain-set accuracy of ``model`` and, given the run's ``cost``, its
+    work as % of Retrain's sample passes."""
+    data, trained, request, _ = case
+    acc = forget_retain_accuracy(model, request, data, device="cpu")
+    work = None
+    if cost is not None:
+        work = 100 * cost.backward / retrain_work(SimpleNamespace(request=request, data=data, recipe=trained.config))
+    print(f"{key} {method} {options} {extra} forget {acc['forget_acc']:.2f} retain {acc['retain_acc']:.2f}",
+          file=sys.stderr, flush=True)
+    return {"method": method, "options": options, "forget_acc": acc["forget_acc"], "retain_acc": acc["retain_acc"],
+            "work": work, **extra}
+
+
 def attempts(key: str) -> dict:
     rows = []
     for seed in WINDOW_SEEDS if key in WINDOW else ():
-        data, trained, request, kwargs = setup(key, seed)
-        work = retrain_work(SimpleNamespace(request=request, data=data, recipe=trained.config))
+        case = setup(key, seed)
+        data, trained, request, kwargs = case
         for method, options in WINDOW[key]:
             result = unlearn(trained.model, request, data, method, **kwargs, **options)
-            acc = forget_retain_accuracy(result.model, request, data, device="cpu")
-            rows.append({"method": method, "options": options, "seed": seed, "forget_acc": acc["forget_acc"],
-                         "retain_acc": acc["retain_acc"], "work": 100 * result.cost.backward / work,
-                         "resolved": result.resolved, "train_acc": trained.metrics["train_acc_last_epoch"]})
-            print(f"{key} seed {seed} {method} {options} forget {acc['forget_acc']:.2f} retain "
-                  f"{acc['retain_acc']:.2f}", file=sys.stderr, flush=True)
+            rows.append(measure(case, key, method, options, result.model, result.cost, seed=seed,
+                                resolved=result.resolved, train_acc=trained.metrics["train_acc_last_epoch"]))
     if key not in ATTEMPTS and key not in LADDERS:
         return {"dataset": DATA[key][0], "recipe_epochs": recipe(key).epochs, "rows": rows}
-    data, trained, request, kwargs = setup(key)
-
-    retrain_backward = retrain_work(SimpleNamespace(request=request, data=data, recipe=trained.config))
+    case = setup(key)
+    data, trained, request, kwargs = case
 
     def record(method, options, model, cost=None, **extra):
-        acc = forget_retain_accuracy(model, request, data, device="cpu")
-        work = None if cost is None else 100 * cost.backward / retrain_backward
-        rows.append({"method": method, "options": options, "forget_acc": acc["forget_acc"],
-                     "retain_acc": acc["retain_acc"], "work": work, **extra})
-        print(f"{key} {method} {options} {extra} forget {acc['forget_acc']:.2f} retain {acc['retain_acc']:.2f}",
-              file=sys.stderr, flush=True)
-        return acc
+        rows.append(measure(case, key, method, options, model, cost, **extra))
+        return rows[-1]
 
     for method, options in ATTEMPTS.get(key, []):
         result = unlearn(trained.model, request, data, method, **kwargs, **options)
@@ -254,8 +259,11 @@ def main() -> None:
     unknown = set(args.data.split(",")) - set(DATA)
     if unknown:
         parser.error(f"--data: unknown {', '.join(sorted(unknown))}; choose from {', '.join(DATA)}")
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out}: {exc.strerror or exc}")
     torch.set_num_threads(1)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.attempts:
         results = {key: attempts(key) for key in args.data.split(",")}
         command = "python benchmarks/defaults_transfer.py " + " ".join(sys.argv[1:])

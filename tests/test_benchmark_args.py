@@ -34,3 +34,15 @@ def test_benchmark_scripts_refuse_bad_arguments_before_any_run(case, tmp_path):
     assert lines[0].startswith("usage:") and "Traceback" not in done.stderr
     assert message in lines[-1], lines[-1]
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("script", ["defaults_transfer.py", "scrub_cap_spread.py"])
+def test_an_output_that_cannot_be_a_folder_is_refused_before_any_run(script, tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("keep")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--out", str(taken / "out")],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"--out {taken / 'out'}: Not a directory" in done.stderr.strip().splitlines()[-1]
+    assert taken.read_text() == "keep"
