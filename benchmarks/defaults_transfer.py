@@ -10,7 +10,8 @@ Retrain's drop.
 
 Usage: python benchmarks/defaults_transfer.py [--out benchmarks/results/defaults-transfer] [--data digits,fmnist]
        python benchmarks/defaults_transfer.py --attempts --data digits,fmnist,fmnist-fit
-           # what was tried for the remaining shortfalls (fmnist-fit: the subset's CNN trained until it fits D_r)
+           # what was tried for fine-tune and l1-sparse on digits, and their small-batch calibration there and on
+           # fmnist-fit (the subset's CNN trained until it fits D_r)
 """
 
 from __future__ import annotations
@@ -137,16 +138,17 @@ def report(results: dict, command: str) -> str:
 
 # What was tried for the methods the defaults test still lists (tests/test_defaults.py), and SAPS's other updates
 # for a removal: fixed options, and "ladders" that continue from the previous model with one more epoch each, the
-# doubled option given (FT's rate: what the epoch-and-rate calibration does; ℓ1-sparse's α).
+# doubled option given (FT's rate: what the epoch-and-rate calibration does; ℓ1-sparse's α). FT and ℓ1-sparse run
+# their plan alone: calibrate=False where neither epochs nor lr is given (it is off where one is).
 ATTEMPTS = {
     "digits": [("finetune", {"lr": lr}) for lr in (0.4, 0.8, 1.6)]
     + [("finetune", {"epochs": 4, "retain_per_forget": None})]
-    + [("l1_sparse", {"alpha": 2e-4 * m}) for m in (8, 16, 32, 64)]
+    + [("l1_sparse", {"alpha": 2e-4 * m, "calibrate": False}) for m in (8, 16, 32, 64)]
     # the work each needs at its default rate and alpha: epochs of |D_f| retain samples (the default is 12)
     + [(method, {"epochs": e}) for method in ("finetune", "l1_sparse") for e in (50, 100, 150, 200)]
     # what that slow forgetting rests on: FT without weight decay, without momentum; 100x the weight decay
     + [("finetune", {"epochs": 150, "weight_decay": 0.0}), ("finetune", {"epochs": 150, "momentum": 0.0}),
-       ("finetune", {"weight_decay": 0.05})]
+       ("finetune", {"weight_decay": 0.05, "calibrate": False})]
     # small batches over all of D_r: more steps per sample pass, and the rate at which the model breaks
     + [("finetune", {"batch_size": 16, "retain_per_forget": None, "lr": lr}) for lr in (0.1, 0.15, 0.2, 0.3)]
     + [("finetune", {"batch_size": 32, "retain_per_forget": None, "lr": 0.2, "epochs": 3})]
@@ -157,11 +159,25 @@ LADDERS = {"digits": [("finetune", "lr", 0.1), ("l1_sparse", "alpha", 2e-4)]}
 # Small batches at the default rate within the 10 % of Retrain's work the other calibrations may spend, on seeds
 # 0-2: the steps a near-zero-loss model needs, and where each model breaks (its window in batch size).
 WINDOW_SEEDS = (0, 1, 2)
+# First the plan alone (calibrate=False) and the defaults (with the small-batch calibration that came of this).
+PLAN_AND_DEFAULTS = [(m, o) for m in ("finetune", "l1_sparse") for o in ({"calibrate": False}, {})]
 WINDOW = {
-    "digits": [(m, {"batch_size": b, "budget": 0.1}) for m in ("finetune", "l1_sparse") for b in (8, 16, 32, 64)],
-    "fmnist-fit": [("finetune", {})] + [(m, {"batch_size": b, "budget": 0.1}) for m in ("finetune", "l1_sparse")
-                                        for b in (16, 32, 64, 128)],
+    "digits": PLAN_AND_DEFAULTS + [(m, {"batch_size": b, "budget": 0.1}) for m in ("finetune", "l1_sparse")
+                                   for b in (8, 16, 32, 64)],
+    "fmnist-fit": PLAN_AND_DEFAULTS + [(m, {"batch_size": b, "budget": 0.1}) for m in ("finetune", "l1_sparse")
+                                       for b in (16, 32, 64, 128)],
 }
+
+
+def _options(options: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()) or "defaults"
+
+
+def _calibration(resolved: dict) -> str:
+    """The small-batch calibration's rungs as a cell: the kept batch sizes, an undone one crossed out."""
+    kept = ",".join(map(str, resolved.get("calibration_batches") or []))
+    undone = resolved.get("calibration_undone")
+    return (kept + (f" ~~{undone}~~" if undone else "")).strip() or "–"
 
 
 def measure(case: tuple, key: str, method: str, options: dict, model, cost=None, **extra) -> dict:
@@ -200,9 +216,9 @@ def attempts(key: str) -> dict:
         result = unlearn(trained.model, request, data, method, **kwargs, **options)
         record(method, options, result.model, cost=result.cost, resolved=result.resolved)
     for method, name, start in LADDERS.get(key, []):
-        planned = unlearn(trained.model, request, data, method, **kwargs)
+        planned = unlearn(trained.model, request, data, method, **kwargs, calibrate=False)
         model, value = planned.model, start
-        record(method, {}, model, ladder=name, step=0)
+        record(method, {"calibrate": False}, model, ladder=name, step=0)
         for step in range(1, 13):
             value *= 2
             options = {"epochs": 1, "lr": planned.resolved["lr"], "schedule": "constant", name: value}
@@ -213,7 +229,7 @@ def attempts(key: str) -> dict:
 
 
 def attempts_report(results: dict, command: str) -> str:
-    lines = ["# What was tried for the remaining shortfalls", "",
+    lines = ["# What was tried for fine-tune and l1-sparse on models that fit D_r", "",
              f"Machine: {machine()}. Versions: {versions()}. Command: `{command}`. class:0; one seed (0) except where "
              "a table says; each data set with its recipe (the heading gives its epochs). Forget-set and retain-set "
              "accuracy (%) after unlearning; work: backward sample passes as % of Retrain's (the recipe's epochs × "
@@ -224,16 +240,18 @@ def attempts_report(results: dict, command: str) -> str:
         window = [r for r in res["rows"] if "seed" in r]
         if window:
             fits = ", ".join(sorted({f"{r['train_acc']:.1f}" for r in window}))
-            lines += [f"Small batches at the default rate, seeds {', '.join(map(str, WINDOW_SEEDS))} (the original's "
-                      f"last-epoch train accuracy: {fits} %):", "",
-                      "| method | options | forget (per seed) | retain (per seed) | work |",
-                      "| --- | --- | --- | --- | --- |"]
+            lines += [f"The plan alone (calibrate=False), the defaults (the small-batch calibration's rungs: kept "
+                      f"batch sizes, an undone one struck out) and small batches at the default rate, seeds "
+                      f"{', '.join(map(str, WINDOW_SEEDS))} (the original's last-epoch train accuracy: {fits} %):", "",
+                      "| method | options | forget (per seed) | retain (per seed) | calibration (per seed) | work |",
+                      "| --- | --- | --- | --- | --- | --- |"]
             for method, options in WINDOW[key]:
                 cells = [r for r in window if r["method"] == method and r["options"] == options]
-                opts = ", ".join(f"{k}={v:g}" for k, v in options.items())
                 forget = " / ".join(f"{r['forget_acc']:.1f}" for r in cells)
                 retain = " / ".join(f"{r['retain_acc']:.1f}" for r in cells)
-                lines.append(f"| {method} | {opts or 'defaults'} | {forget} | {retain} | {cells[0]['work']:.1f} |")
+                rungs = " / ".join(_calibration(r["resolved"]) for r in cells)
+                work = " / ".join(sorted({f"{r['work']:.1f}" for r in cells}))
+                lines.append(f"| {method} | {_options(options)} | {forget} | {retain} | {rungs} | {work} |")
             lines.append("")
         rest = [r for r in res["rows"] if "seed" not in r]
         if not rest:
@@ -241,9 +259,8 @@ def attempts_report(results: dict, command: str) -> str:
         lines += ["| method | options | ladder step | forget | retain | work |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for r in rest:
-            opts = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["options"].items())
             work = "–" if r.get("work") is None else f"{r['work']:.1f}"
-            lines.append(f"| {r['method']} | {opts or 'defaults'} | {r.get('step', '–')} | {r['forget_acc']:.2f} | "
+            lines.append(f"| {r['method']} | {_options(r['options'])} | {r.get('step', '–')} | {r['forget_acc']:.2f} | "
                          f"{r['retain_acc']:.2f} | {work} |")
         lines.append("")
     return "\n".join(lines)
@@ -253,8 +270,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/defaults-transfer")
     parser.add_argument("--data", default="digits,fmnist")
-    parser.add_argument("--attempts", action="store_true", help="run what was tried for the remaining shortfalls "
-                        "instead (attempts.json, attempts.md)")
+    parser.add_argument("--attempts", action="store_true", help="run what was tried for fine-tune and "
+                        "l1-sparse on models that fit D_r instead (attempts.json, attempts.md)")
     args = parser.parse_args()
     unknown = set(args.data.split(",")) - set(DATA)
     if unknown:

@@ -193,6 +193,13 @@ class Task:
         ids = self.request.forget if limit is None else self.request.forget[:limit]
         return accuracy(predict_logits(model, self.x[ids], device=self.device), self.forget_targets[ids])
 
+    def retain_accuracy(self, model: nn.Module, limit: int | None = None) -> float:
+        """Accuracy on D_r, or on a fixed random ``limit`` of it (the same ids on every call)."""
+        ids = self.request.retain
+        if limit is not None and limit < ids.numel():
+            ids = ids[torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(0))[:limit]]
+        return accuracy(predict_logits(model, self.x[ids], device=self.device), self.y[ids])
+
 
 def forget_targets(request: Request, y: torch.Tensor) -> torch.Tensor:
     """``y`` (the training labels as trained), except that in D_f only what the request's correction changes is
@@ -416,8 +423,9 @@ class Calibrated:
     probe's forward passes."""
 
     calibrate: bool | None = option(
-        None, "after the planned epochs, while forget accuracy has not moved half-way to a retrained model's, run one "
-              "more epoch at twice the rate, within max_budget (null: when neither epochs nor lr is given)")
+        None, "after the planned epochs, while forget accuracy has not moved half-way to a retrained model's, train "
+              "on within max_budget (docs/methods.md: one more epoch at twice the rate; methods that train on D_r "
+              "alone: smaller batches, then a repair) (null: when neither epochs nor lr is given)")
     max_budget: float = option(0.1, "calibrate: the most work in all, as a fraction of Retrain's sample passes",
                                gt=0, le=100)
     probe_size: int = option(512, "forget samples the calibration (and any guard) measures", ge=1, le=BIG)
@@ -430,16 +438,25 @@ def halfway_goal(task: "Task", floor: float, probe_size: int) -> float:
     return start - (start - floor) / 2
 
 
+def _calibration_goal(task: "Task", cfg: Any, config: TrainConfig, report: Any) -> float | None:
+    """What a calibrated run's probe must reach (:func:`halfway_goal`), or None when its calibration does not run:
+    turned off, or by default because ``epochs`` or ``lr`` was given; the planned run stopped early or was empty; no
+    floor."""
+    calibrate = cfg.calibrate if cfg.calibrate is not None else (cfg.epochs is None and cfg.lr is None)
+    floor = forget_floor(task)
+    if not calibrate or report.stopped_early or floor is None or config.epochs == 0:
+        return None
+    return halfway_goal(task, floor, cfg.probe_size)
+
+
 def calibrated_fit(task: "Task", cfg: Any, phases: list[Phase] | Phase, **kwargs) -> None:
     """``task.fit`` with ``cfg``'s resolved recipe, then the calibration of :class:`Calibrated` (recorded in
     ``task.resolved``: the extra epochs and the last learning rate)."""
     config = cfg.train_config(task)
     report = task.fit(phases, config, **kwargs)
-    floor = forget_floor(task)
-    calibrate = cfg.calibrate if cfg.calibrate is not None else (cfg.epochs is None and cfg.lr is None)
-    if not calibrate or report.stopped_early or floor is None or config.epochs == 0:
+    goal = _calibration_goal(task, cfg, config, report)
+    if goal is None:
         return
-    goal = halfway_goal(task, floor, cfg.probe_size)
     per_epoch = max(1, cfg.epoch_samples(task))
     spent, cap = config.epochs * per_epoch, cfg.max_budget * retrain_work(task)
     extra, lr = 0, config.lr
@@ -451,6 +468,61 @@ def calibrated_fit(task: "Task", cfg: Any, phases: list[Phase] | Phase, **kwargs
         if report.stopped_early:
             break
     task.resolved.update(calibration_epochs=extra, calibration_lr=_round(lr) if extra else None)
+
+
+@dataclass
+class RetainCalibrated(Calibrated):
+    """The calibration of methods that train on D_r alone (fine-tune, ℓ1-sparse; ``docs/methods.md``). A model that
+    fits D_r with a loss near zero gives them almost no gradient, so a class they should remove stays. For a class
+    removal whose planned run has not moved the forget accuracy on the probe half of the way to 0, rungs of
+    ``RUNG_EPOCHS`` epochs at the planned rate run from where it stopped, each in batches half the size of the last
+    (from half of ``batch_size`` down to ``min_batch_size``), until the probe has moved: more and noisier steps, at the
+    same rate and on the same data, knock the model off the minimum in which it still predicts the class. A rung that
+    leaves the accuracy on a fixed sample of D_r (``probe_size``) below half of the way from the planned model's to
+    chance is undone and ends the ladder. The rest of ``max_budget`` then re-fits D_r at the planned batch size and
+    schedule (the repair). Sample removals are not calibrated: their forget accuracy starts within a few points of a
+    retrained model's."""
+
+    min_batch_size: int = option(8, "calibrate: the smallest batch of the small-batch rungs", ge=1, le=65_536)
+
+
+RUNG_EPOCHS = 2  # epochs per rung of RetainCalibrated's ladder
+
+
+def retain_calibrated_fit(task: "Task", cfg: Any, phases: Callable[[int], list[Phase] | Phase], **kwargs) -> None:
+    """``task.fit`` of ``phases(batch_size)`` with ``cfg``'s resolved recipe, then the calibration of
+    :class:`RetainCalibrated`, recorded in ``task.resolved``: the rungs' batch sizes (an undone one last, in
+    ``calibration_undone``) and the epochs the calibration added."""
+    config = cfg.train_config(task)
+    report = task.fit(phases(cfg.batch_size), config, **kwargs)
+    if task.request.effect != "remove" or not task.request.classes or not task.n_forget:
+        return
+    goal = _calibration_goal(task, cfg, config, report)
+    if goal is None:
+        return
+    per_epoch = max(1, cfg.epoch_samples(task))
+    left = math.floor((cfg.max_budget * retrain_work(task) - config.epochs * per_epoch) / per_epoch)
+    chance = 100.0 / max(1, task.data.num_classes)
+    keep = task.retain_accuracy(task.model, limit=cfg.probe_size)
+    keep = keep - (keep - chance) / 2
+    batches, undone, batch = [], None, cfg.batch_size // 2
+    while batch >= cfg.min_batch_size and left >= RUNG_EPOCHS and \
+            task.forget_accuracy(task.model, limit=cfg.probe_size) > goal:
+        saved = {k: v.clone() for k, v in task.model.state_dict().items()}
+        task.fit(phases(batch), config.replace(epochs=RUNG_EPOCHS, batch_size=batch, schedule="constant"), **kwargs,
+                 seed=task.seed + len(batches) + 1)
+        left -= RUNG_EPOCHS
+        if task.retain_accuracy(task.model, limit=cfg.probe_size) < keep:
+            task.model.load_state_dict(saved)
+            undone = batch
+            break
+        batches.append(batch)
+        batch //= 2
+    repair = left if batches else 0
+    if repair:
+        task.fit(phases(cfg.batch_size), config.replace(epochs=repair), **kwargs, seed=task.seed + len(batches) + 2)
+    added = RUNG_EPOCHS * (len(batches) + (undone is not None)) + repair
+    task.resolved.update(calibration_batches=batches, calibration_undone=undone, calibration_epochs=added)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 retain set with an ℓ1
 penalty on all parameters, α_t·‖θ‖₁, whose coefficient decays linearly per epoch, α_t = α·(1 − t/T) for
 epoch t = 0..T−1 (ending at α/T). Sparsity pushes the model towards the sparse regime in which
-approximate unlearning is closer to exact."""
+approximate unlearning is closer to exact. Calibrated as fine-tuning is (:class:`~.base.RetainCalibrated`); each rung
+and the repair decay α again over their own epochs."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..training import Phase
-from .base import BIG, SGDOptions, Task, option, register
+from .base import BIG, RetainCalibrated, SGDOptions, Task, option, register, retain_calibrated_fit
 
 
 @dataclass
-class L1SparseConfig(SGDOptions):
+class L1SparseConfig(RetainCalibrated, SGDOptions):
     budget: float = option(0.045, "epochs=null: work as a fraction of Retrain's sample passes", gt=0, le=100)
     lr_scale: float = option(2.0, "lr=null: the learning rate as a multiple of the original recipe's", gt=0, le=1000)
     schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate schedule over the run")
@@ -38,5 +39,6 @@ def l1_sparse(task: Task, cfg: L1SparseConfig) -> None:
         alpha_t = cfg.alpha * (1.0 - ctx.epoch / ctx.epochs)
         return alpha_t * sum(p.abs().sum() for p in model.parameters())
 
-    source = task.retain_source(cfg.batch_size, per_epoch=task.retain_count(cfg.retain_per_forget))
-    task.fit(Phase(source, name="retain"), cfg.train_config(task), regularizer=l1_penalty)
+    per_epoch = task.retain_count(cfg.retain_per_forget)
+    retain_calibrated_fit(task, cfg, lambda batch: Phase(task.retain_source(batch, per_epoch=per_epoch), name="retain"),
+                          regularizer=l1_penalty)
