@@ -13,6 +13,23 @@ def digits() -> Dataset:
     return load_dataset("digits")
 
 
+@pytest.fixture(scope="session")
+def digits_mlp(digits):
+    """The digits MLP trained with its default recipe, seed 0 (tests hand it to ``unlearn``, which copies it)."""
+    from unlearnkit import train
+    from unlearnkit.recipes import default_recipe
+
+    return train(digits, "mlp", config=default_recipe("digits"), seed=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def digits_class0(digits):
+    """The class:0 request on digits (seed 0)."""
+    from unlearnkit import build_request
+
+    return build_request("class:0", digits, seed=0)
+
+
 def make_tiny(
     n_train: int = 200, n_test: int = 100, classes: int = 4, size: int = 8, channels: int = 1, seed: int = 0
 ) -> Dataset:

@@ -15,16 +15,6 @@ from unlearnkit.recipes import default_recipe
 METHODS = ["finetune", "l1_sparse"]
 
 
-@pytest.fixture(scope="module")
-def trained(digits):
-    return uk.train(digits, "mlp", config=default_recipe("digits"), seed=0, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def class0(digits):
-    return uk.build_request("class:0", digits, seed=0)
-
-
 def _run(trained, request, digits, method, *, model=None, seed=0, **options):
     return unlearn(model or trained.model, request, digits, method, device="cpu", seed=seed,
                    original_test_acc=trained.metrics["test_acc"], **options)
@@ -39,29 +29,30 @@ def _retain_work(request) -> float:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_planned_run_that_leaves_the_class_is_knocked_loose_and_repaired(trained, class0, digits, method):
-    planned = _run(trained, class0, digits, method, calibrate=False)
-    assert forget_retain_accuracy(planned.model, class0, digits, device="cpu")["forget_acc"] == 100.0
+def test_a_planned_run_that_leaves_the_class_is_knocked_loose_and_repaired(digits_mlp, digits_class0, digits, method):
+    planned = _run(digits_mlp, digits_class0, digits, method, calibrate=False)
+    assert forget_retain_accuracy(planned.model, digits_class0, digits, device="cpu")["forget_acc"] == 100.0
 
-    result = _run(trained, class0, digits, method)
-    r, n_forget = result.resolved, class0.forget.numel()
+    result = _run(digits_mlp, digits_class0, digits, method)
+    r, n_forget = result.resolved, digits_class0.forget.numel()
     assert r["calibration_batches"] == [64, 32, 16, 8] and r["calibration_undone"] is None
     repair = r["calibration_epochs"] - 2 * len(r["calibration_batches"])
     assert repair > 0
-    assert result.cost.backward == (r["epochs"] + r["calibration_epochs"]) * n_forget <= 0.1 * _retain_work(class0)
-    after = forget_retain_accuracy(result.model, class0, digits, device="cpu")
+    spent = (r["epochs"] + r["calibration_epochs"]) * n_forget
+    assert result.cost.backward == spent <= 0.1 * _retain_work(digits_class0)
+    after = forget_retain_accuracy(result.model, digits_class0, digits, device="cpu")
     assert after["forget_acc"] <= 50 and after["retain_acc"] >= 80, after
     # exactly the planned run, then each rung and the repair as runs of their own (a fresh optimiser, the next seed)
     model = planned.model
     for i, batch in enumerate(r["calibration_batches"]):
-        model = _run(trained, class0, digits, method, model=model, seed=i + 1, calibrate=False, epochs=2,
+        model = _run(digits_mlp, digits_class0, digits, method, model=model, seed=i + 1, calibrate=False, epochs=2,
                      lr=r["lr"], batch_size=batch, schedule="constant").model
-    model = _run(trained, class0, digits, method, model=model, seed=len(r["calibration_batches"]) + 2,
+    model = _run(digits_mlp, digits_class0, digits, method, model=model, seed=len(r["calibration_batches"]) + 2,
                  calibrate=False, epochs=repair, lr=r["lr"]).model
     assert _same(result.model, model)
 
 
-def test_a_rung_that_breaks_the_retain_sample_is_undone(trained, class0, digits, monkeypatch):
+def test_a_rung_that_breaks_the_retain_sample_is_undone(digits_mlp, digits_class0, digits, monkeypatch):
     """The first retain probe (of the planned model) is measured; every later one reports a collapse: the first rung
     is undone, the ladder stops, nothing is repaired, and the undone rung's work is still counted."""
     measured = Task.retain_accuracy
@@ -72,38 +63,39 @@ def test_a_rung_that_breaks_the_retain_sample_is_undone(trained, class0, digits,
         return measured(self, model, limit) if len(calls) == 1 else 10.0
 
     monkeypatch.setattr(Task, "retain_accuracy", collapsed_after_the_first)
-    result = _run(trained, class0, digits, "finetune")
+    result = _run(digits_mlp, digits_class0, digits, "finetune")
     assert calls == [512, 512]
     assert result.resolved["calibration_batches"] == [] and result.resolved["calibration_undone"] == 64
     assert result.resolved["calibration_epochs"] == 2
-    assert result.cost.backward == (result.resolved["epochs"] + 2) * class0.forget.numel()
-    assert _same(result.model, _run(trained, class0, digits, "finetune", calibrate=False).model)
+    assert result.cost.backward == (result.resolved["epochs"] + 2) * digits_class0.forget.numel()
+    assert _same(result.model, _run(digits_mlp, digits_class0, digits, "finetune", calibrate=False).model)
 
 
-def test_the_retain_probe_is_a_fixed_sample_of_the_retain_set(trained, class0, digits):
-    task = Task(model=trained.model, original=trained.model, data=digits, request=class0, x=digits.x_train,
-                y=digits.y_train, device=torch.device("cpu"), seed=0, recipe=default_recipe("digits"))
-    full = forget_retain_accuracy(trained.model, class0, digits, device="cpu", retain_samples=10**6)["retain_acc"]
-    assert task.retain_accuracy(trained.model) == full
-    assert task.retain_accuracy(trained.model, limit=100) == task.retain_accuracy(trained.model, limit=100)
+def test_the_retain_probe_is_a_fixed_sample_of_the_retain_set(digits_mlp, digits_class0, digits):
+    model = digits_mlp.model
+    task = Task(model=model, original=model, data=digits, request=digits_class0, x=digits.x_train, y=digits.y_train,
+                device=torch.device("cpu"), seed=0, recipe=default_recipe("digits"))
+    full = forget_retain_accuracy(model, digits_class0, digits, device="cpu", retain_samples=10**6)["retain_acc"]
+    assert task.retain_accuracy(model) == full
+    assert task.retain_accuracy(model, limit=100) == task.retain_accuracy(model, limit=100)
     noisy = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     torch.manual_seed(0)
-    assert task.retain_accuracy(noisy, limit=100) < 50  # an untrained model is not scored as the trained one
+    assert task.retain_accuracy(noisy, limit=100) < 50  # an untrained model is not scored as the digits_mlp one
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_where_the_planned_run_forgets_calibration_changes_nothing(trained, class0, digits, method):
+def test_where_the_planned_run_forgets_calibration_changes_nothing(digits_mlp, digits_class0, digits, method):
     options = dict(batch_size=16, budget=0.07)  # small batches: the planned run itself takes the class
-    result = _run(trained, class0, digits, method, **options)
-    assert forget_retain_accuracy(result.model, class0, digits, device="cpu")["forget_acc"] <= 50
+    result = _run(digits_mlp, digits_class0, digits, method, **options)
+    assert forget_retain_accuracy(result.model, digits_class0, digits, device="cpu")["forget_acc"] <= 50
     assert result.resolved["calibration_epochs"] == 0 and result.resolved["calibration_batches"] == []
-    assert _same(result.model, _run(trained, class0, digits, method, calibrate=False, **options).model)
+    assert _same(result.model, _run(digits_mlp, digits_class0, digits, method, calibrate=False, **options).model)
 
 
 @pytest.mark.parametrize("spec, options", [("random:0.1", {}), ("relabel:0.1", {}), ("class:0", {"lr": 0.1}),
                                            ("class:0", {"epochs": 12})])
-def test_sample_removals_corrections_and_explicit_settings_are_not_calibrated(trained, digits, spec, options):
+def test_sample_removals_corrections_and_explicit_settings_are_not_calibrated(digits_mlp, digits, spec, options):
     request = uk.build_request(spec, digits, seed=0)
-    result = _run(trained, request, digits, "finetune", **options)
+    result = _run(digits_mlp, request, digits, "finetune", **options)
     assert "calibration_epochs" not in result.resolved
-    assert _same(result.model, _run(trained, request, digits, "finetune", calibrate=False, **options).model)
+    assert _same(result.model, _run(digits_mlp, request, digits, "finetune", calibrate=False, **options).model)
