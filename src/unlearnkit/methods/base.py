@@ -428,7 +428,8 @@ class Calibrated:
               "alone: smaller batches, then a repair) (null: when neither epochs nor lr is given)")
     max_budget: float = option(0.1, "calibrate: the most work in all, as a fraction of Retrain's sample passes",
                                gt=0, le=100)
-    probe_size: int = option(512, "forget samples the calibration (and any guard) measures", ge=1, le=BIG)
+    probe_size: int = option(512, "forget samples the calibration (and any guard) measures; for fine-tune and "
+                                  "l1-sparse also the retain samples it checks", ge=1, le=BIG)
 
 
 def halfway_goal(task: "Task", floor: float, probe_size: int) -> float:
@@ -491,8 +492,8 @@ RUNG_EPOCHS = 2  # epochs per rung of RetainCalibrated's ladder
 
 def retain_calibrated_fit(task: "Task", cfg: Any, phases: Callable[[int], list[Phase] | Phase], **kwargs) -> None:
     """``task.fit`` of ``phases(batch_size)`` with ``cfg``'s resolved recipe, then the calibration of
-    :class:`RetainCalibrated`, recorded in ``task.resolved``: the rungs' batch sizes (an undone one last, in
-    ``calibration_undone``) and the epochs the calibration added."""
+    :class:`RetainCalibrated`, recorded in ``task.resolved``: the kept rungs' batch sizes, an undone rung's (or
+    None) and the epochs the calibration added, the undone rung's and the repair's included."""
     config = cfg.train_config(task)
     report = task.fit(phases(cfg.batch_size), config, **kwargs)
     if task.request.effect != "remove" or not task.request.classes or not task.n_forget:
