@@ -9,7 +9,7 @@ import torch
 
 import unlearnkit as uk
 from unlearnkit.methods import forget_retain_accuracy, unlearn
-from unlearnkit.methods.base import Task
+from unlearnkit.methods.base import Task, retain_sample
 from unlearnkit.recipes import default_recipe
 
 METHODS = ["finetune", "l1_sparse"]
@@ -71,16 +71,24 @@ def test_a_rung_that_breaks_the_retain_sample_is_undone(digits_mlp, digits_class
     assert _same(result.model, _run(digits_mlp, digits_class0, digits, "finetune", calibrate=False).model)
 
 
-def test_the_retain_probe_is_a_fixed_sample_of_the_retain_set(digits_mlp, digits_class0, digits):
-    model = digits_mlp.model
-    task = Task(model=model, original=model, data=digits, request=digits_class0, x=digits.x_train, y=digits.y_train,
-                device=torch.device("cpu"), seed=0, recipe=default_recipe("digits"))
-    full = forget_retain_accuracy(model, digits_class0, digits, device="cpu", retain_samples=10**6)["retain_acc"]
-    assert task.retain_accuracy(model) == full
-    assert task.retain_accuracy(model, limit=100) == task.retain_accuracy(model, limit=100)
-    noisy = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+def test_the_retain_probe_is_the_fixed_sample_unlearn_reports_on(digits_mlp, digits_class0, digits):
+    retain = digits_class0.retain
+    probe, check = retain_sample(retain, 512), retain_sample(retain, 1024)
+    assert probe.numel() == 512 and torch.equal(probe, torch.sort(probe).values)
+    assert torch.equal(probe, retain_sample(retain, 512)) and torch.isin(probe, check).all()  # fixed; nested
+    assert torch.isin(check, retain).all() and torch.equal(retain_sample(retain, None), retain)
+    assert not torch.equal(probe, retain[:512]) and not torch.equal(probe, retain_sample(retain, 512, seed=1))
+    # Task.retain_accuracy scores those ids, as forget_retain_accuracy (what `unlearn` prints) does: on an untrained
+    # model, whose accuracy differs from one sample to another
     torch.manual_seed(0)
-    assert task.retain_accuracy(noisy, limit=100) < 50  # an untrained model is not scored as the digits_mlp one
+    untrained = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    task = Task(model=untrained, original=untrained, data=digits, request=digits_class0, x=digits.x_train,
+                y=digits.y_train, device=torch.device("cpu"), seed=0, recipe=default_recipe("digits"))
+    for limit in (100, 512, None):
+        shown = forget_retain_accuracy(untrained, digits_class0, digits, device="cpu",
+                                       retain_samples=limit or 10**6)["retain_acc"]
+        assert task.retain_accuracy(untrained, limit=limit) == shown
+    assert task.retain_accuracy(digits_mlp.model, limit=512) > 95
 
 
 @pytest.mark.parametrize("method", METHODS)

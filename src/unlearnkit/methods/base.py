@@ -194,11 +194,18 @@ class Task:
         return accuracy(predict_logits(model, self.x[ids], device=self.device), self.forget_targets[ids])
 
     def retain_accuracy(self, model: nn.Module, limit: int | None = None) -> float:
-        """Accuracy on D_r, or on a fixed random ``limit`` of it (the same ids on every call)."""
-        ids = self.request.retain
-        if limit is not None and limit < ids.numel():
-            ids = ids[torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(0))[:limit]]
+        """Accuracy on D_r, or on :func:`retain_sample`'s fixed ``limit`` of it (the same ids on every call)."""
+        ids = retain_sample(self.request.retain, limit)
         return accuracy(predict_logits(model, self.x[ids], device=self.device), self.y[ids])
+
+
+def retain_sample(retain: torch.Tensor, count: int | None, seed: int = 0) -> torch.Tensor:
+    """A fixed random ``count`` of the ``retain`` ids (all of them when None or fewer), in sorted order, drawn by its
+    own generator (the task's stays untouched). A smaller count of the same seed is a subset of a larger one's."""
+    if count is None or count >= retain.numel():
+        return retain
+    pick = torch.randperm(retain.numel(), generator=torch.Generator().manual_seed(seed))[:count]
+    return torch.sort(retain[pick]).values
 
 
 def forget_targets(request: Request, y: torch.Tensor) -> torch.Tensor:
@@ -220,10 +227,7 @@ def forget_retain_accuracy(model: nn.Module, request: Request, data: Dataset, *,
     seeded random ``retain_samples`` of D_r (all of it when smaller). One forward pass over |D_f| + the sample."""
     x, y = request.training_data(data)
     targets = forget_targets(request, y)
-    retain = request.retain
-    if retain.numel() > retain_samples:
-        pick = torch.randperm(retain.numel(), generator=torch.Generator().manual_seed(seed))[:retain_samples]
-        retain = torch.sort(retain[pick]).values
+    retain = retain_sample(request.retain, retain_samples, seed)
     device = resolve_device(device)
     forget = request.forget
     return {
@@ -476,7 +480,7 @@ class RetainCalibrated(Calibrated):
     """The calibration of methods that train on D_r alone (fine-tune, ℓ1-sparse; ``docs/methods.md``). A model that
     fits D_r with a loss near zero gives them almost no gradient, so a class they should remove stays. For a class
     removal whose planned run has not moved the forget accuracy on the probe half of the way to 0, rungs of
-    ``RUNG_EPOCHS`` epochs at the planned rate run from where it stopped, each in batches half the size of the last
+    ``rung_epochs`` epochs at the planned rate run from where it stopped, each in batches half the size of the last
     (from half of ``batch_size`` down to ``min_batch_size``), until the probe has moved: more and noisier steps, at the
     same rate and on the same data, knock the model off the minimum in which it still predicts the class. A rung that
     leaves the accuracy on a fixed sample of D_r (``probe_size``) below half of the way from the planned model's to
@@ -485,9 +489,7 @@ class RetainCalibrated(Calibrated):
     retrained model's."""
 
     min_batch_size: int = option(8, "calibrate: the smallest batch of the small-batch rungs", ge=1, le=65_536)
-
-
-RUNG_EPOCHS = 2  # epochs per rung of RetainCalibrated's ladder
+    rung_epochs: int = option(2, "calibrate: epochs per small-batch rung", ge=1, le=BIG)
 
 
 def retain_calibrated_fit(task: "Task", cfg: Any, phases: Callable[[int], list[Phase] | Phase], **kwargs) -> None:
@@ -507,12 +509,12 @@ def retain_calibrated_fit(task: "Task", cfg: Any, phases: Callable[[int], list[P
     keep = task.retain_accuracy(task.model, limit=cfg.probe_size)
     keep = keep - (keep - chance) / 2
     batches, undone, batch = [], None, cfg.batch_size // 2
-    while batch >= cfg.min_batch_size and left >= RUNG_EPOCHS and \
+    while batch >= cfg.min_batch_size and left >= cfg.rung_epochs and \
             task.forget_accuracy(task.model, limit=cfg.probe_size) > goal:
         saved = {k: v.clone() for k, v in task.model.state_dict().items()}
-        task.fit(phases(batch), config.replace(epochs=RUNG_EPOCHS, batch_size=batch, schedule="constant"), **kwargs,
+        task.fit(phases(batch), config.replace(epochs=cfg.rung_epochs, batch_size=batch, schedule="constant"), **kwargs,
                  seed=task.seed + len(batches) + 1)
-        left -= RUNG_EPOCHS
+        left -= cfg.rung_epochs
         if task.retain_accuracy(task.model, limit=cfg.probe_size) < keep:
             task.model.load_state_dict(saved)
             undone = batch
@@ -522,7 +524,7 @@ def retain_calibrated_fit(task: "Task", cfg: Any, phases: Callable[[int], list[P
     repair = left if batches else 0
     if repair:
         task.fit(phases(cfg.batch_size), config.replace(epochs=repair), **kwargs, seed=task.seed + len(batches) + 2)
-    added = RUNG_EPOCHS * (len(batches) + (undone is not None)) + repair
+    added = cfg.rung_epochs * (len(batches) + (undone is not None)) + repair
     task.resolved.update(calibration_batches=batches, calibration_undone=undone, calibration_epochs=added)
 
 
